@@ -1,0 +1,45 @@
+import { ConfigError } from './errors.ts';
+
+/** commander argument parsers that throw ConfigError naming the option. */
+export function intOption(option: string, min = 0, max = Number.MAX_SAFE_INTEGER) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!/^-?\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n < min || n > max) {
+      throw new ConfigError(`${option}: expected an integer in [${min}, ${max === Number.MAX_SAFE_INTEGER ? 'inf' : max}], got ${JSON.stringify(value)}`);
+    }
+    return n;
+  };
+}
+
+export function numberOption(option: string, min = -Infinity, max = Infinity, exclusiveMin = false) {
+  return (value: string): number => {
+    const n = Number(value);
+    const low = exclusiveMin ? n > min : n >= min;
+    if (value.trim() === '' || !Number.isFinite(n) || !low || n > max) {
+      throw new ConfigError(`${option}: expected a number in ${exclusiveMin ? '(' : '['}${min}, ${max}], got ${JSON.stringify(value)}`);
+    }
+    return n;
+  };
+}
+
+export function choiceOption<T extends string>(option: string, choices: readonly T[]) {
+  return (value: string): T => {
+    if (!(choices as readonly string[]).includes(value)) {
+      throw new ConfigError(`${option}: expected one of ${choices.join(', ')}, got ${JSON.stringify(value)}`);
+    }
+    return value as T;
+  };
+}
+
+/** `256` or `256:512` (a jitter range). */
+export function scaleRangeOption(option: string) {
+  return (value: string): [number, number] => {
+    const m = /^(\d+)(?::(\d+))?$/.exec(value.trim());
+    const lo = Number(m?.[1]);
+    const hi = Number(m?.[2] ?? m?.[1]);
+    if (m === null || lo < 1 || hi < lo) {
+      throw new ConfigError(`${option}: expected S or Smin:Smax with 0 < Smin <= Smax, got ${JSON.stringify(value)}`);
+    }
+    return [lo, hi];
+  };
+}

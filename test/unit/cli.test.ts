@@ -1,0 +1,34 @@
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
+
+const bin = path.resolve('bin/vgg-train.js');
+const run = (...args: string[]) => spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', env: { ...process.env, VGG_LOG_LEVEL: 'silent' } });
+
+describe('vgg-train CLI', () => {
+  test('model info --json prints config, params and trainableParams', () => {
+    const r = run('model', 'info', '--config', 'D', '--batch-norm', '--json');
+    assert.equal(r.status, 0, r.stderr);
+    const info = JSON.parse(r.stdout.trim()) as { config: string; params: number; trainableParams: number; layers: unknown[] };
+    assert.equal(info.config, 'D');
+    assert.equal(info.trainableParams, 138_361_768);
+    assert.equal(info.params, 138_361_768 + 2 * 4224);
+  });
+
+  test('model info prints a layer table with totals', () => {
+    const r = run('model', 'info', '--config', 'E');
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /conv5_4 +conv +\[14, 14, 512\] +2,359,808/);
+    assert.match(r.stdout, /Total params: +143,667,240/);
+  });
+
+  test('a bad flag exits 2 with a message naming the option, the expected and the given value', () => {
+    const r = run('model', 'info', '--config', 'Z');
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /--config: expected one of A, A-LRN, B, C, D, E, got "Z"/);
+    const t = run('train', '--lr', '-1');
+    assert.equal(t.status, 2);
+    assert.match(t.stderr, /--lr: expected a number in \(0, 10\], got "-1"/);
+  });
+});

@@ -1,0 +1,210 @@
+import path from 'node:path';
+import sharp, { type Sharp } from 'sharp';
+import { DataError } from '../../shared/errors.ts';
+import { hashInts, Rng } from '../../shared/rng.ts';
+
+sharp.cache(false);
+
+/** How images become network inputs. */
+export interface AugmentOptions {
+  /** Network input side (crop size). */
+  inputSize: number;
+  /** Training scale S: the shorter side is rescaled to S, or to a value drawn from [sMin, sMax] per sample. */
+  sMin: number;
+  sMax: number;
+  /** Random horizontal flip. @defaultValue true */
+  flip: boolean;
+  /** Std of the AlexNet PCA colour shift; 0 disables. @defaultValue 0.1 */
+  pcaStd: number;
+  /** Mean RGB (0-255) subtracted from every pixel (the paper's only normalisation). */
+  meanRgb: [number, number, number];
+  /** Per-channel divisor after mean subtraction; [1,1,1] is the paper's recipe. */
+  stdRgb: [number, number, number];
+}
+
+/** AlexNet's PCA of ImageNet RGB covariance (pixels in [0,1]). */
+const PCA_EIGVAL = [0.2175, 0.0188, 0.0045];
+const PCA_EIGVEC = [
+  [-0.5675, 0.7192, 0.4009],
+  [-0.5808, -0.0045, -0.814],
+  [-0.5836, -0.6948, 0.4203],
+];
+
+export const IMAGENET_MEAN_RGB: [number, number, number] = [123.68, 116.779, 103.939];
+
+/** Where a crop sits and how the image is scaled; a pure function of (seed, epoch, sample id). */
+export interface AugmentDraw {
+  scale: number;
+  cropX: number;
+  cropY: number;
+  flip: boolean;
+  rgbShift: [number, number, number];
+}
+
+function resizedDims(width: number, height: number, shorter: number): [number, number] {
+  const ratio = shorter / Math.min(width, height);
+  return [Math.max(shorter, Math.round(width * ratio)), Math.max(shorter, Math.round(height * ratio))];
+}
+
+async function decodeInfo(file: string): Promise<{ image: Sharp; width: number; height: number }> {
+  try {
+    const image = sharp(file, { failOn: 'error' });
+    const meta = await image.metadata();
+    if (meta.width === undefined || meta.height === undefined) throw new Error('no dimensions');
+    return { image, width: meta.width, height: meta.height };
+  } catch (err) {
+    throw new DataError('VGG_ERR_IMAGE', `${file}: expected a readable JPEG or PNG, got: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+async function toRgb(pipeline: Sharp, file: string, side: number): Promise<Buffer> {
+  try {
+    const { data, info } = await pipeline.toColourspace('srgb').removeAlpha().raw().toBuffer({ resolveWithObject: true });
+    if (info.channels !== 3 || info.width !== side || info.height !== side) {
+      throw new Error(`decoded ${info.width}x${info.height}x${info.channels}, expected ${side}x${side}x3`);
+    }
+    return data;
+  } catch (err) {
+    if (err instanceof DataError) throw err;
+    throw new DataError('VGG_ERR_IMAGE', `${file}: expected a readable JPEG or PNG, got: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** Writes an RGB byte crop into `out` at `offset` as normalised floats. */
+function normalise(rgb: Buffer, out: Float32Array, offset: number, opts: AugmentOptions, shift: [number, number, number]): void {
+  const [m0, m1, m2] = opts.meanRgb;
+  const [s0, s1, s2] = opts.stdRgb;
+  const a0 = shift[0] - m0;
+  const a1 = shift[1] - m1;
+  const a2 = shift[2] - m2;
+  for (let i = 0, o = offset; i < rgb.length; i += 3, o += 3) {
+    out[o] = ((rgb[i] as number) + a0) / s0;
+    out[o + 1] = ((rgb[i + 1] as number) + a1) / s1;
+    out[o + 2] = ((rgb[i + 2] as number) + a2) / s2;
+  }
+}
+
+/** The random choices for one training sample. */
+export function drawAugment(opts: AugmentOptions, seed: number, epoch: number, sampleId: number, width: number, height: number): AugmentDraw {
+  const rng = new Rng(hashInts(seed, epoch, sampleId));
+  const scale = opts.sMin === opts.sMax ? opts.sMin : rng.int(opts.sMin, opts.sMax);
+  const [w, h] = resizedDims(width, height, scale);
+  const cropX = rng.int(0, w - opts.inputSize);
+  const cropY = rng.int(0, h - opts.inputSize);
+  const flip = opts.flip && rng.next() < 0.5;
+  const alphas = [rng.normal() * opts.pcaStd, rng.normal() * opts.pcaStd, rng.normal() * opts.pcaStd];
+  const rgbShift: [number, number, number] = [0, 0, 0];
+  for (let c = 0; c < 3; c += 1) {
+    let s = 0;
+    for (let k = 0; k < 3; k += 1) s += (PCA_EIGVEC[c]?.[k] ?? 0) * (alphas[k] ?? 0) * (PCA_EIGVAL[k] ?? 0);
+    rgbShift[c] = s * 255;
+  }
+  return { scale, cropX, cropY, flip, rgbShift };
+}
+
+/**
+ * Training augmentation of one image into `out` (HWC floats at `offset`):
+ * isotropic rescale of the shorter side to S, random crop, random flip, PCA
+ * colour shift, mean subtraction. Same (seed, epoch, sampleId) -> same floats.
+ */
+export async function loadTrainImage(file: string, opts: AugmentOptions, seed: number, epoch: number, sampleId: number,
+  out: Float32Array, offset: number): Promise<void> {
+  const { image, width, height } = await decodeInfo(file);
+  const d = drawAugment(opts, seed, epoch, sampleId, width, height);
+  const [w, h] = resizedDims(width, height, d.scale);
+  let pipeline = image.resize(w, h, { fit: 'fill' })
+    .extract({ left: d.cropX, top: d.cropY, width: opts.inputSize, height: opts.inputSize });
+  if (d.flip) pipeline = pipeline.flop();
+  normalise(await toRgb(pipeline, file, opts.inputSize), out, offset, opts, d.rgbShift);
+}
+
+/** Evaluation view: rescale the shorter side to Q, centre crop, mean subtraction. */
+export async function loadEvalImage(file: string, opts: AugmentOptions, q: number, out: Float32Array, offset: number): Promise<void> {
+  const { image, width, height } = await decodeInfo(file);
+  const [w, h] = resizedDims(width, height, q);
+  const pipeline = image.resize(w, h, { fit: 'fill' }).extract({
+    left: Math.floor((w - opts.inputSize) / 2), top: Math.floor((h - opts.inputSize) / 2),
+    width: opts.inputSize, height: opts.inputSize,
+  });
+  normalise(await toRgb(pipeline, file, opts.inputSize), out, offset, opts, [0, 0, 0]);
+}
+
+export interface BatchItem {
+  /** Stable sample id (index into the dataset's train or val list). */
+  id: number;
+  path: string;
+  label: number;
+}
+
+export interface LoadedBatch {
+  /** NHWC floats of the images that loaded, in order. */
+  images: Float32Array;
+  labels: Int32Array;
+  ids: number[];
+  /** Files that could not be read: skipped, named, counted. */
+  skipped: { id: number; path: string; error: string }[];
+}
+
+/**
+ * Loads a batch concurrently. Unreadable images are skipped and reported;
+ * the batch is then shorter, and the step weighs it by its real size.
+ */
+export async function loadBatch(root: string, items: BatchItem[], opts: AugmentOptions,
+  mode: { kind: 'train'; seed: number; epoch: number } | { kind: 'eval'; q: number }): Promise<LoadedBatch> {
+  const pixels = opts.inputSize * opts.inputSize * 3;
+  const staging = new Float32Array(items.length * pixels);
+  const results = await Promise.allSettled(items.map((item, i) => {
+    const file = path.join(root, item.path);
+    return mode.kind === 'train'
+      ? loadTrainImage(file, opts, mode.seed, mode.epoch, item.id, staging, i * pixels)
+      : loadEvalImage(file, opts, mode.q, staging, i * pixels);
+  }));
+  const keep: number[] = [];
+  const skipped: LoadedBatch['skipped'] = [];
+  results.forEach((r, i) => {
+    const item = items[i] as BatchItem;
+    if (r.status === 'fulfilled') keep.push(i);
+    else if (r.reason instanceof DataError) skipped.push({ id: item.id, path: item.path, error: r.reason.message });
+    else throw r.reason;
+  });
+  const images = keep.length === items.length ? staging : new Float32Array(keep.length * pixels);
+  if (images !== staging) {
+    keep.forEach((src, dst) => images.set(staging.subarray(src * pixels, (src + 1) * pixels), dst * pixels));
+  }
+  return {
+    images,
+    labels: Int32Array.from(keep.map((i) => (items[i] as BatchItem).label)),
+    ids: keep.map((i) => (items[i] as BatchItem).id),
+    skipped,
+  };
+}
+
+/**
+ * Mean and std of RGB over up to `limit` training images (the paper subtracts
+ * the training set's mean RGB). Images are decoded at `side` px to keep it quick.
+ */
+export async function estimateRgbStats(root: string, files: string[], limit = 256, side = 32):
+Promise<{ meanRgb: [number, number, number]; stdRgb: [number, number, number] }> {
+  const step = Math.max(1, Math.floor(files.length / limit));
+  const sum = [0, 0, 0];
+  const sq = [0, 0, 0];
+  let n = 0;
+  for (let i = 0; i < files.length && n < limit * side * side; i += step) {
+    try {
+      const rgb = await sharp(path.join(root, files[i] as string)).resize(side, side, { fit: 'fill' })
+        .toColourspace('srgb').removeAlpha().raw().toBuffer();
+      for (let p = 0; p < rgb.length; p += 3) {
+        for (let c = 0; c < 3; c += 1) {
+          const v = rgb[p + c] as number;
+          sum[c] = (sum[c] as number) + v;
+          sq[c] = (sq[c] as number) + v * v;
+        }
+        n += 1;
+      }
+    } catch { /* unreadable images are reported by the loader, not here */ }
+  }
+  if (n === 0) return { meanRgb: [...IMAGENET_MEAN_RGB], stdRgb: [58.395, 57.12, 57.375] };
+  const mean = sum.map((s) => s / n) as [number, number, number];
+  const std = sq.map((s, c) => Math.max(1, Math.sqrt(s / n - (mean[c] as number) ** 2))) as [number, number, number];
+  return { meanRgb: mean, stdRgb: std };
+}
