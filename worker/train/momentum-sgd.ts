@@ -44,10 +44,16 @@ export class MomentumSgd {
   /** Applies one update from gradients keyed by parameter name; disposes nothing it does not own. */
   apply(vgg: VggModel, grads: Map<string, tf.Tensor>): void {
     const { learningRate: lr, momentum: mu, weightDecay: wd } = this.options;
+    // Check every gradient before touching any weight: a bad set changes nothing.
     for (const e of this.layout.entries) {
       if (!e.trainable) continue;
       const g = grads.get(e.name);
       if (g === undefined) throw new ShapeError(`gradient of ${e.name}: expected one, got none`);
+      if (g.size !== e.size) throw new ShapeError(`gradient of ${e.name}: expected shape [${e.shape}], got [${g.shape}]`);
+    }
+    for (const e of this.layout.entries) {
+      if (!e.trainable) continue;
+      const g = grads.get(e.name) as tf.Tensor;
       const v = this.velocity.get(e.name) as tf.Variable;
       const w = vgg.variables.get(e.name)?.read() as tf.Variable;
       tf.tidy(() => {

@@ -1,0 +1,51 @@
+/**
+ * bench:data — images/s per core of the training augmentation (decode,
+ * isotropic rescale to S in [256, 512], random 224 crop, flip, PCA colour
+ * shift, mean subtraction) on real photographs from Debian's python3-skimage,
+ * re-encoded as ImageNet-sized JPEGs (shorter side 375, quality 90).
+ * One image at a time with libvips on one thread: the figure is per core.
+ * Last line: one JSON object.
+ *
+ *   npm run bench:data [-- --images 400]
+ */
+import { existsSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import sharp from 'sharp';
+import { loadTrainImage, type AugmentOptions } from '../worker/data/image-pipeline.ts';
+
+const { values } = parseArgs({ options: { images: { type: 'string', default: '400' }, source: { type: 'string', default: '/usr/lib/python3/dist-packages/skimage/data' } } });
+const PHOTOS = ['astronaut.png', 'chelsea.png', 'coffee.png', 'motorcycle_left.png', 'motorcycle_right.png', 'hubble_deep_field.jpg',
+  'rocket.jpg', 'camera.png', 'ihc.png', 'grass.png', 'gravel.png', 'brick.png', 'retina.jpg', 'color.png'];
+
+const source = values.source as string;
+const found = PHOTOS.filter((p) => existsSync(path.join(source, p)));
+if (found.length === 0) {
+  console.error(`bench:data: expected real photographs in ${source} (apt-get install python3-skimage), got none`);
+  process.exit(2);
+}
+const dir = path.join(tmpdir(), 'vgg-bench-data');
+await mkdir(dir, { recursive: true });
+const files: string[] = [];
+for (const p of found) {
+  const out = path.join(dir, `${path.parse(p).name}.JPEG`);
+  if (!existsSync(out)) await sharp(path.join(source, p)).resize({ width: 500, height: 375, fit: 'cover' }).jpeg({ quality: 90 }).toFile(out);
+  files.push(out);
+}
+
+sharp.concurrency(1);
+const opts: AugmentOptions = {
+  inputSize: 224, sMin: 256, sMax: 512, flip: true, pcaStd: 0.1, meanRgb: [123.68, 116.779, 103.939], stdRgb: [1, 1, 1],
+};
+const out = new Float32Array(224 * 224 * 3);
+const n = Number(values.images);
+for (let i = 0; i < 20; i += 1) await loadTrainImage(files[i % files.length] as string, opts, 1, 0, i, out, 0);
+const t0 = performance.now();
+for (let i = 0; i < n; i += 1) await loadTrainImage(files[i % files.length] as string, opts, 1, 1, i, out, 0);
+const seconds = (performance.now() - t0) / 1000;
+const imagesPerSecondPerCore = n / seconds;
+console.log(`photographs: ${files.length} real images from ${source}, re-encoded 500x375 JPEG`);
+console.log(`training augmentation (S in [256,512], crop 224, flip, PCA, mean): ${imagesPerSecondPerCore.toFixed(0)} images/s per core`);
+console.log(JSON.stringify({ bench: 'data', images: n, photographs: files.length, scale: [256, 512], crop: 224, imagesPerSecondPerCore }));
