@@ -3,6 +3,10 @@ import { VggError } from '../shared/errors.ts';
 import { registerDatasetCommands } from './dataset-command.ts';
 import { registerModelCommands } from './model-command.ts';
 import { registerTrainCommand } from './train-command.ts';
+import { registerCoordinatorCommands } from './coordinator-command.ts';
+import { registerWorkerCommands } from './worker-command.ts';
+import { registerLocalCommand } from './local-command.ts';
+import { registerStatusCommand } from './status-command.ts';
 
 const program = new Command('vgg-train')
   .description('Distributed data-parallel trainer for the VGG networks (Simonyan & Zisserman 2014)')
@@ -12,6 +16,10 @@ const program = new Command('vgg-train')
 registerTrainCommand(program);
 registerModelCommands(program);
 registerDatasetCommands(program);
+registerCoordinatorCommands(program);
+registerWorkerCommands(program);
+registerLocalCommand(program);
+registerStatusCommand(program);
 
 /** The only place that exits: bad flags and config exit 2, other failures 1. */
 try {

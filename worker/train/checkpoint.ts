@@ -3,6 +3,7 @@ import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promise
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { CheckpointError } from '../../shared/errors.ts';
+import type { ParamEntry, ParamLayout } from '../../shared/param-layout.ts';
 import type { ModelConfig } from '../../shared/vgg-configs.ts';
 import type { VggModel } from '../model/vgg-model.ts';
 
@@ -12,6 +13,8 @@ export interface CheckpointState {
   epoch: number;
   /** Batches of `epoch` already applied (the data cursor). */
   batchInEpoch: number;
+  /** Distributed runs: batch positions of `epoch` already applied (the data cursor, in any order). */
+  appliedPositions?: number[];
   modelHash: string;
   modelConfig: ModelConfig;
   /** The full run config, for reproducibility (nanoGPT habit). */
@@ -49,35 +52,48 @@ export function folderHandler(dir: string): tf.io.IOHandler {
   };
 }
 
-async function writeModel(vgg: VggModel, dir: string): Promise<void> {
-  await vgg.model.save(tf.io.withSaveHandler(async (artifacts) => {
-    const data = artifacts.weightData;
-    const bytes = data instanceof ArrayBuffer ? Buffer.from(data) : Buffer.concat((data ?? []).map((b) => Buffer.from(b)));
-    const modelJson = {
-      modelTopology: artifacts.modelTopology,
-      format: 'layers-model',
-      generatedBy: 'vgg-train',
-      convertedBy: null,
-      weightsManifest: [{ paths: ['weights.bin'], weights: artifacts.weightSpecs ?? [] }],
-    };
-    await writeFile(path.join(dir, 'model.json'), JSON.stringify(modelJson));
-    await writeFile(path.join(dir, 'weights.bin'), bytes);
-    return { modelArtifactsInfo: { dateSaved: new Date(), modelTopologyType: 'JSON' } };
-  }));
+const KERAS_ROLE: Record<string, string> = {
+  kernel: 'kernel', bias: 'bias', gamma: 'gamma', beta: 'beta', movingMean: 'moving_mean', movingVariance: 'moving_variance',
+};
+
+/** The keras weight name of a layout entry (`conv1_1/kernel`, `conv1_1_bn/moving_mean`). */
+export function kerasName(e: ParamEntry): string {
+  return `${e.layer}/${KERAS_ROLE[e.role]}`;
+}
+
+/** The layers-model topology (model.json's modelTopology) of a built model. */
+export function modelTopology(vgg: VggModel): object {
+  return vgg.model.toJSON(null, false) as object;
+}
+
+/** What a checkpoint holds: a topology, flat weights and momentum in layout order, and the run state. */
+export interface CheckpointContent {
+  topology: object;
+  layout: ParamLayout;
+  weights: Float32Array;
+  momentum: Float32Array;
+  state: CheckpointState;
 }
 
 /**
  * Writes a checkpoint atomically (a temp folder renamed into place) and keeps
- * the newest `keep`. Returns the folder.
+ * the newest `keep`. model.json + weights.bin are the TensorFlow.js layers
+ * format, written straight from the flat vector. Returns the folder.
  */
-export async function saveCheckpoint(root: string, vgg: VggModel, momentum: Float32Array, state: CheckpointState, keep = 3): Promise<string> {
+export async function saveCheckpoint(root: string, content: CheckpointContent, keep = 3): Promise<string> {
+  const { topology, layout, weights, momentum, state } = content;
   await mkdir(root, { recursive: true });
   const name = `step-${String(state.step).padStart(9, '0')}`;
   const final = path.join(root, name);
   const tmp = path.join(root, `.tmp-${name}-${process.pid}`);
   await rm(tmp, { recursive: true, force: true });
   await mkdir(tmp);
-  await writeModel(vgg, tmp);
+  const modelJson = {
+    modelTopology: topology, format: 'layers-model', generatedBy: 'vgg-train', convertedBy: null,
+    weightsManifest: [{ paths: ['weights.bin'], weights: layout.entries.map((e) => ({ name: kerasName(e), shape: e.shape, dtype: 'float32' })) }],
+  };
+  await writeFile(path.join(tmp, 'model.json'), JSON.stringify(modelJson));
+  await writeFile(path.join(tmp, 'weights.bin'), Buffer.from(weights.buffer, weights.byteOffset, weights.byteLength));
   await writeFile(path.join(tmp, 'momentum.bin'), Buffer.from(momentum.buffer, momentum.byteOffset, momentum.byteLength));
   await writeFile(path.join(tmp, 'state.json'), JSON.stringify(state, null, 2));
   await rm(final, { recursive: true, force: true });
@@ -115,14 +131,10 @@ export async function loadCheckpoint(dirOrRoot: string): Promise<LoadedCheckpoin
   }
 }
 
-const KERAS_ROLE: Record<string, string> = {
-  kernel: 'kernel', bias: 'bias', gamma: 'gamma', beta: 'beta', movingMean: 'moving_mean', movingVariance: 'moving_variance',
-};
-
 /** Copies checkpoint weights into a model of the same layout; checks every name and shape first. */
 export function restoreWeights(vgg: VggModel, weights: tf.NamedTensorMap): void {
   const pairs = vgg.layout.entries.map((e) => {
-    const t = weights[`${e.layer}/${KERAS_ROLE[e.role]}`];
+    const t = weights[kerasName(e)];
     if (t === undefined) throw new CheckpointError(`checkpoint: expected weight ${e.name}, got none`);
     if (t.shape.join(',') !== e.shape.join(',')) {
       throw new CheckpointError(`checkpoint weight ${e.name}: expected shape [${e.shape}], got [${t.shape}]`);

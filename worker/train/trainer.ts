@@ -7,9 +7,9 @@ import { modelHash } from '../../shared/param-layout.ts';
 import { epochPermutation } from '../../shared/rng.ts';
 import type { InitializerName, ModelConfig } from '../../shared/vgg-configs.ts';
 import { estimateRgbStats, loadBatch, type AugmentOptions, type BatchItem, type LoadedBatch } from '../data/image-pipeline.ts';
-import { buildVgg, disposeVgg, type VggModel } from '../model/vgg-model.ts';
+import { buildVgg, disposeVgg, readFlat, type VggModel } from '../model/vgg-model.ts';
 import { warmStartFromA } from '../model/warm-start.ts';
-import { loadCheckpoint, restoreWeights, saveCheckpoint } from './checkpoint.ts';
+import { loadCheckpoint, modelTopology, restoreWeights, saveCheckpoint } from './checkpoint.ts';
 import { computeGradients, evaluateBatch } from './gradient-step.ts';
 import { MomentumSgd, type SgdOptions } from './momentum-sgd.ts';
 
@@ -96,6 +96,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   };
   const vgg = buildVgg(o.model, { init: o.init, seed: o.seed });
   const hash = modelHash(o.model, vgg.layout);
+  const topology = modelTopology(vgg);
   const sgd = new MomentumSgd(vgg.layout, o.sgd);
   let plateau: PlateauState = initialPlateau(o.sgd.learningRate);
   let step = 0;
@@ -127,9 +128,12 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   sgd.learningRate = plateau.learningRate;
   const save = async (epoch: number, batchInEpoch: number) => {
     if (o.checkpointDir === undefined) return;
-    const dir = await saveCheckpoint(o.checkpointDir, vgg, sgd.readFlat(), {
-      step, epoch, batchInEpoch, modelHash: hash, modelConfig: o.model,
-      runConfig: { ...o, log: undefined, onStep: undefined }, schedule: { ...plateau }, createdAt: new Date().toISOString(),
+    const dir = await saveCheckpoint(o.checkpointDir, {
+      topology, layout: vgg.layout, weights: readFlat(vgg), momentum: sgd.readFlat(),
+      state: {
+        step, epoch, batchInEpoch, modelHash: hash, modelConfig: o.model,
+        runConfig: { ...o, log: undefined, onStep: undefined }, schedule: { ...plateau }, createdAt: new Date().toISOString(),
+      },
     }, o.keepCheckpoints);
     o.log?.info({ dir, step, epoch }, 'checkpoint written');
   };

@@ -1,0 +1,297 @@
+import { timingSafeEqual } from 'node:crypto';
+import { WebSocketServer, type WebSocket } from 'ws';
+import type { Logger } from '../shared/logger.ts';
+import type { FlatMomentumSgd } from '../shared/flat-sgd.ts';
+import {
+  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, bytesOf, decodeFrame, encode, field, floatsOf,
+  type BatchStats, type ServerMessage,
+} from '../shared/wire-protocol.ts';
+
+/** One worker connection. */
+export interface Member {
+  id: number;
+  ws: WebSocket;
+  workerId: string;
+  host: string;
+  gpu: number | null;
+  backend: string;
+  /** Expected in the current step (holds or is fetching a job). */
+  active: boolean;
+  jobId?: string;
+  lockToken?: string;
+  receiving?: { jobId: string; sampleIds: number[]; stats: BatchStats; next: number };
+  discarding: boolean;
+  /** Sent a matching model hash; gets weights and may join steps. */
+  ready: boolean;
+}
+
+/** A member's complete gradient in the step being committed. */
+export interface Contribution { memberId: number; workerId: string; jobId: string; sampleIds: number[]; stats: BatchStats }
+
+export interface AggregatorOptions {
+  host: string;
+  port: number;
+  token: string;
+  modelHash: string;
+  /** fp32 master weights, updated in place. */
+  weights: Float32Array;
+  sgd: FlatMomentumSgd;
+  step: number;
+  /** Sent to each worker in `welcome`: where the data and queues are, augmentation, model. */
+  runInfo: Record<string, unknown>;
+  /** 'applied' / 'unknown' jobs are refused at join (exactly once). */
+  jobStatus: (jobId: string) => 'pending' | 'applied' | 'unknown';
+  /** Called after the update is applied and before weights go out: write the ledger, checkpoint. */
+  onCommit: (step: number, contributions: Contribution[]) => Promise<void>;
+  /** A member left; its job (if any) should go back to the queue. */
+  onMemberLost: (member: Member) => void;
+  log: Logger;
+}
+
+/**
+ * The synchronous all-reduce: workers stream gradients in chunks, reduced on
+ * arrival into one fp32 sum weighted by sample count; when every active member
+ * has contributed, momentum SGD runs on the master weights and the new weights
+ * are broadcast. A member lost mid-step aborts the step: the others resend.
+ */
+export class Aggregator {
+  readonly options: AggregatorOptions;
+  readonly members = new Map<number, Member>();
+  step: number;
+  learningRate: number;
+  private server?: WebSocketServer;
+  private nextId = 1;
+  private readonly sum: Float32Array;
+  private totalSamples = 0;
+  private readonly done = new Map<number, Contribution>();
+  private committing = false;
+  private closing?: Promise<void>;
+  /** Frames rejected, by error code (for status and tests). */
+  readonly rejected = new Map<string, number>();
+
+  constructor(options: AggregatorOptions) {
+    this.options = options;
+    this.step = options.step;
+    this.learningRate = options.sgd.options.learningRate;
+    this.sum = new Float32Array(options.weights.length);
+  }
+
+  async start(): Promise<number> {
+    const server = new WebSocketServer({ host: this.options.host, port: this.options.port, maxPayload: MAX_PAYLOAD_BYTES });
+    this.server = server;
+    server.on('connection', (ws, req) => this.accept(ws, req.socket.remoteAddress ?? '?'));
+    await new Promise<void>((resolve, reject) => {
+      server.once('listening', resolve);
+      server.once('error', reject);
+    });
+    server.on('error', (err) => this.options.log.error({ err: err.message }, 'aggregator server error'));
+    const address = server.address();
+    return typeof address === 'object' && address !== null ? address.port : this.options.port;
+  }
+
+  setLearningRate(lr: number): void {
+    this.learningRate = lr;
+    this.options.sgd.options.learningRate = lr;
+  }
+
+  private accept(ws: WebSocket, remote: string): void {
+    ws.on('error', (err) => this.options.log.warn({ remote, err: err.message }, 'worker socket error'));
+    let member: Member | undefined;
+    ws.on('message', (raw: Buffer) => {
+      try {
+        const msg = decodeFrame(raw);
+        if (member === undefined) member = this.hello(ws, msg, remote);
+        else void this.handle(member, msg);
+      } catch (err) {
+        this.reject(ws, err, member === undefined);
+      }
+    });
+    ws.on('close', (code) => { if (member !== undefined) this.lose(member, code); });
+  }
+
+  private reject(ws: WebSocket, err: unknown, close: boolean): void {
+    const e = err instanceof ProtocolError ? err : new ProtocolError('VGG_ERR_INTERNAL', (err as Error).message);
+    this.rejected.set(e.code, (this.rejected.get(e.code) ?? 0) + 1);
+    this.options.log.warn({ code: e.code, error: e.message }, 'frame rejected');
+    this.send(ws, { t: 'error', code: e.code, message: e.message });
+    if (close) ws.close(1008, e.code);
+  }
+
+  private hello(ws: WebSocket, msg: Record<string, unknown>, remote: string): Member {
+    if (msg.t !== 'hello') throw new ProtocolError('VGG_ERR_HANDSHAKE', `first frame: expected "hello", got ${JSON.stringify(msg.t)}`);
+    const protocol = field<number>(msg, 'protocol', 'int');
+    if (protocol !== PROTOCOL_VERSION) {
+      throw new ProtocolError('VGG_ERR_PROTOCOL_VERSION', `hello.protocol: expected ${PROTOCOL_VERSION}, got ${protocol}`);
+    }
+    const token = Buffer.from(field<string>(msg, 'token', 'string'));
+    const want = Buffer.from(this.options.token);
+    if (token.length !== want.length || !timingSafeEqual(token, want)) {
+      throw new ProtocolError('VGG_ERR_AUTH', 'hello.token: expected the run token, got a wrong or missing one');
+    }
+    const member: Member = {
+      id: this.nextId++, ws, workerId: field<string>(msg, 'workerId', 'string'), host: field<string>(msg, 'host', 'string'),
+      gpu: typeof msg.gpu === 'number' ? msg.gpu : null, backend: field<string>(msg, 'backend', 'string'), active: false, discarding: false,
+      ready: false,
+    };
+    this.members.set(member.id, member);
+    this.options.log.info({ member: member.id, workerId: member.workerId, remote, step: this.step }, 'member joined');
+    this.send(ws, { t: 'welcome', memberId: member.id, step: this.step, modelHash: this.options.modelHash, run: this.options.runInfo });
+    return member;
+  }
+
+  private async handle(m: Member, msg: Record<string, unknown>): Promise<void> {
+    if (msg.t === 'ready') {
+      // The worker built the model from the run info; its own layout hash must agree with ours.
+      const hash = field<string>(msg, 'modelHash', 'string');
+      if (hash !== this.options.modelHash) {
+        this.reject(m.ws, new ProtocolError('VGG_ERR_MODEL_HASH', `ready.modelHash: expected ${this.options.modelHash}, got ${hash}`), true);
+        return;
+      }
+      m.ready = true;
+      this.sendWeights([m]);
+      return;
+    }
+    if (!m.ready) throw new ProtocolError('VGG_ERR_HANDSHAKE', `frame ${JSON.stringify(msg.t)}: expected "ready" first`);
+    switch (msg.t) {
+      case 'join': {
+        const step = field<number>(msg, 'step', 'int');
+        const jobId = field<string>(msg, 'jobId', 'string');
+        const lockToken = field<string>(msg, 'lockToken', 'string');
+        if (step !== this.step || this.committing) { this.send(m.ws, { t: 'stale', step: this.step }); return; }
+        const status = this.options.jobStatus(jobId);
+        const heldByOther = [...this.members.values()].some((o) => o !== m && o.jobId === jobId);
+        if (status !== 'pending' || heldByOther) {
+          throw new ProtocolError('VGG_ERR_DUPLICATE_JOB', `join.jobId: expected a pending job, got ${jobId} (${heldByOther ? 'held by another member' : status})`);
+        }
+        Object.assign(m, { active: true, jobId, lockToken });
+        this.send(m.ws, { t: 'joined', step });
+        return;
+      }
+      case 'idle': {
+        if (m.receiving !== undefined || this.done.has(m.id)) return;
+        Object.assign(m, { active: false, jobId: undefined, lockToken: undefined });
+        await this.maybeCommit();
+        return;
+      }
+      case 'grad-begin': {
+        const step = field<number>(msg, 'step', 'int');
+        const jobId = field<string>(msg, 'jobId', 'string');
+        if (step !== this.step) throw new ProtocolError('VGG_ERR_STALE_STEP', `grad-begin.step: expected ${this.step}, got ${step}`);
+        if (!m.active || m.jobId !== jobId) {
+          throw new ProtocolError('VGG_ERR_NOT_JOINED', `grad-begin.jobId: expected the joined job ${m.jobId ?? '(none)'}, got ${jobId}`);
+        }
+        const total = field<number>(msg, 'totalFloats', 'int');
+        if (total !== this.sum.length) throw new ProtocolError('VGG_ERR_LAYOUT', `grad-begin.totalFloats: expected ${this.sum.length}, got ${total}`);
+        const stats = field<BatchStats>(msg, 'stats', 'object');
+        const samples = field<number>(stats as unknown as Record<string, unknown>, 'samples', 'int');
+        m.receiving = { jobId, sampleIds: field<number[]>(msg, 'sampleIds', 'int[]'), stats: { ...stats, samples }, next: 0 };
+        m.discarding = false;
+        return;
+      }
+      case 'grad-chunk': {
+        if (m.discarding) return;
+        const r = m.receiving;
+        const offset = field<number>(msg, 'offset', 'int');
+        if (r === undefined) throw new ProtocolError('VGG_ERR_NOT_JOINED', `grad-chunk: expected a grad-begin first, got a chunk at ${offset}`);
+        const g = floatsOf(field<Uint8Array>(msg, 'data', 'bytes'));
+        if (offset !== r.next || offset + g.length > this.sum.length) {
+          throw new ProtocolError('VGG_ERR_LAYOUT', `grad-chunk.offset: expected ${r.next} (+${g.length} <= ${this.sum.length}), got ${offset}`);
+        }
+        const n = r.stats.samples;
+        const sum = this.sum;
+        for (let i = 0; i < g.length; i += 1) sum[offset + i] = (sum[offset + i] as number) + n * (g[i] as number);
+        r.next = offset + g.length;
+        return;
+      }
+      case 'grad-end': {
+        if (m.discarding) { m.discarding = false; return; }
+        const r = m.receiving;
+        if (r === undefined || r.next !== this.sum.length) {
+          throw new ProtocolError('VGG_ERR_LAYOUT', `grad-end: expected ${this.sum.length} floats, got ${r?.next ?? 0}`);
+        }
+        m.receiving = undefined;
+        this.totalSamples += r.stats.samples;
+        this.done.set(m.id, { memberId: m.id, workerId: m.workerId, jobId: r.jobId, sampleIds: r.sampleIds, stats: r.stats });
+        await this.maybeCommit();
+        return;
+      }
+      default:
+        throw new ProtocolError('VGG_ERR_UNKNOWN_TYPE', `frame.t: expected ready, join, idle, grad-begin, grad-chunk or grad-end, got ${JSON.stringify(msg.t)}`);
+    }
+  }
+
+  private async maybeCommit(): Promise<void> {
+    if (this.committing || this.done.size === 0) return;
+    for (const m of this.members.values()) if (m.active && !this.done.has(m.id)) return;
+    this.committing = true;
+    try {
+      const contributions = [...this.done.values()];
+      if (this.totalSamples > 0) {
+        const scale = 1 / this.totalSamples;
+        for (let i = 0; i < this.sum.length; i += 1) this.sum[i] = (this.sum[i] as number) * scale;
+        this.options.sgd.apply(this.options.weights, this.sum);
+      }
+      this.step += 1;
+      await this.options.onCommit(this.step, contributions);
+      this.resetStep();
+      for (const c of contributions) {
+        const m = this.members.get(c.memberId);
+        if (m !== undefined) Object.assign(m, { jobId: undefined, lockToken: undefined });
+      }
+      this.sendWeights([...this.members.values()].filter((m) => m.ready));
+    } finally {
+      this.committing = false;
+    }
+  }
+
+  private resetStep(): void {
+    this.sum.fill(0);
+    this.totalSamples = 0;
+    this.done.clear();
+  }
+
+  private lose(m: Member, code: number): void {
+    if (!this.members.delete(m.id)) return;
+    const clean = code === 1000 || this.closing !== undefined;
+    this.options.log[clean ? 'info' : 'warn']({ member: m.id, workerId: m.workerId, jobId: m.jobId, step: this.step, code }, clean ? 'member left' : 'member lost');
+    const contributed = m.receiving !== undefined || this.done.has(m.id);
+    if (contributed && !this.committing) {
+      // Its partial or complete gradient is in the sum: abort the step, survivors resend.
+      const resenders = [...this.members.values()].filter((o) => o.receiving !== undefined || this.done.has(o.id));
+      this.resetStep();
+      for (const o of resenders) {
+        o.discarding = o.receiving !== undefined;
+        o.receiving = undefined;
+        this.send(o.ws, { t: 'resend', step: this.step });
+      }
+      this.options.log.warn({ step: this.step, resend: resenders.length }, 'step aborted: member lost mid-step');
+    }
+    this.options.onMemberLost(m);
+    void this.maybeCommit();
+  }
+
+  private send(ws: WebSocket, msg: ServerMessage): void {
+    if (ws.readyState === ws.OPEN) ws.send(encode(msg));
+  }
+
+  /** Current weights to `targets`, each chunk encoded once. */
+  private sendWeights(targets: Member[]): void {
+    if (targets.length === 0) return;
+    const w = this.options.weights;
+    const frames = [encode({ t: 'weights-begin', step: this.step, totalFloats: w.length, learningRate: this.learningRate })];
+    for (let offset = 0; offset < w.length; offset += CHUNK_FLOATS) {
+      frames.push(encode({ t: 'weights-chunk', step: this.step, offset, data: bytesOf(w.subarray(offset, offset + CHUNK_FLOATS)) }));
+    }
+    frames.push(encode({ t: 'weights-end', step: this.step }));
+    for (const m of targets) for (const f of frames) if (m.ws.readyState === m.ws.OPEN) m.ws.send(f);
+  }
+
+  close(): Promise<void> {
+    this.closing ??= new Promise<void>((resolve) => {
+      for (const m of this.members.values()) m.ws.terminate();
+      if (this.server === undefined) resolve();
+      else this.server.close(() => resolve());
+    });
+    return this.closing;
+  }
+}

@@ -1,0 +1,287 @@
+import { hostname } from 'node:os';
+import * as tf from '@tensorflow/tfjs';
+import { Job, Queue, Worker as BullWorker } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { CheckpointError } from '../shared/errors.ts';
+import { FlatMomentumSgd } from '../shared/flat-sgd.ts';
+import type { Logger } from '../shared/logger.ts';
+import { initialPlateau, stepPlateau, type PlateauState } from '../shared/lr-schedule.ts';
+import { modelHash } from '../shared/param-layout.ts';
+import { connectRedis } from '../shared/redis-connection.ts';
+import { evalJobId, runKeys, type EvalJobData, type EvalJobResult } from '../shared/redis-keys.ts';
+import { resolveModelConfig, type ModelConfig } from '../shared/vgg-configs.ts';
+import { estimateRgbStats, type AugmentOptions } from '../worker/data/image-pipeline.ts';
+import { buildVgg, disposeVgg, readFlat } from '../worker/model/vgg-model.ts';
+import { kerasName, loadCheckpoint, modelTopology, saveCheckpoint } from '../worker/train/checkpoint.ts';
+import { Aggregator, type Contribution, type Member } from './aggregator.ts';
+import { indexDataset } from './dataset-index.ts';
+import { ensureDefaultDataset } from './default-dataset.ts';
+import { planEpoch, trainJobs, type EpochPlan } from './epoch-plan.ts';
+import type { RunConfig } from './run-config.ts';
+import type { RunState } from './run-state.ts';
+
+export interface EpochSummary { epoch: number; step: number; trainLoss: number | null; valTop1: number; valTop5: number; valLoss: number; lr: number; seconds: number }
+export interface RunSummary { run: string; epochs: number; steps: number; valTop1: number; valTop5: number; wallSeconds: number; history: EpochSummary[]; skippedImages: number }
+
+export interface CoordinatorHandle {
+  port: number;
+  aggregator: Aggregator;
+  /** Resolves when the last epoch is validated and checkpointed. */
+  done: Promise<RunSummary>;
+  stop(): Promise<void>;
+}
+
+/** The run info every worker receives in `welcome`. */
+export interface RunInfo { run: string; redis: string; data: string; model: ModelConfig; augment: AugmentOptions; seed: number; evalQ: number; lockDurationMs: number; trainIds: number; valIds: number; valLimit: number; trainLimit: number }
+
+/**
+ * The coordinator of one run: indexes the data, holds the master weights in
+ * its embedded aggregator, puts one BullMQ job per worker-step batch on the
+ * train queue, validates through eval jobs at each epoch end, steps the
+ * learning rate on plateau, checkpoints, and publishes state for `status`.
+ */
+export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<CoordinatorHandle> {
+  const started = Date.now();
+  tf.enableProdMode();
+  await tf.setBackend('cpu');
+  const data = cfg.data !== '' ? cfg.data : (await ensureDefaultDataset(log)).root;
+  const index = await indexDataset(data, { onProgress: (d, t) => { if (d === t) log.info({ classes: t }, 'dataset indexed'); } });
+  const model = resolveModelConfig({
+    config: cfg.config, batchNorm: cfg.batchNorm, numClasses: cfg.numClasses || index.classes.length, inputSize: cfg.inputSize,
+    widthMultiplier: cfg.width, fcUnits: cfg.fcUnits, dropout: cfg.dropout,
+  });
+  const trainCount = Math.min(index.train.length, cfg.trainLimit || Infinity);
+  const valCount = Math.min(index.val.length, cfg.valLimit || Infinity);
+  const stats = await estimateRgbStats(index.root, index.train.slice(0, trainCount).map((s) => s.path));
+  const augment: AugmentOptions = {
+    inputSize: model.inputSize, sMin: cfg.scale[0], sMax: cfg.scale[1], flip: true, pcaStd: 0.1,
+    meanRgb: stats.meanRgb, stdRgb: cfg.normalize === 'mean-std' ? stats.stdRgb : [1, 1, 1],
+  };
+  const vgg = buildVgg(model, { init: cfg.init, seed: cfg.seed });
+  const layout = vgg.layout;
+  const hash = modelHash(model, layout);
+  const topology = modelTopology(vgg);
+  const weights = readFlat(vgg);
+  disposeVgg(vgg);
+
+  const keys = runKeys(cfg.run);
+  const redis = connectRedis(cfg.redis);
+  const trainQueue = new Queue(keys.trainQueue, { connection: redis });
+  const evalQueue = new Queue(keys.evalQueue, { connection: redis });
+  for (const q of [trainQueue, evalQueue]) q.on('error', (err) => log.warn({ err: err.message }, 'queue error'));
+  // Recovers jobs of workers that died holding a lock we were never told about.
+  const checkers = [keys.trainQueue, keys.evalQueue].map((name) => new BullWorker(name, null, {
+    connection: connectRedis(cfg.redis), lockDuration: cfg.lockDurationMs, stalledInterval: Math.max(500, cfg.lockDurationMs / 2), maxStalledCount: 1000,
+  }));
+  for (const c of checkers) { c.on('error', (err) => log.warn({ err: err.message }, 'stalled checker error')); void c.startStalledCheckTimer(); }
+
+  let step = 0;
+  let epoch = 0;
+  let applied = new Set<number>();
+  let plateau: PlateauState = initialPlateau(cfg.lr);
+  let momentum: Float32Array = new Float32Array(layout.totalSize);
+  if (cfg.resume && cfg.checkpointDir !== '') {
+    const ck = await loadCheckpoint(cfg.checkpointDir).catch((err: unknown) => {
+      if (err instanceof CheckpointError && /got none/.test(err.message)) return undefined;
+      throw err;
+    });
+    if (ck !== undefined) {
+      if (ck.state.modelHash !== hash) throw new CheckpointError(`--resume: checkpoint model hash ${ck.state.modelHash} does not match this run's ${hash}`);
+      for (const e of layout.entries) {
+        const t = ck.weights[kerasName(e)];
+        if (t === undefined || t.size !== e.size) throw new CheckpointError(`--resume: checkpoint weight ${e.name}: expected ${e.size} floats`);
+        weights.set(t.dataSync() as Float32Array, e.offset);
+      }
+      tf.dispose(Object.values(ck.weights));
+      momentum = ck.momentum;
+      ({ step, epoch } = ck.state);
+      applied = new Set(ck.state.appliedPositions ?? []);
+      plateau = ck.state.schedule as unknown as PlateauState;
+      log.info({ dir: ck.dir, step, epoch, appliedInEpoch: applied.size }, 'resuming from checkpoint');
+    } else log.warn({ dir: cfg.checkpointDir }, '--resume: no checkpoint yet; starting fresh');
+  }
+  // Jobs and ledgers of earlier incarnations are void: the checkpoint is the truth.
+  await trainQueue.obliterate({ force: true });
+  await evalQueue.obliterate({ force: true });
+  // On resume, the ledgers of finished epochs stay (audit); later ones are rebuilt from the checkpoint.
+  const stale = (await redis.keys(`vgg:${cfg.run}:*`)).filter((k) => {
+    const m = /:ledger:(\d+)$/.exec(k);
+    return m === null ? !k.endsWith(':history') || !cfg.resume : Number(m[1]) >= epoch;
+  });
+  if (stale.length > 0) await redis.del(...stale);
+
+  const sgd = new FlatMomentumSgd(layout, { learningRate: plateau.learningRate, momentum: cfg.momentum, weightDecay: cfg.weightDecay }, momentum);
+  let plan: EpochPlan = planEpoch(trainCount, cfg.batchSize, cfg.seed, epoch);
+  const state: RunState = {
+    schema: 1, run: cfg.run, state: 'starting', epoch, epochs: cfg.epochs, step, stepsPerEpoch: plan.batches.length, appliedInEpoch: applied.size,
+    learningRate: plateau.learningRate, loss: null, trainTop1: null, trainTop5: null, valTop1: null, valTop5: null, imagesPerSec: null,
+    etaSeconds: null, members: 0, skippedImages: 0, startedAt: new Date(started).toISOString(), updatedAt: new Date().toISOString(),
+  };
+  const publish = async () => {
+    state.updatedAt = new Date().toISOString();
+    state.members = [...aggregator.members.values()].filter((m) => m.ready).length;
+    await redis.hset(keys.state, 'state', JSON.stringify(state));
+  };
+  const writeLedger = async (positions: Iterable<number>, atStep: number, workers: string[] = []) => {
+    const args: string[] = [];
+    let i = 0;
+    for (const p of positions) {
+      args.push(`train-e${epoch}-b${p}`, JSON.stringify({ step: atStep, position: p, sampleIds: plan.batches[p], workerId: workers[i] ?? null }));
+      i += 1;
+    }
+    if (args.length > 0) await redis.hset(keys.ledger(epoch), ...args);
+  };
+  await writeLedger(applied, step);
+  const checkpoint = async () => {
+    if (cfg.checkpointDir === '') return;
+    const dir = await saveCheckpoint(cfg.checkpointDir, {
+      topology, layout, weights, momentum: sgd.velocity,
+      state: {
+        step, epoch, batchInEpoch: applied.size, appliedPositions: [...applied].sort((a, b) => a - b), modelHash: hash,
+        modelConfig: model, runConfig: { ...cfg, token: undefined }, schedule: { ...plateau }, createdAt: new Date().toISOString(),
+      },
+    }, cfg.keep);
+    log.info({ dir, step, epoch }, 'checkpoint written');
+  };
+
+  let rate = { t: Date.now(), images: 0 };
+  const onCommit = async (newStep: number, contributions: Contribution[]) => {
+    step = newStep;
+    const positions = contributions.map((c) => plan.positions.get(c.jobId) as number);
+    for (const p of positions) applied.add(p);
+    await writeLedger(positions, step, contributions.map((c) => c.workerId));
+    const n = contributions.reduce((s, c) => s + c.stats.samples, 0);
+    if (n > 0) {
+      const loss = contributions.reduce((s, c) => s + c.stats.loss * c.stats.samples, 0) / n;
+      state.loss = state.loss === null ? loss : 0.9 * state.loss + 0.1 * loss;
+      state.trainTop1 = contributions.reduce((s, c) => s + c.stats.top1, 0) / n;
+      state.trainTop5 = contributions.reduce((s, c) => s + c.stats.top5, 0) / n;
+    }
+    state.skippedImages += contributions.reduce((s, c) => s + c.stats.skipped, 0);
+    rate.images += n;
+    const now = Date.now();
+    if (now - rate.t > 2000) {
+      state.imagesPerSec = (rate.images * 1000) / (now - rate.t);
+      rate = { t: now, images: 0 };
+    }
+    if (state.imagesPerSec !== null && state.imagesPerSec > 0) {
+      const left = (cfg.epochs - epoch) * trainCount - applied.size * cfg.batchSize;
+      state.etaSeconds = left / state.imagesPerSec;
+    }
+    Object.assign(state, { step, appliedInEpoch: applied.size });
+    await publish();
+    if (cfg.checkpointEvery > 0 && step % cfg.checkpointEvery === 0 && applied.size < plan.batches.length) await checkpoint();
+    if (applied.size === plan.batches.length) setImmediate(() => { void endEpoch().catch(fail); });
+  };
+
+  const onMemberLost = (m: Member) => {
+    const { jobId, lockToken } = m;
+    void publish();
+    if (jobId === undefined || lockToken === undefined || aggregator.options.jobStatus(jobId) !== 'pending') return;
+    // Back to the queue at once, not after the lock expires.
+    void Job.fromId(trainQueue, jobId).then((job) => job?.moveToWait(lockToken))
+      .then(() => log.info({ jobId, workerId: m.workerId }, 'job of lost member returned to the queue'))
+      .catch((err: Error) => log.warn({ jobId, err: err.message }, 'could not return job; the stalled check will'));
+  };
+
+  const runInfo: RunInfo = {
+    run: cfg.run, redis: cfg.redis, data: index.root, model, augment, seed: cfg.seed, evalQ: cfg.evalScale,
+    lockDurationMs: cfg.lockDurationMs, trainIds: index.train.length, valIds: index.val.length, valLimit: valCount, trainLimit: trainCount,
+  };
+  const aggregator = new Aggregator({
+    host: cfg.host, port: cfg.port, token: cfg.token, modelHash: hash, weights, sgd, step,
+    runInfo: runInfo as unknown as Record<string, unknown>,
+    jobStatus: (jobId) => {
+      const p = plan.positions.get(jobId);
+      if (p === undefined) return 'unknown';
+      return applied.has(p) ? 'applied' : 'pending';
+    },
+    onCommit, onMemberLost, log,
+  });
+  const port = await aggregator.start();
+  log.info({ port, host: cfg.host, run: cfg.run, modelHash: hash, step, epoch, coordinatorHost: hostname() }, 'aggregator listening');
+
+  let finish!: (s: RunSummary) => void;
+  let fail!: (e: unknown) => void;
+  const done = new Promise<RunSummary>((resolve, reject) => { finish = resolve; fail = reject; });
+  const history: EpochSummary[] = [];
+  let stopping = false;
+  let epochStart = Date.now();
+
+  const startEpoch = async () => {
+    plan = planEpoch(trainCount, cfg.batchSize, cfg.seed, epoch);
+    epochStart = Date.now();
+    Object.assign(state, { state: 'training', epoch, stepsPerEpoch: plan.batches.length, appliedInEpoch: applied.size });
+    await publish();
+    const jobs = trainJobs(cfg.run, plan, applied);
+    log.info({ epoch, jobs: jobs.length, batches: plan.batches.length }, 'epoch started');
+    if (jobs.length === 0) setImmediate(() => { void endEpoch().catch(fail); });
+    else await trainQueue.addBulk(jobs);
+  };
+
+  const validate = async (): Promise<EvalJobResult> => {
+    state.state = 'validating';
+    await publish();
+    const evalBatch = Math.max(cfg.batchSize, 32);
+    const jobs = [];
+    for (let i = 0, p = 0; i < valCount; i += evalBatch, p += 1) {
+      const sampleIds = Array.from({ length: Math.min(evalBatch, valCount - i) }, (_, k) => i + k);
+      jobs.push({ name: 'eval', data: { run: cfg.run, epoch, position: p, sampleIds, step } satisfies EvalJobData, opts: { jobId: evalJobId(epoch, p), removeOnComplete: true } });
+    }
+    await evalQueue.addBulk(jobs);
+    while (!stopping && (await redis.hlen(keys.evalResults(epoch))) < jobs.length) await new Promise((r) => setTimeout(r, 100));
+    const results = Object.values(await redis.hgetall(keys.evalResults(epoch))).map((v) => JSON.parse(v) as EvalJobResult);
+    return results.reduce((a, r) => ({ samples: a.samples + r.samples, top1: a.top1 + r.top1, top5: a.top5 + r.top5, lossSum: a.lossSum + r.lossSum, skipped: a.skipped + r.skipped }),
+      { samples: 0, top1: 0, top5: 0, lossSum: 0, skipped: 0 });
+  };
+
+  const endEpoch = async () => {
+    if (stopping) return;
+    const val = await validate();
+    if (stopping) return;
+    const n = Math.max(1, val.samples);
+    plateau = stepPlateau(plateau, val.top1 / n);
+    aggregator.setLearningRate(plateau.learningRate);
+    const summary: EpochSummary = {
+      epoch, step, trainLoss: state.loss, valTop1: val.top1 / n, valTop5: val.top5 / n, valLoss: val.lossSum / n,
+      lr: plateau.learningRate, seconds: (Date.now() - epochStart) / 1000,
+    };
+    history.push(summary);
+    await redis.rpush(keys.history, JSON.stringify(summary));
+    Object.assign(state, { valTop1: summary.valTop1, valTop5: summary.valTop5, learningRate: plateau.learningRate });
+    log.info(summary, 'epoch done');
+    epoch += 1;
+    applied = new Set();
+    await checkpoint();
+    if (epoch < cfg.epochs) {
+      await startEpoch();
+      return;
+    }
+    Object.assign(state, { state: 'finished', etaSeconds: 0 });
+    await publish();
+    finish({
+      run: cfg.run, epochs: cfg.epochs, steps: step, valTop1: summary.valTop1, valTop5: summary.valTop5,
+      wallSeconds: (Date.now() - started) / 1000, history, skippedImages: state.skippedImages,
+    });
+  };
+
+  // Wait for the cluster to form before the first job, so that step composition does not depend on start order.
+  void (async () => {
+    state.state = 'waiting-for-workers';
+    await publish();
+    while (!stopping && [...aggregator.members.values()].filter((m) => m.ready).length < cfg.minWorkers) await new Promise((r) => setTimeout(r, 50));
+    if (!stopping) await startEpoch();
+  })().catch(fail);
+
+  let stopped: Promise<void> | undefined;
+  const stop = () => {
+    stopped ??= (async () => {
+      stopping = true;
+      await aggregator.close();
+      await Promise.allSettled([...checkers.map((c) => c.close()), trainQueue.close(), evalQueue.close()]);
+      redis.disconnect();
+    })();
+    return stopped;
+  };
+  return { port, aggregator, done, stop };
+}

@@ -1,0 +1,147 @@
+import { readFileSync } from 'node:fs';
+import { ConfigError } from '../shared/errors.ts';
+import { choiceOption, intOption, numberOption, scaleRangeOption } from '../shared/option-parsers.ts';
+import { CONFIG_NAMES, INITIALIZERS, type ConfigName, type InitializerName } from '../shared/vgg-configs.ts';
+
+/** Everything a distributed run is defined by. */
+export interface RunConfig {
+  /** Run name: prefixes queues and Redis keys. */
+  run: string;
+  /** Dataset root; empty: the built-in dataset. */
+  data: string;
+  redis: string;
+  /** Aggregator bind address and port (0: any free port). */
+  host: string;
+  port: number;
+  /** Shared secret of the handshake; required unless host is loopback. */
+  token: string;
+  config: ConfigName;
+  batchNorm: boolean;
+  /** 0: the dataset's class count. */
+  numClasses: number;
+  inputSize: number;
+  width: number;
+  fcUnits: number;
+  dropout: number;
+  init: InitializerName;
+  seed: number;
+  epochs: number;
+  /** Samples per job (per worker per step). */
+  batchSize: number;
+  lr: number;
+  momentum: number;
+  weightDecay: number;
+  scale: [number, number];
+  evalScale: number;
+  normalize: 'mean' | 'mean-std';
+  checkpointDir: string;
+  checkpointEvery: number;
+  keep: number;
+  resume: boolean;
+  /** Jobs are enqueued once this many workers are ready. */
+  minWorkers: number;
+  trainLimit: number;
+  valLimit: number;
+  lockDurationMs: number;
+}
+
+interface Spec { key: keyof RunConfig; flag: string; parse: (v: string) => unknown; description: string }
+
+const bool = (flag: string) => (v: string): boolean => {
+  if (['true', '1', 'yes'].includes(v)) return true;
+  if (['false', '0', 'no'].includes(v)) return false;
+  throw new ConfigError(`${flag}: expected true or false, got ${JSON.stringify(v)}`);
+};
+const str = (flag: string) => (v: string): string => {
+  if (typeof v !== 'string') throw new ConfigError(`${flag}: expected a string, got ${JSON.stringify(v)}`);
+  return v;
+};
+
+/** Option table: flag, environment variable (VGG_ + upper snake of the flag) and config-file key (camelCase). */
+export const RUN_OPTIONS: Spec[] = [
+  { key: 'run', flag: '--run', parse: str('--run'), description: 'run name (queue and key prefix)' },
+  { key: 'data', flag: '--data', parse: str('--data'), description: 'ImageNet-layout dataset root (default: built-in)' },
+  { key: 'redis', flag: '--redis', parse: str('--redis'), description: 'Redis URL (redis:// or rediss://)' },
+  { key: 'host', flag: '--host', parse: str('--host'), description: 'aggregator bind address' },
+  { key: 'port', flag: '--port', parse: intOption('--port', 0, 65535), description: 'aggregator port (0: any free)' },
+  { key: 'token', flag: '--token', parse: str('--token'), description: 'handshake token (required off loopback)' },
+  { key: 'config', flag: '--config', parse: choiceOption('--config', CONFIG_NAMES), description: 'Table 1 column' },
+  { key: 'batchNorm', flag: '--batch-norm', parse: bool('--batch-norm'), description: 'batch norm after each conv' },
+  { key: 'numClasses', flag: '--num-classes', parse: intOption('--num-classes', 0), description: 'classes (0: from the dataset)' },
+  { key: 'inputSize', flag: '--input-size', parse: intOption('--input-size', 32), description: 'crop side' },
+  { key: 'width', flag: '--width', parse: numberOption('--width', 0, 4, true), description: 'conv channel multiplier' },
+  { key: 'fcUnits', flag: '--fc-units', parse: intOption('--fc-units', 1), description: 'units of fc6/fc7' },
+  { key: 'dropout', flag: '--dropout', parse: numberOption('--dropout', 0, 0.99), description: 'dropout after fc6/fc7' },
+  { key: 'init', flag: '--init', parse: choiceOption('--init', INITIALIZERS), description: 'initialiser' },
+  { key: 'seed', flag: '--seed', parse: intOption('--seed', 0), description: 'seed' },
+  { key: 'epochs', flag: '--epochs', parse: intOption('--epochs', 1), description: 'epochs' },
+  { key: 'batchSize', flag: '--batch-size', parse: intOption('--batch-size', 1), description: 'samples per job (per worker per step)' },
+  { key: 'lr', flag: '--lr', parse: numberOption('--lr', 0, 10, true), description: 'initial learning rate' },
+  { key: 'momentum', flag: '--momentum', parse: numberOption('--momentum', 0, 0.999), description: 'momentum' },
+  { key: 'weightDecay', flag: '--weight-decay', parse: numberOption('--weight-decay', 0, 1), description: 'L2 on kernels' },
+  { key: 'scale', flag: '--scale', parse: scaleRangeOption('--scale'), description: 'training scale S or Smin:Smax' },
+  { key: 'evalScale', flag: '--eval-scale', parse: intOption('--eval-scale', 1), description: 'validation scale Q' },
+  { key: 'normalize', flag: '--normalize', parse: choiceOption('--normalize', ['mean', 'mean-std'] as const), description: 'mean (paper) or mean-std' },
+  { key: 'checkpointDir', flag: '--checkpoint-dir', parse: str('--checkpoint-dir'), description: 'checkpoint folder (empty: none)' },
+  { key: 'checkpointEvery', flag: '--checkpoint-every', parse: intOption('--checkpoint-every', 0), description: 'also checkpoint every N steps' },
+  { key: 'keep', flag: '--keep', parse: intOption('--keep', 1), description: 'checkpoints kept' },
+  { key: 'resume', flag: '--resume', parse: bool('--resume'), description: 'continue from the newest checkpoint' },
+  { key: 'minWorkers', flag: '--min-workers', parse: intOption('--min-workers', 1), description: 'wait for this many workers before the first step' },
+  { key: 'trainLimit', flag: '--train-limit', parse: intOption('--train-limit', 0), description: 'use only the first n training images (0: all)' },
+  { key: 'valLimit', flag: '--val-limit', parse: intOption('--val-limit', 0), description: 'use only the first n validation images (0: all)' },
+  { key: 'lockDurationMs', flag: '--lock-duration-ms', parse: intOption('--lock-duration-ms', 1000), description: 'BullMQ job lock' },
+];
+
+/** Defaults: the paper's recipe on a real dataset. */
+export const PAPER_DEFAULTS: RunConfig = {
+  run: 'default', data: '', redis: 'redis://127.0.0.1:6379', host: '127.0.0.1', port: 7070, token: '',
+  config: 'D', batchNorm: false, numClasses: 0, inputSize: 224, width: 1, fcUnits: 4096, dropout: 0.5, init: 'kaiming',
+  seed: 1, epochs: 74, batchSize: 64, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, scale: [256, 256], evalScale: 256,
+  normalize: 'mean', checkpointDir: '', checkpointEvery: 0, keep: 3, resume: false, minWorkers: 1, trainLimit: 0,
+  valLimit: 0, lockDurationMs: 30000,
+};
+
+/** Defaults without --data: a small VGG-A on the built-in 32x32 dataset, minutes on a CPU. */
+export const BUILT_IN_DEFAULTS: Partial<RunConfig> = {
+  config: 'A', inputSize: 32, width: 0.125, fcUnits: 256, epochs: 2, batchSize: 32, scale: [32, 36], evalScale: 32, normalize: 'mean-std',
+};
+
+export function envName(flag: string): string {
+  return `VGG_${flag.replace(/^--/, '').replace(/-/g, '_').toUpperCase()}`;
+}
+
+const LOOPBACK = new Set(['127.0.0.1', 'localhost', '::1']);
+
+/**
+ * Merges flags (given as strings or values by commander), then environment
+ * (VGG_*), then a JSON config file, then defaults; flags win. Every value goes
+ * through the option's parser, so errors name the option.
+ */
+export function resolveRunConfig(flags: Partial<Record<keyof RunConfig, unknown>>, env: NodeJS.ProcessEnv = process.env, configFile?: string): RunConfig {
+  let file: Record<string, unknown> = {};
+  if (configFile !== undefined) {
+    try {
+      file = JSON.parse(readFileSync(configFile, 'utf8')) as Record<string, unknown>;
+    } catch (err) {
+      throw new ConfigError(`--config-file: expected a readable JSON object, got ${JSON.stringify(configFile)} (${(err as Error).message})`);
+    }
+    const known = new Set(RUN_OPTIONS.map((o) => o.key as string));
+    const unknown = Object.keys(file).filter((k) => !known.has(k));
+    if (unknown.length > 0) throw new ConfigError(`--config-file: unknown keys ${unknown.join(', ')}; expected some of ${[...known].join(', ')}`);
+  }
+  const dataGiven = flags.data ?? env[envName('--data')] ?? file.data;
+  const cfg: Record<string, unknown> = { ...PAPER_DEFAULTS, ...(dataGiven === undefined || dataGiven === '' ? BUILT_IN_DEFAULTS : {}) };
+  for (const o of RUN_OPTIONS) {
+    const raw = flags[o.key] ?? env[envName(o.flag)] ?? file[o.key];
+    if (raw === undefined) continue;
+    const text = Array.isArray(raw) ? raw.join(':') : String(raw);
+    cfg[o.key] = typeof raw === 'boolean' ? raw : o.parse(text);
+  }
+  const c = cfg as unknown as RunConfig;
+  if (c.token === '' && !LOOPBACK.has(c.host)) {
+    throw new ConfigError(`--token: expected a token when the aggregator listens on ${c.host} (not loopback), got none (set --token or VGG_TOKEN)`);
+  }
+  if (c.scale[0] < c.inputSize) throw new ConfigError(`--scale: expected S >= --input-size (${c.inputSize}), got ${c.scale[0]}`);
+  if (c.evalScale < c.inputSize) throw new ConfigError(`--eval-scale: expected Q >= --input-size (${c.inputSize}), got ${c.evalScale}`);
+  return c;
+}

@@ -1,0 +1,38 @@
+/** What `status` shows; published by the coordinator into Redis as JSON. Stable schema v1. */
+export interface RunState {
+  schema: 1;
+  run: string;
+  state: 'starting' | 'waiting-for-workers' | 'training' | 'validating' | 'finished' | 'failed';
+  epoch: number;
+  epochs: number;
+  step: number;
+  stepsPerEpoch: number;
+  /** Jobs of the current epoch already applied. */
+  appliedInEpoch: number;
+  learningRate: number;
+  /** Exponential moving average of the training loss (0.9). */
+  loss: number | null;
+  trainTop1: number | null;
+  trainTop5: number | null;
+  valTop1: number | null;
+  valTop5: number | null;
+  imagesPerSec: number | null;
+  etaSeconds: number | null;
+  members: number;
+  skippedImages: number;
+  startedAt: string;
+  updatedAt: string;
+}
+
+/** One worker's heartbeat, written by the worker every few seconds. */
+export interface WorkerHeartbeat {
+  workerId: string;
+  host: string;
+  gpu: number | null;
+  backend: string;
+  pid: number;
+  step: number;
+  jobs: number;
+  imagesPerSec: number | null;
+  lastHeartbeat: string;
+}

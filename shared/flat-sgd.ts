@@ -1,0 +1,42 @@
+import type { ParamLayout } from './param-layout.ts';
+
+export interface FlatSgdOptions { learningRate: number; momentum: number; weightDecay: number }
+
+/**
+ * Momentum SGD on the fp32 master weights held as one flat vector, the same
+ * update as worker/train/momentum-sgd.ts and torch.optim.SGD:
+ *   v <- mu v + (g + wd w)  (wd on kernels only)      w <- w - lr v
+ * Non-trainable entries (BN moving statistics) are replaced by the averaged
+ * values the workers report instead. State is per parameter name in layout order.
+ */
+export class FlatMomentumSgd {
+  readonly layout: ParamLayout;
+  readonly velocity: Float32Array;
+  options: FlatSgdOptions;
+
+  constructor(layout: ParamLayout, options: FlatSgdOptions, velocity?: Float32Array) {
+    this.layout = layout;
+    this.options = { ...options };
+    this.velocity = velocity ?? new Float32Array(layout.totalSize);
+  }
+
+  /** `avg` holds averaged gradients (trainable entries) and averaged moving statistics (the rest). */
+  apply(weights: Float32Array, avg: Float32Array): void {
+    const { learningRate: lr, momentum: mu, weightDecay } = this.options;
+    const v = this.velocity;
+    for (const e of this.layout.entries) {
+      const end = e.offset + e.size;
+      if (!e.trainable) {
+        weights.set(avg.subarray(e.offset, end), e.offset);
+        continue;
+      }
+      const wd = e.decay ? weightDecay : 0;
+      for (let i = e.offset; i < end; i += 1) {
+        const w = weights[i] as number;
+        const vi = mu * (v[i] as number) + ((avg[i] as number) + wd * w);
+        v[i] = vi;
+        weights[i] = w - lr * Math.fround(vi);
+      }
+    }
+  }
+}

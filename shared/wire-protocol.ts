@@ -1,0 +1,106 @@
+import { Packr } from 'msgpackr';
+import { VggError } from './errors.ts';
+
+/** Bumped on any incompatible change of the messages below. */
+export const PROTOCOL_VERSION = 1;
+
+/** Floats per tensor chunk: 1 Mi floats = 4 MiB, inside the measured 4-16 MiB sweet spot. */
+export const CHUNK_FLOATS = 1 << 20;
+
+/** ws maxPayload on both ends: a chunk plus its header, with room to spare. */
+export const MAX_PAYLOAD_BYTES = 8 * CHUNK_FLOATS + 64 * 1024;
+
+/** Metrics of one member's batch, sent with its gradient. */
+export interface BatchStats { samples: number; loss: number; top1: number; top5: number; skipped: number }
+
+export type ClientMessage =
+  | { t: 'hello'; protocol: number; token: string; workerId: string; host: string; gpu: number | null; backend: string }
+  /** Sent after `welcome`, once the worker has built the model named in the run info. */
+  | { t: 'ready'; modelHash: string }
+  /** I hold a job and will contribute to `step` (the version of my weights). */
+  | { t: 'join'; step: number; jobId: string; lockToken: string }
+  /** I have no job; do not wait for me. */
+  | { t: 'idle'; step: number }
+  | { t: 'grad-begin'; step: number; jobId: string; sampleIds: number[]; stats: BatchStats; totalFloats: number }
+  | { t: 'grad-chunk'; step: number; offset: number; data: Uint8Array }
+  | { t: 'grad-end'; step: number };
+
+export type ServerMessage =
+  | { t: 'welcome'; memberId: number; step: number; modelHash: string; run: Record<string, unknown> }
+  | { t: 'weights-begin'; step: number; totalFloats: number; learningRate: number }
+  | { t: 'weights-chunk'; step: number; offset: number; data: Uint8Array }
+  | { t: 'weights-end'; step: number }
+  /** Your join/gradient is for an older step; new weights follow or came already. */
+  | { t: 'stale'; step: number }
+  /** A member was lost mid-step: send your gradient for `step` again. */
+  | { t: 'resend'; step: number }
+  /** Accepted: you are expected in `step`. */
+  | { t: 'joined'; step: number }
+  | { t: 'error'; code: string; message: string };
+
+/** A frame that fails validation. The code is stable; the message says what was expected and what came. */
+export class ProtocolError extends VggError {
+  constructor(code: string, message: string) {
+    super(code, message);
+  }
+}
+
+const packr = new Packr({ useRecords: false, moreTypes: false });
+
+export function encode(message: ClientMessage | ServerMessage): Buffer {
+  return packr.pack(message);
+}
+
+/** Decodes any frame into a plain object; garbage bytes become a ProtocolError. */
+export function decodeFrame(bytes: Buffer | ArrayBuffer | Buffer[]): Record<string, unknown> {
+  const buf = Array.isArray(bytes) ? Buffer.concat(bytes) : Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes);
+  let value: unknown;
+  try {
+    value = packr.unpack(buf);
+  } catch (err) {
+    throw new ProtocolError('VGG_ERR_FRAME_DECODE', `frame: expected msgpack, got ${buf.length} undecodable bytes (${(err as Error).message})`);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value) || typeof (value as { t?: unknown }).t !== 'string') {
+    throw new ProtocolError('VGG_ERR_FRAME_SHAPE', `frame: expected an object with a string "t", got ${describe(value)}`);
+  }
+  return value as Record<string, unknown>;
+}
+
+function describe(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return `an array of ${v.length}`;
+  if (v instanceof Uint8Array) return `${v.length} bytes`;
+  return typeof v === 'object' ? `an object with keys ${Object.keys(v as object).join(',')}` : `${typeof v} ${JSON.stringify(v)}`;
+}
+
+/** Field checks used by both ends' message validators. */
+export function field<T>(msg: Record<string, unknown>, key: string, kind: 'string' | 'number' | 'int' | 'bytes' | 'object' | 'int[]'): T {
+  const v = msg[key];
+  const ok = kind === 'string' ? typeof v === 'string'
+    : kind === 'number' ? typeof v === 'number' && Number.isFinite(v)
+      : kind === 'int' ? Number.isSafeInteger(v) && (v as number) >= 0
+        : kind === 'bytes' ? v instanceof Uint8Array
+          : kind === 'int[]' ? Array.isArray(v) && v.every((x) => Number.isSafeInteger(x) && x >= 0)
+            : typeof v === 'object' && v !== null;
+  if (!ok) {
+    throw new ProtocolError('VGG_ERR_FRAME_FIELD', `${String(msg.t)}.${key}: expected ${kind}, got ${describe(v)}`);
+  }
+  return v as T;
+}
+
+/** Float32 view of a chunk's bytes: zero-copy when 4-byte aligned, else one copy into `scratch`. */
+export function floatsOf(data: Uint8Array, scratch?: Float32Array): Float32Array {
+  if (data.byteLength % 4 !== 0) {
+    throw new ProtocolError('VGG_ERR_FRAME_FIELD', `chunk data: expected a multiple of 4 bytes, got ${data.byteLength}`);
+  }
+  const n = data.byteLength / 4;
+  if (data.byteOffset % 4 === 0) return new Float32Array(data.buffer, data.byteOffset, n);
+  const out = scratch !== undefined && scratch.length >= n ? scratch.subarray(0, n) : new Float32Array(n);
+  new Uint8Array(out.buffer, out.byteOffset, data.byteLength).set(data);
+  return out;
+}
+
+/** Bytes of a float range, without copying. */
+export function bytesOf(floats: Float32Array): Uint8Array {
+  return new Uint8Array(floats.buffer, floats.byteOffset, floats.byteLength);
+}

@@ -1,0 +1,206 @@
+import { EventEmitter } from 'node:events';
+import WebSocket from 'ws';
+import type { Logger } from '../shared/logger.ts';
+import {
+  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, bytesOf, decodeFrame, encode, floatsOf,
+  type BatchStats, type ClientMessage,
+} from '../shared/wire-protocol.ts';
+
+export interface ClientOptions {
+  url: string;
+  token: string;
+  workerId: string;
+  host: string;
+  gpu: number | null;
+  backend: string;
+  log: Logger;
+  /** First reconnect delay; doubles up to maxBackoffMs. @defaultValue 200 */
+  backoffMs?: number;
+  /** @defaultValue 5000 */
+  maxBackoffMs?: number;
+}
+
+/** Why a wait ended without the expected answer. */
+export class ConnectionLost extends Error {
+  constructor() {
+    super('connection to the aggregator lost');
+  }
+}
+
+const HIGH_WATER_BYTES = 64 * 1024 * 1024;
+
+/**
+ * The worker's end of the all-reduce: handshake, receiving weight versions,
+ * join / idle / gradient streaming, reconnect with exponential backoff.
+ * Events: 'weights' (step), 'welcome' (run info), 'resend' (step), 'reply' (msg), 'disconnected'.
+ */
+export class AggregatorClient extends EventEmitter {
+  readonly options: ClientOptions;
+  /** The newest complete weights and their step. */
+  weights?: Float32Array;
+  weightsStep = -1;
+  learningRate = 0;
+  run?: Record<string, unknown>;
+  /** The coordinator's model hash, from the welcome. */
+  modelHash = '';
+  private ws?: WebSocket;
+  private incoming?: { step: number; buf: Float32Array; next: number };
+  private stopped = false;
+  /** Bumped on every (re)connect: a send that started on an older connection is void. */
+  generation = 0;
+
+  constructor(options: ClientOptions) {
+    super();
+    this.options = options;
+  }
+
+  /** Connects, retrying with backoff until the welcome arrives or `giveUp` says so. */
+  async connect(giveUp: () => Promise<boolean> = async () => false): Promise<void> {
+    let delay = this.options.backoffMs ?? 200;
+    while (!this.stopped && !(await giveUp())) {
+      try {
+        await this.open();
+        return;
+      } catch (err) {
+        if (err instanceof ProtocolError) throw err;
+        this.options.log.warn({ url: this.options.url, err: (err as Error).message, retryMs: delay }, 'aggregator unreachable; retrying');
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(delay * 2, this.options.maxBackoffMs ?? 5000);
+      }
+    }
+    throw new ConnectionLost();
+  }
+
+  private open(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(this.options.url, { maxPayload: MAX_PAYLOAD_BYTES, perMessageDeflate: false });
+      let welcomed = false;
+      ws.on('error', (err) => { if (!welcomed) reject(err); else this.options.log.warn({ err: err.message }, 'aggregator socket error'); });
+      ws.on('open', () => {
+        this.ws = ws;
+        this.send({
+          t: 'hello', protocol: PROTOCOL_VERSION, token: this.options.token,
+          workerId: this.options.workerId, host: this.options.host, gpu: this.options.gpu, backend: this.options.backend,
+        });
+      });
+      ws.on('message', (raw: Buffer) => {
+        const msg = decodeFrame(raw);
+        if (msg.t === 'error' && !welcomed) {
+          reject(new ProtocolError(String(msg.code), String(msg.message)));
+          return;
+        }
+        if (msg.t === 'welcome') {
+          welcomed = true;
+          this.generation += 1;
+          this.run = msg.run as Record<string, unknown>;
+          this.modelHash = String(msg.modelHash);
+          this.emit('welcome', this.run);
+          resolve();
+          return;
+        }
+        this.onMessage(msg);
+      });
+      ws.on('close', () => {
+        if (this.ws === ws) this.ws = undefined;
+        this.incoming = undefined;
+        if (!welcomed) reject(new Error('closed before welcome'));
+        else this.emit('disconnected');
+      });
+    });
+  }
+
+  private onMessage(msg: Record<string, unknown>): void {
+    switch (msg.t) {
+      case 'weights-begin':
+        this.incoming = { step: msg.step as number, buf: this.scratch(msg.totalFloats as number), next: 0 };
+        this.learningRate = msg.learningRate as number;
+        return;
+      case 'weights-chunk': {
+        const inc = this.incoming;
+        if (inc === undefined || msg.step !== inc.step || msg.offset !== inc.next) return;
+        const data = floatsOf(msg.data as Uint8Array);
+        inc.buf.set(data, inc.next);
+        inc.next += data.length;
+        return;
+      }
+      case 'weights-end': {
+        const inc = this.incoming;
+        if (inc === undefined || inc.next !== inc.buf.length) return;
+        this.incoming = undefined;
+        const previous = this.weights;
+        this.weights = inc.buf;
+        this.spare = previous;
+        this.weightsStep = inc.step;
+        this.emit('weights', inc.step);
+        return;
+      }
+      case 'resend':
+        this.emit('resend', msg.step);
+        return;
+      default:
+        this.emit('reply', msg);
+    }
+  }
+
+  private spare?: Float32Array;
+
+  /** Reuses the previous weights buffer for the next version: no allocation per step. */
+  private scratch(n: number): Float32Array {
+    const s = this.spare;
+    this.spare = undefined;
+    return s !== undefined && s.length === n ? s : new Float32Array(n);
+  }
+
+  get connected(): boolean {
+    return this.ws?.readyState === WebSocket.OPEN;
+  }
+
+  send(msg: ClientMessage): void {
+    if (this.ws?.readyState !== WebSocket.OPEN) throw new ConnectionLost();
+    this.ws.send(encode(msg));
+  }
+
+  /** Resolves with the next event among `names` (or rejects when the connection drops). */
+  next<T = unknown>(names: string[], filter: (name: string, value: unknown) => boolean = () => true): Promise<{ name: string; value: T }> {
+    return new Promise((resolve, reject) => {
+      const handlers = new Map<string, (v: unknown) => void>();
+      const cleanup = () => { for (const [n, h] of handlers) this.off(n, h); this.off('disconnected', lost); };
+      const lost = () => { cleanup(); reject(new ConnectionLost()); };
+      for (const name of names) {
+        const h = (value: unknown) => { if (filter(name, value)) { cleanup(); resolve({ name, value: value as T }); } };
+        handlers.set(name, h);
+        this.on(name, h);
+      }
+      this.on('disconnected', lost);
+      if (!this.connected) lost();
+    });
+  }
+
+  /** Waits until weights of at least `step` have arrived. */
+  async waitForWeights(step: number): Promise<void> {
+    if (this.weightsStep >= step) return;
+    await this.next(['weights'], (_n, s) => (s as number) >= step);
+  }
+
+  /** Streams a flat gradient in chunks with backpressure. */
+  async sendGradient(step: number, jobId: string, sampleIds: number[], stats: BatchStats, flat: Float32Array): Promise<void> {
+    this.send({ t: 'grad-begin', step, jobId, sampleIds, stats, totalFloats: flat.length });
+    for (let offset = 0; offset < flat.length; offset += CHUNK_FLOATS) {
+      const ws = this.ws;
+      if (ws === undefined) throw new ConnectionLost();
+      while (ws.bufferedAmount > HIGH_WATER_BYTES) await new Promise((r) => setTimeout(r, 2));
+      this.send({ t: 'grad-chunk', step, offset, data: bytesOf(flat.subarray(offset, offset + CHUNK_FLOATS)) });
+    }
+    this.send({ t: 'grad-end', step });
+  }
+
+  close(): void {
+    this.stopped = true;
+    this.ws?.close(1000, 'worker leaving');
+  }
+
+  /** For tests: drop the connection without a close frame. */
+  terminate(): void {
+    this.ws?.terminate();
+  }
+}

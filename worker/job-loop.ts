@@ -1,0 +1,213 @@
+import { hostname } from 'node:os';
+import { randomUUID } from 'node:crypto';
+import * as tf from '@tensorflow/tfjs';
+import { Worker as BullWorker, type Job } from 'bullmq';
+import type { RunInfo } from '../coordinator/coordinator.ts';
+import type { RunState, WorkerHeartbeat } from '../coordinator/run-state.ts';
+import type { Logger } from '../shared/logger.ts';
+import { modelHash } from '../shared/param-layout.ts';
+import { connectRedis } from '../shared/redis-connection.ts';
+import { runKeys, type EvalJobData, type EvalJobResult, type TrainJobData } from '../shared/redis-keys.ts';
+import { ProtocolError } from '../shared/wire-protocol.ts';
+import { AggregatorClient, ConnectionLost } from './aggregator-client.ts';
+import { selectBackend, type BackendChoice } from './backend.ts';
+import { loadBatch, type BatchItem } from './data/image-pipeline.ts';
+import { indexDataset } from '../coordinator/dataset-index.ts';
+import { buildVgg, writeFlat, type VggModel } from './model/vgg-model.ts';
+import { computeGradients, evaluateBatch } from './train/gradient-step.ts';
+
+export interface WorkerOptions {
+  coordinator: string;
+  token: string;
+  gpu: number | null;
+  backend?: BackendChoice;
+  /** Override the dataset root the coordinator announces (a different mount on this node). */
+  data?: string;
+  /** Override the Redis URL the coordinator announces. */
+  redis?: string;
+  workerId?: string;
+  log: Logger;
+}
+
+/** Why a train job was given up. */
+class JobAbandoned extends Error {}
+
+/**
+ * One worker process: connect, build the model the run names, then loop:
+ * take a job, join the step, load and augment, compute the gradient, stream
+ * it, wait for the new weights, acknowledge. Returns when the run finishes or
+ * on stop() (SIGTERM): a job in flight is finished first.
+ */
+export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop: () => void; done: Promise<void> }> {
+  const backend = await selectBackend({ backend: o.backend, gpu: o.gpu ?? undefined, log: o.log });
+  const workerId = o.workerId ?? `${hostname()}-${process.pid}-${randomUUID().slice(0, 6)}`;
+  const log = o.log.child({ workerId, gpu: o.gpu });
+  const client = new AggregatorClient({ url: o.coordinator, token: o.token, workerId, host: hostname(), gpu: o.gpu, backend: backend.name, log });
+  await client.connect();
+  const run = client.run as unknown as RunInfo;
+  const root = o.data ?? run.data;
+  const index = await indexDataset(root);
+  const vgg: VggModel = buildVgg(run.model);
+  const hash = modelHash(run.model, vgg.layout);
+  let modelStep = -1;
+  const ready = async () => {
+    client.send({ t: 'ready', modelHash: hash });
+    await client.next(['weights', 'reply']).then(({ name, value }) => {
+      const v = value as { t?: string; code?: string; message?: string };
+      if (name === 'reply' && v.t === 'error') throw new ProtocolError(String(v.code), String(v.message));
+    });
+  };
+  await ready();
+  const syncModel = async (step: number) => {
+    await client.waitForWeights(step);
+    if (modelStep !== client.weightsStep && client.weights !== undefined) {
+      writeFlat(vgg, client.weights);
+      modelStep = client.weightsStep;
+    }
+  };
+
+  const keys = runKeys(run.run);
+  const redis = connectRedis(o.redis ?? run.redis);
+  const bull = (name: string) => {
+    const w = new BullWorker(name, null, { connection: connectRedis(o.redis ?? run.redis), lockDuration: run.lockDurationMs, drainDelay: 1 });
+    w.on('error', (err) => log.warn({ err: err.message }, 'queue error'));
+    return w;
+  };
+  const trainW = bull(keys.trainQueue);
+  const evalW = bull(keys.evalQueue);
+  const flat = new Float32Array(vgg.layout.totalSize);
+  let jobs = 0;
+  let stopping = false;
+  let rate: number | null = null;
+
+  const beat = async () => {
+    const hb: WorkerHeartbeat = {
+      workerId, host: hostname(), gpu: o.gpu, backend: backend.name, pid: process.pid, step: client.weightsStep, jobs,
+      imagesPerSec: rate, lastHeartbeat: new Date().toISOString(),
+    };
+    await redis.hset(keys.workers, workerId, JSON.stringify(hb)).catch(() => {});
+  };
+  const heartbeat = setInterval(() => { void beat(); }, 2000);
+
+  const holdLock = (job: Job, token: string) => setInterval(() => {
+    void job.extendLock(token, run.lockDurationMs).catch((err: Error) => log.warn({ jobId: job.id, err: err.message }, 'lock extension failed'));
+  }, Math.max(200, run.lockDurationMs / 3));
+
+  const items = (ids: number[], split: 'train' | 'val'): BatchItem[] =>
+    ids.map((id) => ({ id, path: index[split][id]?.path ?? '', label: index[split][id]?.label ?? 0 }));
+
+  const trainJob = async (job: Job<TrainJobData>, token: string) => {
+    const jobId = job.id as string;
+    if ((await redis.hexists(keys.ledger(job.data.epoch), jobId)) === 1) {
+      await job.moveToCompleted({ skipped: 'already applied' }, token, false);
+      return;
+    }
+    // Join the step of our newest weights; a stale answer means newer weights are coming.
+    for (;;) {
+      const step = client.weightsStep;
+      const reply = client.next<{ t: string; step?: number; code?: string }>(['reply']);
+      client.send({ t: 'join', step, jobId, lockToken: token });
+      const { value } = await reply;
+      if (value.t === 'joined') break;
+      if (value.t === 'stale') { await client.waitForWeights(value.step ?? step + 1); continue; }
+      log.warn({ jobId, reply: value }, 'join refused; job given up');
+      throw new JobAbandoned();
+    }
+    const step = client.weightsStep;
+    await syncModel(step);
+    const t0 = performance.now();
+    const batch = await loadBatch(root, items(job.data.sampleIds, 'train'), run.augment, { kind: 'train', seed: run.seed, epoch: job.data.epoch });
+    for (const s of batch.skipped) log.warn({ path: s.path, error: s.error }, 'image skipped');
+    const r = computeGradients(vgg, batch.images, batch.labels);
+    for (const e of vgg.layout.entries) {
+      const g = e.trainable ? r.grads.get(e.name) : vgg.variables.get(e.name)?.read();
+      if (g !== undefined) flat.set(g.dataSync() as Float32Array, e.offset);
+      else flat.fill(0, e.offset, e.offset + e.size);
+    }
+    tf.dispose([...r.grads.values()]);
+    const stats = { samples: r.samples, loss: r.loss, top1: r.top1, top5: r.top5, skipped: batch.skipped.length };
+    // Send, and again whenever a lost member aborts the step, until the new weights arrive.
+    for (;;) {
+      const outcome = client.next(['weights', 'resend'], (name, v) => name === 'resend' || (v as number) > step);
+      await client.sendGradient(step, jobId, batch.ids, stats, flat);
+      const { name } = await outcome;
+      if (name === 'weights') break;
+    }
+    rate = (r.samples * 1000) / (performance.now() - t0);
+    jobs += 1;
+    await job.moveToCompleted({ step: step + 1, samples: r.samples }, token, false).catch((err: Error) => log.warn({ jobId, err: err.message }, 'ack failed (job already released)'));
+  };
+
+  const evalJob = async (job: Job<EvalJobData>, token: string) => {
+    await syncModel(job.data.step);
+    const batch = await loadBatch(root, items(job.data.sampleIds, 'val'), run.augment, { kind: 'eval', q: run.evalQ });
+    const r = evaluateBatch(vgg, batch.images, batch.labels);
+    const result: EvalJobResult = { samples: r.samples, top1: r.top1, top5: r.top5, lossSum: r.lossSum, skipped: batch.skipped.length };
+    await redis.hset(keys.evalResults(job.data.epoch), job.id as string, JSON.stringify(result));
+    await job.moveToCompleted(result, token, false);
+  };
+
+
+  const finished = async () => {
+    const raw = await redis.hget(keys.state, 'state').catch(() => null);
+    return raw !== null && (JSON.parse(raw) as RunState).state === 'finished';
+  };
+
+  const loop = async () => {
+    let idleSent = -1;
+    let failures = 0;
+    while (!stopping) {
+      try {
+        if (!client.connected) {
+          await client.connect(async () => stopping || (await finished()));
+          await ready();
+          idleSent = -1;
+        }
+        const token = randomUUID();
+        let job: Job | undefined = await trainW.getNextJob(token, { block: false });
+        if (job === undefined) {
+          if (idleSent !== client.weightsStep) { client.send({ t: 'idle', step: client.weightsStep }); idleSent = client.weightsStep; }
+          const ej = await evalW.getNextJob(token, { block: false });
+          if (ej !== undefined) { await evalJob(ej as Job<EvalJobData>, token); continue; }
+          if (await finished()) break;
+          job = await trainW.getNextJob(token, { block: true });
+          if (job === undefined) continue;
+        }
+        idleSent = -1;
+        const lock = holdLock(job, token);
+        try {
+          await trainJob(job as Job<TrainJobData>, token);
+          failures = 0;
+        } catch (err) {
+          if (!(err instanceof JobAbandoned || err instanceof ConnectionLost)) throw err;
+          // Return it at once so another worker can take it (the ledger keeps it exactly-once).
+          await job.moveToWait(token).catch(() => {});
+        } finally {
+          clearInterval(lock);
+        }
+      } catch (err) {
+        if (err instanceof ConnectionLost) {
+          if (stopping || (await finished())) break;
+          log.warn('aggregator connection lost; reconnecting');
+          continue;
+        }
+        if (err instanceof ProtocolError) throw err;
+        failures += 1;
+        log.error({ err: (err as Error).message, failures }, 'worker loop error');
+        // A broken backend (e.g. the wasm heap exhausted) does not heal: leave, and let the supervisor restart us.
+        if (failures >= 3) throw err;
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
+  };
+
+  const done = loop().finally(async () => {
+    clearInterval(heartbeat);
+    await redis.hdel(keys.workers, workerId).catch(() => {});
+    client.close();
+    await Promise.allSettled([trainW.close(), evalW.close()]);
+    redis.disconnect();
+    log.info({ jobs }, 'worker left');
+  });
+  return { get jobs() { return jobs; }, stop: () => { stopping = true; }, done };
+}
