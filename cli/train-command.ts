@@ -22,7 +22,7 @@ interface TrainFlags {
  * batch 256, S=256, 74 epochs).
  */
 const BUILT_IN = { config: 'A' as ConfigName, inputSize: 32, width: 0.125, fcUnits: 256, dropout: 0.5, epochs: 2, batchSize: 32, scale: [32, 36] as [number, number], evalScale: 32, normalize: 'mean-std' as const };
-const PAPER = { config: 'D' as ConfigName, inputSize: 224, width: 1, fcUnits: 4096, dropout: 0.5, epochs: 74, batchSize: 256, scale: [256, 256] as [number, number], evalScale: 256, normalize: 'mean' as const };
+const PAPER = { config: 'D' as ConfigName, inputSize: 224, width: 1, fcUnits: 4096, dropout: 0.5, epochs: 74, batchSize: 256, scale: [256, 256] as [number, number], evalScale: 256, normalize: 'mean-std' as const };
 
 export function registerTrainCommand(program: Command): void {
   program.command('train')

@@ -101,7 +101,7 @@ export class Aggregator {
       try {
         const msg = decodeFrame(raw);
         if (member === undefined) member = this.hello(ws, msg, remote);
-        else void this.handle(member, msg);
+        else this.handle(member, msg).catch((err: unknown) => this.reject(ws, err, false));
       } catch (err) {
         this.reject(ws, err, member === undefined);
       }
@@ -199,8 +199,18 @@ export class Aggregator {
         }
         const n = r.stats.samples;
         const sum = this.sum;
-        for (let i = 0; i < g.length; i += 1) sum[offset + i] = (sum[offset + i] as number) + n * (g[i] as number);
+        let probe = 0;
+        for (let i = 0; i < g.length; i += 1) {
+          const v = g[i] as number;
+          probe += v * 0; // NaN as soon as any value is NaN or +-Inf
+          sum[offset + i] = (sum[offset + i] as number) + n * v;
+        }
         r.next = offset + g.length;
+        if (Number.isNaN(probe)) {
+          // Part of it is in the sum already: abort the step, the others resend, this member gives up its job.
+          this.abortStep(m);
+          throw new ProtocolError('VGG_ERR_NONFINITE', `grad-chunk at ${offset}: expected finite values, got NaN or Inf (job ${r.jobId})`);
+        }
         return;
       }
       case 'grad-end': {
@@ -255,19 +265,24 @@ export class Aggregator {
     const clean = code === 1000 || this.closing !== undefined;
     this.options.log[clean ? 'info' : 'warn']({ member: m.id, workerId: m.workerId, jobId: m.jobId, step: this.step, code }, clean ? 'member left' : 'member lost');
     const contributed = m.receiving !== undefined || this.done.has(m.id);
-    if (contributed && !this.committing) {
-      // Its partial or complete gradient is in the sum: abort the step, survivors resend.
-      const resenders = [...this.members.values()].filter((o) => o.receiving !== undefined || this.done.has(o.id));
-      this.resetStep();
-      for (const o of resenders) {
-        o.discarding = o.receiving !== undefined;
-        o.receiving = undefined;
-        this.send(o.ws, { t: 'resend', step: this.step });
-      }
-      this.options.log.warn({ step: this.step, resend: resenders.length }, 'step aborted: member lost mid-step');
-    }
+    if (contributed && !this.committing) this.abortStep(m);
     this.options.onMemberLost(m);
     void this.maybeCommit();
+  }
+
+  /** Drops the step's sum because `culprit`'s part of it is void; every other contributor resends. */
+  private abortStep(culprit: Member): void {
+    const resenders = [...this.members.values()].filter((o) => o !== culprit && (o.receiving !== undefined || this.done.has(o.id)));
+    this.resetStep();
+    culprit.receiving = undefined;
+    culprit.discarding = true;
+    Object.assign(culprit, { active: false, jobId: undefined, lockToken: undefined });
+    for (const o of resenders) {
+      o.discarding = o.receiving !== undefined;
+      o.receiving = undefined;
+      this.send(o.ws, { t: 'resend', step: this.step });
+    }
+    this.options.log.warn({ step: this.step, member: culprit.id, resend: resenders.length }, 'step aborted');
   }
 
   private send(ws: WebSocket, msg: ServerMessage): void {

@@ -8,6 +8,7 @@ import type { Logger } from '../shared/logger.ts';
 import { initialPlateau, stepPlateau, type PlateauState } from '../shared/lr-schedule.ts';
 import { modelHash } from '../shared/param-layout.ts';
 import { connectRedis } from '../shared/redis-connection.ts';
+import { subsetIds } from '../shared/subset.ts';
 import { evalJobId, runKeys, type EvalJobData, type EvalJobResult } from '../shared/redis-keys.ts';
 import { resolveModelConfig, type ModelConfig } from '../shared/vgg-configs.ts';
 import { estimateRgbStats, type AugmentOptions } from '../worker/data/image-pipeline.ts';
@@ -50,9 +51,11 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
     config: cfg.config, batchNorm: cfg.batchNorm, numClasses: cfg.numClasses || index.classes.length, inputSize: cfg.inputSize,
     widthMultiplier: cfg.width, fcUnits: cfg.fcUnits, dropout: cfg.dropout,
   });
-  const trainCount = Math.min(index.train.length, cfg.trainLimit || Infinity);
-  const valCount = Math.min(index.val.length, cfg.valLimit || Infinity);
-  const stats = await estimateRgbStats(index.root, index.train.slice(0, trainCount).map((s) => s.path));
+  const trainIds = subsetIds(index.train.length, cfg.trainLimit);
+  const valIds = subsetIds(index.val.length, cfg.valLimit);
+  const trainCount = trainIds.length;
+  const valCount = valIds.length;
+  const stats = await estimateRgbStats(index.root, trainIds.map((id) => index.train[id]?.path ?? ''));
   const augment: AugmentOptions = {
     inputSize: model.inputSize, sMin: cfg.scale[0], sMax: cfg.scale[1], flip: true, pcaStd: 0.1,
     meanRgb: stats.meanRgb, stdRgb: cfg.normalize === 'mean-std' ? stats.stdRgb : [1, 1, 1],
@@ -70,8 +73,9 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
   const evalQueue = new Queue(keys.evalQueue, { connection: redis });
   for (const q of [trainQueue, evalQueue]) q.on('error', (err) => log.warn({ err: err.message }, 'queue error'));
   // Recovers jobs of workers that died holding a lock we were never told about.
-  const checkers = [keys.trainQueue, keys.evalQueue].map((name) => new BullWorker(name, null, {
-    connection: connectRedis(cfg.redis), lockDuration: cfg.lockDurationMs, stalledInterval: Math.max(500, cfg.lockDurationMs / 2), maxStalledCount: 1000,
+  const checkerConnections = [connectRedis(cfg.redis), connectRedis(cfg.redis)];
+  const checkers = [keys.trainQueue, keys.evalQueue].map((name, i) => new BullWorker(name, null, {
+    connection: checkerConnections[i] as Redis, lockDuration: cfg.lockDurationMs, stalledInterval: Math.max(500, cfg.lockDurationMs / 2), maxStalledCount: 1000,
   }));
   for (const c of checkers) { c.on('error', (err) => log.warn({ err: err.message }, 'stalled checker error')); void c.startStalledCheckTimer(); }
 
@@ -111,7 +115,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
   if (stale.length > 0) await redis.del(...stale);
 
   const sgd = new FlatMomentumSgd(layout, { learningRate: plateau.learningRate, momentum: cfg.momentum, weightDecay: cfg.weightDecay }, momentum);
-  let plan: EpochPlan = planEpoch(trainCount, cfg.batchSize, cfg.seed, epoch);
+  let plan: EpochPlan = planEpoch(trainIds, cfg.batchSize, cfg.seed, epoch);
   const state: RunState = {
     schema: 1, run: cfg.run, state: 'starting', epoch, epochs: cfg.epochs, step, stepsPerEpoch: plan.batches.length, appliedInEpoch: applied.size,
     learningRate: plateau.learningRate, loss: null, trainTop1: null, trainTop5: null, valTop1: null, valTop5: null, imagesPerSec: null,
@@ -209,7 +213,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
   let epochStart = Date.now();
 
   const startEpoch = async () => {
-    plan = planEpoch(trainCount, cfg.batchSize, cfg.seed, epoch);
+    plan = planEpoch(trainIds, cfg.batchSize, cfg.seed, epoch);
     epochStart = Date.now();
     Object.assign(state, { state: 'training', epoch, stepsPerEpoch: plan.batches.length, appliedInEpoch: applied.size });
     await publish();
@@ -225,7 +229,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
     const evalBatch = Math.max(cfg.batchSize, 32);
     const jobs = [];
     for (let i = 0, p = 0; i < valCount; i += evalBatch, p += 1) {
-      const sampleIds = Array.from({ length: Math.min(evalBatch, valCount - i) }, (_, k) => i + k);
+      const sampleIds = valIds.slice(i, i + evalBatch);
       jobs.push({ name: 'eval', data: { run: cfg.run, epoch, position: p, sampleIds, step } satisfies EvalJobData, opts: { jobId: evalJobId(epoch, p), removeOnComplete: true } });
     }
     await evalQueue.addBulk(jobs);
@@ -279,7 +283,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
       stopping = true;
       await aggregator.close();
       await Promise.allSettled([...checkers.map((c) => c.close()), trainQueue.close(), evalQueue.close()]);
-      redis.disconnect();
+      for (const c of [redis, ...checkerConnections]) c.disconnect();
     })();
     return stopped;
   };

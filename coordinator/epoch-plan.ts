@@ -9,10 +9,11 @@ export interface EpochPlan {
   positions: Map<string, number>;
 }
 
-export function planEpoch(samples: number, batchSize: number, seed: number, epoch: number): EpochPlan {
-  const perm = epochPermutation(samples, seed, epoch);
+/** `ids`: the dataset positions in play (all, or an even subset); batches hold these ids. */
+export function planEpoch(ids: number[], batchSize: number, seed: number, epoch: number): EpochPlan {
+  const perm = epochPermutation(ids.length, seed, epoch);
   const batches: number[][] = [];
-  for (let i = 0; i < samples; i += batchSize) batches.push(Array.from(perm.subarray(i, i + batchSize)));
+  for (let i = 0; i < ids.length; i += batchSize) batches.push(Array.from(perm.subarray(i, i + batchSize), (j) => ids[j] as number));
   return { epoch, batches, positions: new Map(batches.map((_, p) => [trainJobId(epoch, p), p])) };
 }
 

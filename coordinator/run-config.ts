@@ -97,7 +97,9 @@ export const PAPER_DEFAULTS: RunConfig = {
   run: 'default', data: '', redis: 'redis://127.0.0.1:6379', host: '127.0.0.1', port: 7070, token: '',
   config: 'D', batchNorm: false, numClasses: 0, inputSize: 224, width: 1, fcUnits: 4096, dropout: 0.5, init: 'kaiming',
   seed: 1, epochs: 74, batchSize: 64, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, scale: [256, 256], evalScale: 256,
-  normalize: 'mean', checkpointDir: '', checkpointEvery: 0, keep: 3, resume: false, minWorkers: 1, trainLimit: 0,
+  // The paper subtracts the mean only (with its small N(0, 1e-2) init); with the default He init,
+  // 0-255 inputs diverge at lr 0.01, so we also divide by the std. `--normalize mean --init paper` is the paper's.
+  normalize: 'mean-std', checkpointDir: '', checkpointEvery: 0, keep: 3, resume: false, minWorkers: 1, trainLimit: 0,
   valLimit: 0, lockDurationMs: 30000,
 };
 

@@ -20,7 +20,7 @@ export interface PlateauOptions {
 export const DEFAULT_PLATEAU: PlateauOptions = { factor: 10, patience: 1, maxReductions: 3, minDelta: 1e-4 };
 
 export function initialPlateau(learningRate: number): PlateauState {
-  return { learningRate, bestTop1: -Infinity, epochsSinceBest: 0, reductions: 0 };
+  return { learningRate, bestTop1: -1, epochsSinceBest: 0, reductions: 0 };
 }
 
 /**

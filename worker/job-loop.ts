@@ -68,8 +68,11 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
 
   const keys = runKeys(run.run);
   const redis = connectRedis(o.redis ?? run.redis);
+  const connections = [redis];
   const bull = (name: string) => {
-    const w = new BullWorker(name, null, { connection: connectRedis(o.redis ?? run.redis), lockDuration: run.lockDurationMs, drainDelay: 1 });
+    const connection = connectRedis(o.redis ?? run.redis);
+    connections.push(connection);
+    const w = new BullWorker(name, null, { connection, lockDuration: run.lockDurationMs, drainDelay: 1 });
     w.on('error', (err) => log.warn({ err: err.message }, 'queue error'));
     return w;
   };
@@ -128,10 +131,15 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
     const stats = { samples: r.samples, loss: r.loss, top1: r.top1, top5: r.top5, skipped: batch.skipped.length };
     // Send, and again whenever a lost member aborts the step, until the new weights arrive.
     for (;;) {
-      const outcome = client.next(['weights', 'resend'], (name, v) => name === 'resend' || (v as number) > step);
+      const outcome = client.next(['weights', 'resend', 'reply'],
+        (name, v) => name === 'resend' || (name === 'weights' && (v as number) > step) || (name === 'reply' && (v as { t?: string }).t === 'error'));
       await client.sendGradient(step, jobId, batch.ids, stats, flat);
-      const { name } = await outcome;
+      const { name, value } = await outcome;
       if (name === 'weights') break;
+      if (name === 'reply') {
+        log.warn({ jobId, reply: value }, 'gradient refused; job given up');
+        throw new JobAbandoned();
+      }
     }
     rate = (r.samples * 1000) / (performance.now() - t0);
     jobs += 1;
@@ -206,7 +214,7 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
     await redis.hdel(keys.workers, workerId).catch(() => {});
     client.close();
     await Promise.allSettled([trainW.close(), evalW.close()]);
-    redis.disconnect();
+    for (const c of connections) c.disconnect();
     log.info({ jobs }, 'worker left');
   });
   return { get jobs() { return jobs; }, stop: () => { stopping = true; }, done };

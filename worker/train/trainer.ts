@@ -5,6 +5,7 @@ import type { Logger } from '../../shared/logger.ts';
 import { initialPlateau, stepPlateau, type PlateauState } from '../../shared/lr-schedule.ts';
 import { modelHash } from '../../shared/param-layout.ts';
 import { epochPermutation } from '../../shared/rng.ts';
+import { subsetIds } from '../../shared/subset.ts';
 import type { InitializerName, ModelConfig } from '../../shared/vgg-configs.ts';
 import { estimateRgbStats, loadBatch, type AugmentOptions, type BatchItem, type LoadedBatch } from '../data/image-pipeline.ts';
 import { buildVgg, disposeVgg, readFlat, type VggModel } from '../model/vgg-model.ts';
@@ -54,9 +55,9 @@ export interface TrainResult {
   wallSeconds: number;
 }
 
+/** The samples of a split (an even spread of `limit` of them), with their dataset positions as ids. */
 function items(index: DatasetIndex, split: 'train' | 'val', limit?: number): BatchItem[] {
-  const list = index[split].slice(0, limit ?? index[split].length);
-  return list.map((s, id) => ({ id, path: s.path, label: s.label }));
+  return subsetIds(index[split].length, limit).map((id) => ({ id, path: index[split][id]?.path ?? '', label: index[split][id]?.label ?? 0 }));
 }
 
 /** Validation (single scale Q, centre crop) over `vals`; returns top-1/top-5 accuracy and mean loss. */

@@ -1,0 +1,82 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { startCoordinator, type RunSummary } from '../../coordinator/coordinator.ts';
+import { importFashionMnist } from '../../coordinator/fashion-mnist-import.ts';
+import { startRedisServer, type RedisChild } from '../../coordinator/redis-server.ts';
+import type { RunConfig } from '../../coordinator/run-config.ts';
+import { createLogger } from '../../shared/logger.ts';
+import { listCheckpoints } from '../../worker/train/checkpoint.ts';
+import { train } from '../../worker/train/trainer.ts';
+import { switchBackend } from '../../worker/backend.ts';
+import { resolveModelConfig } from '../../shared/vgg-configs.ts';
+import { tempDir } from '../helpers/images.ts';
+import { readLedger, relativeDiff, sampleCounts, spawnWorker, tinyRun, type Proc } from '../helpers/cluster.ts';
+
+const log = createLogger({ test: 'equivalence' });
+log.level = process.env.TEST_LOG ?? 'warn';
+const data = tempDir('dist-eq');
+let redis: RedisChild;
+
+async function weightsOf(dir: string): Promise<Float32Array> {
+  const newest = (await listCheckpoints(dir)).at(-1);
+  assert.ok(newest !== undefined, `a checkpoint in ${dir}`);
+  const b = await readFile(path.join(newest, 'weights.bin'));
+  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+}
+
+/** One run: in-process coordinator, `workers` real worker processes. */
+async function runCluster(cfg: RunConfig, workers: number): Promise<{ summary: RunSummary; procs: Proc[] }> {
+  const coordinator = await startCoordinator(cfg, log);
+  const procs = Array.from({ length: workers }, () => spawnWorker(coordinator.port, cfg.redis));
+  try {
+    const summary = await coordinator.done;
+    await Promise.all(procs.map((p) => p.exited));
+    return { summary, procs };
+  } catch (err) {
+    throw new Error(`${(err as Error).message}\n${procs.map((p) => p.output()).join('\n')}`);
+  } finally {
+    for (const p of procs) p.child.kill('SIGKILL');
+    await coordinator.stop();
+  }
+}
+
+describe('data parallelism is exact', () => {
+  before(async () => {
+    redis = await startRedisServer();
+    await importFashionMnist({ out: data, trainLimit: 128, valLimit: 32 });
+  });
+  after(async () => { await redis.stop(); });
+
+  test('2 workers with batch b end with the weights of 1 worker with batch 2b, and 1 worker equals the single-process trainer', async () => {
+    const common = { data, redis: redis.url, trainLimit: '128', valLimit: '32', seed: '4' };
+    const twoDir = tempDir('ck-two');
+    const oneDir = tempDir('ck-one');
+    const two = await runCluster(tinyRun({ ...common, run: 'eq2', batchSize: '16', minWorkers: '2', checkpointDir: twoDir }), 2);
+    const one = await runCluster(tinyRun({ ...common, run: 'eq1', batchSize: '32', minWorkers: '1', checkpointDir: oneDir }), 1);
+    assert.equal(two.summary.steps, 4);
+    assert.equal(one.summary.steps, 4);
+    for (const run of ['eq2', 'eq1']) {
+      const { missing, duplicates } = sampleCounts(await readLedger(redis.url, run, 0), 128);
+      assert.deepEqual({ missing, duplicates }, { missing: [], duplicates: [] }, run);
+    }
+    const w2 = await weightsOf(twoDir);
+    const w1 = await weightsOf(oneDir);
+    const d = relativeDiff(w2, w1);
+    assert.ok(d < 1e-5, `2x16 vs 1x32: relative difference ${d}`);
+
+    await switchBackend('wasm');
+    const singleDir = tempDir('ck-single');
+    await train({
+      data, model: resolveModelConfig({ config: 'A', inputSize: 32, widthMultiplier: 0.125, fcUnits: 64, dropout: 0, numClasses: 10 }),
+      init: 'kaiming', seed: 4, epochs: 1, batchSize: 32, sgd: { learningRate: 0.01, momentum: 0.9, weightDecay: 5e-4 },
+      sMin: 32, sMax: 36, evalQ: 32, normalizeStd: true, checkpointDir: singleDir, checkpointEverySteps: 0, keepCheckpoints: 1,
+      resume: false, trainLimit: 128, valLimit: 32,
+    });
+    const ws = await weightsOf(singleDir);
+    const ds = relativeDiff(w1, ws);
+    assert.ok(ds < 1e-5, `1 distributed worker vs single process: relative difference ${ds}`);
+    assert.notEqual(relativeDiff(ws, new Float32Array(ws.length).fill(0.001)), 0);
+  });
+});

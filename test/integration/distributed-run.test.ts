@@ -1,0 +1,114 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { startCoordinator } from '../../coordinator/coordinator.ts';
+import { importFashionMnist } from '../../coordinator/fashion-mnist-import.ts';
+import { freePort, startRedisServer, type RedisChild } from '../../coordinator/redis-server.ts';
+import { createLogger } from '../../shared/logger.ts';
+import { listCheckpoints } from '../../worker/train/checkpoint.ts';
+import { tempDir } from '../helpers/images.ts';
+import { readLedger, sampleCounts, spawnCli, spawnWorker, tinyRun, waitFor, type Proc } from '../helpers/cluster.ts';
+
+const log = createLogger({ test: 'distributed-run' });
+log.level = process.env.TEST_LOG ?? 'warn';
+const data = tempDir('dist-run');
+const TRAIN = 1200;
+let redis: RedisChild;
+const procs: Proc[] = [];
+
+async function assertExactlyOnce(run: string, epochs: number): Promise<void> {
+  for (let e = 0; e < epochs; e += 1) {
+    const counts = sampleCounts(await readLedger(redis.url, run, e), TRAIN);
+    assert.deepEqual({ epoch: e, missing: counts.missing.length, duplicates: counts.duplicates.length }, { epoch: e, missing: 0, duplicates: 0 });
+  }
+}
+
+describe('distributed runs on real Redis, BullMQ and WebSockets', () => {
+  before(async () => {
+    redis = await startRedisServer();
+    await importFashionMnist({ out: data, trainLimit: TRAIN, valLimit: 200 });
+  });
+  after(async () => {
+    for (const p of procs) p.child.kill('SIGKILL');
+    await redis.stop();
+  });
+
+  test('2 workers, 2 epochs: every training sample applied exactly once per epoch; status reports the run', async () => {
+    const coordinator = await startCoordinator(tinyRun({ data, redis: redis.url, run: 'plain', epochs: '2', minWorkers: '2', trainLimit: '192' }), log);
+    const workers = [spawnWorker(coordinator.port, redis.url), spawnWorker(coordinator.port, redis.url)];
+    procs.push(...workers);
+    const summary = await coordinator.done;
+    await coordinator.stop();
+    assert.deepEqual(await Promise.all(workers.map((w) => w.exited)), [0, 0], workers.map((w) => w.output()).join('\n'));
+    assert.equal(summary.epochs, 2);
+    assert.equal(summary.steps, 12, '12 jobs of 16 per epoch, 2 per step');
+    for (let e = 0; e < 2; e += 1) {
+      const ledger = await readLedger(redis.url, 'plain', e);
+      assert.equal(ledger.size, 12);
+      const ids = [...ledger.values()].flatMap((l) => l.sampleIds);
+      assert.equal(ids.length, 192);
+      assert.equal(new Set(ids).size, 192, `epoch ${e}: no sample twice`);
+    }
+    const status = spawnCli(['status', '--redis', redis.url, '--run', 'plain', '--json']);
+    assert.equal(await status.exited, 0, status.output());
+    const report = JSON.parse(status.output().trim().split('\n').at(-1) ?? '{}') as { schema: number; state: { state: string; epoch: number; step: number; valTop1: number }; queues: { train: { waiting: number } }; history: unknown[] };
+    assert.equal(report.schema, 1);
+    assert.equal(report.state.state, 'finished');
+    assert.equal(report.state.step, 12);
+    assert.equal(report.queues.train.waiting, 0);
+    assert.equal(report.history.length, 2);
+  });
+
+  test('a worker started mid-run joins and contributes; a worker killed with SIGKILL does not stall the run', async () => {
+    const coordinator = await startCoordinator(tinyRun({ data, redis: redis.url, run: 'churn', epochs: '3', minWorkers: '2' }), log);
+    const first = [spawnWorker(coordinator.port, redis.url), spawnWorker(coordinator.port, redis.url)];
+    procs.push(...first);
+    await waitFor('step 5', () => coordinator.aggregator.step >= 5);
+    const late = spawnWorker(coordinator.port, redis.url);
+    procs.push(late);
+    const lateApplied = async () => {
+      const entries = [...(await readLedger(redis.url, 'churn', 0)).values(), ...(await readLedger(redis.url, 'churn', 1)).values()];
+      return entries.some((e) => e.workerId?.includes(`-${late.child.pid}-`) === true);
+    };
+    await waitFor('a job applied by the late worker', lateApplied, 120000);
+    const victim = first[0] as Proc;
+    victim.child.kill('SIGKILL');
+    const stepAtKill = coordinator.aggregator.step;
+    const summary = await coordinator.done;
+    await coordinator.stop();
+    assert.equal(await victim.exited, null, 'killed by a signal');
+    assert.ok(summary.steps > stepAtKill, 'the run went on after the kill');
+    assert.equal(summary.epochs, 3);
+    await assertExactlyOnce('churn', 3);
+  });
+
+  test('the coordinator killed mid-epoch and restarted with --resume continues without repeating or skipping samples', async () => {
+    const port = await freePort();
+    const ckpt = tempDir('resume-ck');
+    const args = ['coordinator', 'start', '--data', data, '--redis', redis.url, '--run', 'resume', '--port', String(port), '--token', 'test-token',
+      '--config', 'A', '--input-size', '32', '--width', '0.125', '--fc-units', '64', '--dropout', '0', '--scale', '32:36', '--eval-scale', '32',
+      '--batch-size', '16', '--epochs', '2', '--min-workers', '2', '--checkpoint-dir', ckpt, '--checkpoint-every', '4', '--lock-duration-ms', '5000', '--json'];
+    const c1 = spawnCli(args);
+    procs.push(c1);
+    const workers = [spawnWorker(port, redis.url), spawnWorker(port, redis.url)];
+    procs.push(...workers);
+    // Kill once a mid-epoch checkpoint exists (step 8 of epoch 0: 16 of 75 jobs applied).
+    await waitFor('a mid-epoch checkpoint', async () => (await listCheckpoints(ckpt)).some((d) => Number(path.basename(d).slice(5)) >= 8), 120000);
+    c1.child.kill('SIGKILL');
+    await c1.exited;
+    const c2 = spawnCli([...args, '--resume'], { VGG_LOG_LEVEL: 'info' });
+    procs.push(c2);
+    const code = await c2.exited;
+    assert.equal(code, 0, c2.output());
+    const resumed = /"step":(\d+),"epoch":0,"appliedInEpoch":(\d+),"msg":"resuming from checkpoint"/.exec(c2.output());
+    assert.ok(resumed !== null, 'resumed from a checkpoint of epoch 0');
+    assert.ok(Number(resumed[1]) >= 8 && Number(resumed[2]) >= 16, `resumed mid-epoch: ${resumed[0]}`);
+    const summary = JSON.parse(c2.output().trim().split('\n').filter((l) => l.startsWith('{"run"')).at(-1) ?? '{}') as { epochs: number; steps: number; valTop1: number };
+    assert.equal(summary.epochs, 2);
+    assert.ok(summary.valTop1 > 0.3, `the resumed run learned: val top-1 ${summary.valTop1}`);
+    await Promise.all(workers.map((w) => w.exited));
+    await assertExactlyOnce('resume', 2);
+    assert.ok(existsSync(ckpt));
+  });
+});
