@@ -60,7 +60,7 @@ describe('distributed runs on real Redis, BullMQ and WebSockets', () => {
     assert.equal(report.history.length, 2);
   });
 
-  test('a worker started mid-run joins and contributes; a worker killed with SIGKILL does not stall the run', async () => {
+  test('a worker started mid-run joins and contributes; one killed with SIGKILL does not stall the run; one sent SIGTERM leaves cleanly', async () => {
     const coordinator = await startCoordinator(tinyRun({ data, redis: redis.url, run: 'churn', epochs: '3', minWorkers: '2' }), log);
     const first = [spawnWorker(coordinator.port, redis.url), spawnWorker(coordinator.port, redis.url)];
     procs.push(...first);
@@ -75,6 +75,10 @@ describe('distributed runs on real Redis, BullMQ and WebSockets', () => {
     const victim = first[0] as Proc;
     victim.child.kill('SIGKILL');
     const stepAtKill = coordinator.aggregator.step;
+    // SIGTERM: the worker finishes (or returns) its job and leaves cleanly, with exit code 0.
+    const leaver = first[1] as Proc;
+    leaver.child.kill('SIGTERM');
+    assert.equal(await leaver.exited, 0, leaver.output());
     const summary = await coordinator.done;
     await coordinator.stop();
     assert.equal(await victim.exited, null, 'killed by a signal');
