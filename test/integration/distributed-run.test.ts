@@ -34,13 +34,14 @@ describe('distributed runs on real Redis, BullMQ and WebSockets', () => {
     await redis.stop();
   });
 
-  test('2 workers, 2 epochs: every training sample applied exactly once per epoch; status reports the run', async () => {
+  test('2 workers (--gpus 0,1), 2 epochs: every training sample applied exactly once per epoch; status reports the run', async () => {
     const coordinator = await startCoordinator(tinyRun({ data, redis: redis.url, run: 'plain', epochs: '2', minWorkers: '2', trainLimit: '192' }), log);
-    const workers = [spawnWorker(coordinator.port, redis.url), spawnWorker(coordinator.port, redis.url)];
-    procs.push(...workers);
+    // One `--gpus 0,1` launcher: one worker process per GPU.
+    const launcher = spawnCli(['worker', 'start', '--coordinator', `ws://127.0.0.1:${coordinator.port}`, '--token', 'test-token', '--redis', redis.url, '--gpus', '0,1']);
+    procs.push(launcher);
     const summary = await coordinator.done;
     await coordinator.stop();
-    assert.deepEqual(await Promise.all(workers.map((w) => w.exited)), [0, 0], workers.map((w) => w.output()).join('\n'));
+    assert.equal(await launcher.exited, 0, launcher.output());
     assert.equal(summary.epochs, 2);
     assert.equal(summary.steps, 12, '12 jobs of 16 per epoch, 2 per step');
     for (let e = 0; e < 2; e += 1) {
@@ -49,6 +50,7 @@ describe('distributed runs on real Redis, BullMQ and WebSockets', () => {
       const ids = [...ledger.values()].flatMap((l) => l.sampleIds);
       assert.equal(ids.length, 192);
       assert.equal(new Set(ids).size, 192, `epoch ${e}: no sample twice`);
+      assert.equal(new Set([...ledger.values()].map((l) => l.workerId)).size, 2, 'both GPU processes contributed');
     }
     const status = spawnCli(['status', '--redis', redis.url, '--run', 'plain', '--json']);
     assert.equal(await status.exited, 0, status.output());
