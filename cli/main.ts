@@ -7,6 +7,7 @@ import { registerCoordinatorCommands } from './coordinator-command.ts';
 import { registerWorkerCommands } from './worker-command.ts';
 import { registerLocalCommand } from './local-command.ts';
 import { registerStatusCommand } from './status-command.ts';
+import { registerAuditCommand } from './audit-command.ts';
 
 const program = new Command('vgg-train')
   .description('Distributed data-parallel trainer for the VGG networks (Simonyan & Zisserman 2014)')
@@ -20,6 +21,7 @@ registerCoordinatorCommands(program);
 registerWorkerCommands(program);
 registerLocalCommand(program);
 registerStatusCommand(program);
+registerAuditCommand(program);
 
 /** The only place that exits: bad flags and config exit 2, other failures 1. */
 try {

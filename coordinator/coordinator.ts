@@ -9,7 +9,7 @@ import { initialPlateau, stepPlateau, type PlateauState } from '../shared/lr-sch
 import { modelHash } from '../shared/param-layout.ts';
 import { connectRedis } from '../shared/redis-connection.ts';
 import { subsetIds } from '../shared/subset.ts';
-import { evalJobId, runKeys, type EvalJobData, type EvalJobResult } from '../shared/redis-keys.ts';
+import { evalJobId, runKeys, trainJobId, type EvalJobData, type EvalJobResult, type LedgerEntry, type RunMeta } from '../shared/redis-keys.ts';
 import { resolveModelConfig, type ModelConfig } from '../shared/vgg-configs.ts';
 import { estimateRgbStats, type AugmentOptions } from '../worker/data/image-pipeline.ts';
 import { buildVgg, disposeVgg, readFlat } from '../worker/model/vgg-model.ts';
@@ -109,7 +109,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
   await evalQueue.obliterate({ force: true });
   // On resume, the ledgers of finished epochs stay (audit); later ones are rebuilt from the checkpoint.
   const stale = (await redis.keys(`vgg:${cfg.run}:*`)).filter((k) => {
-    const m = /:ledger:(\d+)$/.exec(k);
+    const m = /:(?:ledger|applied):(\d+)$/.exec(k);
     return m === null ? !k.endsWith(':history') || !cfg.resume : Number(m[1]) >= epoch;
   });
   if (stale.length > 0) await redis.del(...stale);
@@ -126,16 +126,21 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
     state.members = [...aggregator.members.values()].filter((m) => m.ready).length;
     await redis.hset(keys.state, 'state', JSON.stringify(state));
   };
+  /** Appends applied jobs to the epoch's ledger (list, for audit) and applied set (hash, for lookups) atomically. */
   const writeLedger = async (positions: Iterable<number>, atStep: number, workers: string[] = []) => {
-    const args: string[] = [];
+    const tx = redis.multi();
     let i = 0;
     for (const p of positions) {
-      args.push(`train-e${epoch}-b${p}`, JSON.stringify({ step: atStep, position: p, sampleIds: plan.batches[p], workerId: workers[i] ?? null }));
+      const jobId = trainJobId(epoch, p);
+      const entry: LedgerEntry = { jobId, step: atStep, position: p, sampleIds: plan.batches[p] ?? [], workerId: workers[i] ?? null };
+      tx.hset(keys.applied(epoch), jobId, String(atStep)).rpush(keys.ledger(epoch), JSON.stringify(entry));
       i += 1;
     }
-    if (args.length > 0) await redis.hset(keys.ledger(epoch), ...args);
+    if (i > 0) await tx.exec();
   };
   await writeLedger(applied, step);
+  const meta: RunMeta = { trainTotal: index.train.length, trainLimit: cfg.trainLimit, batchSize: cfg.batchSize, seed: cfg.seed, epochs: cfg.epochs };
+  await redis.set(keys.meta, JSON.stringify(meta));
   const checkpoint = async () => {
     if (cfg.checkpointDir === '') return;
     const dir = await saveCheckpoint(cfg.checkpointDir, {

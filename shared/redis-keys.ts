@@ -6,8 +6,12 @@ export interface RunKeys {
   state: string;
   /** Hash: workerId -> JSON heartbeat. */
   workers: string;
-  /** Hash per epoch: jobId -> JSON { step, sampleIds }: the ledger of applied jobs. */
+  /** List per epoch, append-only: one JSON LedgerEntry per applied job (what `audit` reads). */
   ledger: (epoch: number) => string;
+  /** Hash per epoch: jobId -> step applied (membership checks). */
+  applied: (epoch: number) => string;
+  /** JSON RunMeta: what the epochs draw from. */
+  meta: string;
   /** Hash per epoch: jobId -> JSON eval counts. */
   evalResults: (epoch: number) => string;
   /** List of JSON history entries (per epoch). */
@@ -22,10 +26,18 @@ export function runKeys(run: string): RunKeys {
     state: `${p}:state`,
     workers: `${p}:workers`,
     ledger: (epoch) => `${p}:ledger:${epoch}`,
+    applied: (epoch) => `${p}:applied:${epoch}`,
+    meta: `${p}:meta`,
     evalResults: (epoch) => `${p}:eval:${epoch}`,
     history: `${p}:history`,
   };
 }
+
+/** One applied job in the ledger. */
+export interface LedgerEntry { jobId: string; step: number; position: number; sampleIds: number[]; workerId: string | null }
+
+/** The sample population of a run's epochs: subsetIds(trainTotal, trainLimit). */
+export interface RunMeta { trainTotal: number; trainLimit: number; batchSize: number; seed: number; epochs: number }
 
 /** Job payloads on the queues. */
 export interface TrainJobData { run: string; epoch: number; position: number; sampleIds: number[] }

@@ -101,7 +101,7 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
 
   const trainJob = async (job: Job<TrainJobData>, token: string) => {
     const jobId = job.id as string;
-    if ((await redis.hexists(keys.ledger(job.data.epoch), jobId)) === 1) {
+    if ((await redis.hexists(keys.applied(job.data.epoch), jobId)) === 1) {
       await job.moveToCompleted({ skipped: 'already applied' }, token, false);
       return;
     }

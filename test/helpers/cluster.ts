@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { resolveRunConfig, type RunConfig } from '../../coordinator/run-config.ts';
-import { runKeys } from '../../shared/redis-keys.ts';
+import { runKeys, type LedgerEntry } from '../../shared/redis-keys.ts';
 
 export const BIN = path.resolve('bin/vgg-train.js');
 
@@ -39,22 +39,19 @@ export async function waitFor(what: string, condition: () => boolean | Promise<b
   }
 }
 
-export interface LedgerEntry { step: number; position: number; sampleIds: number[]; workerId: string | null }
-
-export async function readLedger(redisUrl: string, run: string, epoch: number): Promise<Map<string, LedgerEntry>> {
+export async function readLedger(redisUrl: string, run: string, epoch: number): Promise<LedgerEntry[]> {
   const r = new Redis(redisUrl);
   try {
-    const raw = await r.hgetall(runKeys(run).ledger(epoch));
-    return new Map(Object.entries(raw).map(([k, v]) => [k, JSON.parse(v) as LedgerEntry]));
+    return (await r.lrange(runKeys(run).ledger(epoch), 0, -1)).map((v) => JSON.parse(v) as LedgerEntry);
   } finally {
     r.disconnect();
   }
 }
 
 /** Every sample id 0..n-1 (dataset positions) exactly once across the ledger's jobs. */
-export function sampleCounts(ledger: Map<string, LedgerEntry>, n: number): { missing: number[]; duplicates: number[] } {
+export function sampleCounts(ledger: LedgerEntry[], n: number): { missing: number[]; duplicates: number[] } {
   const counts = new Uint32Array(n);
-  for (const e of ledger.values()) for (const id of e.sampleIds) counts[id] = (counts[id] ?? 0) + 1;
+  for (const e of ledger) for (const id of e.sampleIds) counts[id] = (counts[id] ?? 0) + 1;
   const missing: number[] = [];
   const duplicates: number[] = [];
   counts.forEach((c, i) => { if (c === 0) missing.push(i); if (c > 1) duplicates.push(i); });

@@ -46,11 +46,11 @@ describe('distributed runs on real Redis, BullMQ and WebSockets', () => {
     assert.equal(summary.steps, 12, '12 jobs of 16 per epoch, 2 per step');
     for (let e = 0; e < 2; e += 1) {
       const ledger = await readLedger(redis.url, 'plain', e);
-      assert.equal(ledger.size, 12);
-      const ids = [...ledger.values()].flatMap((l) => l.sampleIds);
+      assert.equal(ledger.length, 12);
+      const ids = ledger.flatMap((l) => l.sampleIds);
       assert.equal(ids.length, 192);
       assert.equal(new Set(ids).size, 192, `epoch ${e}: no sample twice`);
-      assert.equal(new Set([...ledger.values()].map((l) => l.workerId)).size, 2, 'both GPU processes contributed');
+      assert.equal(new Set(ledger.map((l) => l.workerId)).size, 2, 'both GPU processes contributed');
     }
     const status = spawnCli(['status', '--redis', redis.url, '--run', 'plain', '--json']);
     assert.equal(await status.exited, 0, status.output());
@@ -60,6 +60,10 @@ describe('distributed runs on real Redis, BullMQ and WebSockets', () => {
     assert.equal(report.state.step, 12);
     assert.equal(report.queues.train.waiting, 0);
     assert.equal(report.history.length, 2);
+    const audit = spawnCli(['audit', '--epoch', '1', '--redis', redis.url, '--run', 'plain', '--json']);
+    assert.equal(await audit.exited, 0, audit.output());
+    const a = JSON.parse(audit.output().trim()) as { epoch: number; samples: number; missing: number; duplicates: number; jobs: number };
+    assert.deepEqual([a.epoch, a.samples, a.missing, a.duplicates, a.jobs], [1, 192, 0, 0, 12]);
   });
 
   test('a worker started mid-run joins and contributes; one killed with SIGKILL does not stall the run; one sent SIGTERM leaves cleanly', async () => {
@@ -70,7 +74,7 @@ describe('distributed runs on real Redis, BullMQ and WebSockets', () => {
     const late = spawnWorker(coordinator.port, redis.url);
     procs.push(late);
     const lateApplied = async () => {
-      const entries = [...(await readLedger(redis.url, 'churn', 0)).values(), ...(await readLedger(redis.url, 'churn', 1)).values()];
+      const entries = [...(await readLedger(redis.url, 'churn', 0)), ...(await readLedger(redis.url, 'churn', 1))];
       return entries.some((e) => e.workerId?.includes(`-${late.child.pid}-`) === true);
     };
     await waitFor('a job applied by the late worker', lateApplied, 120000);
