@@ -249,7 +249,8 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
     const val = await validate();
     if (stopping) return;
     const n = Math.max(1, val.samples);
-    plateau = stepPlateau(plateau, val.top1 / n);
+    plateau = cfg.lrDropEpochs.length === 0 ? stepPlateau(plateau, val.top1 / n)
+      : { ...plateau, learningRate: cfg.lrDropEpochs.includes(epoch + 1) ? plateau.learningRate / 10 : plateau.learningRate };
     aggregator.setLearningRate(plateau.learningRate);
     const summary: EpochSummary = {
       epoch, step, trainLoss: state.loss, valTop1: val.top1 / n, valTop5: val.top5 / n, valLoss: val.lossSum / n,

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { ConfigError } from '../shared/errors.ts';
-import { choiceOption, intOption, numberOption, scaleRangeOption } from '../shared/option-parsers.ts';
+import { choiceOption, intListOption, intOption, numberOption, scaleRangeOption } from '../shared/option-parsers.ts';
 import { CONFIG_NAMES, INITIALIZERS, type ConfigName, type InitializerName } from '../shared/vgg-configs.ts';
 
 /** Everything a distributed run is defined by. */
@@ -29,6 +29,8 @@ export interface RunConfig {
   /** Samples per job (per worker per step). */
   batchSize: number;
   lr: number;
+  /** Epochs (1-based) after which lr is divided by 10; empty: the paper's plateau rule. */
+  lrDropEpochs: number[];
   momentum: number;
   weightDecay: number;
   scale: [number, number];
@@ -77,6 +79,7 @@ export const RUN_OPTIONS: Spec[] = [
   { key: 'epochs', flag: '--epochs', parse: intOption('--epochs', 1), description: 'epochs' },
   { key: 'batchSize', flag: '--batch-size', parse: intOption('--batch-size', 1), description: 'samples per job (per worker per step)' },
   { key: 'lr', flag: '--lr', parse: numberOption('--lr', 0, 10, true), description: 'initial learning rate' },
+  { key: 'lrDropEpochs', flag: '--lr-drop-epochs', parse: intListOption('--lr-drop-epochs'), description: 'divide lr by 10 after these epochs, e.g. 5,7 (default: on validation plateau, as the paper)' },
   { key: 'momentum', flag: '--momentum', parse: numberOption('--momentum', 0, 0.999), description: 'momentum' },
   { key: 'weightDecay', flag: '--weight-decay', parse: numberOption('--weight-decay', 0, 1), description: 'L2 on kernels' },
   { key: 'scale', flag: '--scale', parse: scaleRangeOption('--scale'), description: 'training scale S or Smin:Smax' },
@@ -96,7 +99,7 @@ export const RUN_OPTIONS: Spec[] = [
 export const PAPER_DEFAULTS: RunConfig = {
   run: 'default', data: '', redis: 'redis://127.0.0.1:6379', host: '127.0.0.1', port: 7070, token: '',
   config: 'D', batchNorm: false, numClasses: 0, inputSize: 224, width: 1, fcUnits: 4096, dropout: 0.5, init: 'kaiming',
-  seed: 1, epochs: 74, batchSize: 64, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, scale: [256, 256], evalScale: 256,
+  seed: 1, epochs: 74, batchSize: 64, lr: 0.01, lrDropEpochs: [], momentum: 0.9, weightDecay: 5e-4, scale: [256, 256], evalScale: 256,
   // The paper subtracts the mean only (with its small N(0, 1e-2) init); with the default He init,
   // 0-255 inputs diverge at lr 0.01, so we also divide by the std. `--normalize mean --init paper` is the paper's.
   normalize: 'mean-std', checkpointDir: '', checkpointEvery: 0, keep: 3, resume: false, minWorkers: 1, trainLimit: 0,
@@ -136,7 +139,7 @@ export function resolveRunConfig(flags: Partial<Record<keyof RunConfig, unknown>
   for (const o of RUN_OPTIONS) {
     const raw = flags[o.key] ?? env[envName(o.flag)] ?? file[o.key];
     if (raw === undefined) continue;
-    const text = Array.isArray(raw) ? raw.join(':') : String(raw);
+    const text = Array.isArray(raw) ? raw.join(o.key === 'scale' ? ':' : ',') : String(raw);
     cfg[o.key] = typeof raw === 'boolean' ? raw : o.parse(text);
   }
   const c = cfg as unknown as RunConfig;

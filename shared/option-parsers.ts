@@ -43,3 +43,15 @@ export function scaleRangeOption(option: string) {
     return [lo, hi];
   };
 }
+
+/** `5,7` -> [5, 7]; empty -> []. */
+export function intListOption(option: string) {
+  return (value: string): number[] => {
+    if (value.trim() === '') return [];
+    const parts = value.split(',').map((p) => p.trim());
+    if (parts.some((p) => !/^\d+$/.test(p) || Number(p) < 1)) {
+      throw new ConfigError(`${option}: expected a comma-separated list of positive integers like 5,7, got ${JSON.stringify(value)}`);
+    }
+    return parts.map(Number);
+  };
+}

@@ -187,9 +187,14 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
           await trainJob(job as Job<TrainJobData>, token);
           failures = 0;
         } catch (err) {
-          if (!(err instanceof JobAbandoned || err instanceof ConnectionLost)) throw err;
           // Return it at once so another worker can take it (the ledger keeps it exactly-once).
           await job.moveToWait(token).catch(() => {});
+          if (!(err instanceof JobAbandoned || err instanceof ConnectionLost)) {
+            // We may be expected in the step or half-way through a gradient: leave the step by
+            // dropping the connection (the aggregator then goes on without us), rejoin afresh.
+            client.terminate();
+            throw err;
+          }
         } finally {
           clearInterval(lock);
         }

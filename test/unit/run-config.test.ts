@@ -34,6 +34,12 @@ describe('run configuration', () => {
     assert.throws(() => resolveRunConfig({}, {}, file), /--config-file: unknown keys epoch; expected some of/);
   });
 
+  test('--lr-drop-epochs takes a list; without it the plateau rule applies', () => {
+    assert.deepEqual(resolveRunConfig({ lrDropEpochs: '5,7' }, {}).lrDropEpochs, [5, 7]);
+    assert.deepEqual(resolveRunConfig({}, {}).lrDropEpochs, []);
+    assert.throws(() => resolveRunConfig({}, { VGG_LR_DROP_EPOCHS: '5;7' }), /--lr-drop-epochs: expected a comma-separated list of positive integers like 5,7, got "5;7"/);
+  });
+
   test('a token is required when the aggregator listens beyond loopback', () => {
     assert.throws(() => resolveRunConfig({ host: '0.0.0.0' }, {}), /--token: expected a token when the aggregator listens on 0.0.0.0 \(not loopback\), got none/);
     assert.equal(resolveRunConfig({ host: '0.0.0.0', token: 's3cret' }, {}).token, 's3cret');
