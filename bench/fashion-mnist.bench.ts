@@ -5,13 +5,13 @@
  * Extra arguments go to `local` and override the defaults below.
  * Last line: one JSON object.
  *
- *   npm run bench:fashion-mnist [-- --epochs 8 --workers 2]
+ *   npm run bench:fashion-mnist [-- --epochs 7 --workers 2]
  */
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 
 const defaults = ['--workers', '2', '--config', 'A', '--width', '0.25', '--fc-units', '512', '--input-size', '32', '--scale', '32:36',
-  '--eval-scale', '32', '--batch-size', '32', '--lr', '0.02', '--epochs', '8', '--run', 'bench-fmnist'];
+  '--eval-scale', '32', '--batch-size', '32', '--lr', '0.02', '--lr-drop-epochs', '4,6', '--epochs', '7', '--run', 'bench-fmnist'];
 const args = [...defaults, ...process.argv.slice(2), '--json'];
 const started = Date.now();
 const child = spawn(process.execPath, [path.resolve('bin/vgg-train.js'), 'local', ...args], {
