@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { ensureDefaultDataset } from '../coordinator/default-dataset.ts';
+import { BUILT_IN_DEFAULTS, PAPER_DEFAULTS, type RunConfig } from '../coordinator/run-config.ts';
 import { indexDataset } from '../coordinator/dataset-index.ts';
 import { ConfigError } from '../shared/errors.ts';
 import { createLogger } from '../shared/logger.ts';
@@ -17,12 +18,12 @@ interface TrainFlags {
 }
 
 /**
- * Defaults for the built-in dataset (a small VGG-A on 32x32 images, which
- * trains in minutes on a CPU) and for a real dataset (the paper: D, 224,
- * batch 256, S=256, 74 epochs).
+ * The run defaults of `coordinator start` and `local` (the paper's recipe with
+ * --data, a small VGG-A on the built-in dataset without), except that one
+ * process takes the paper's whole batch of 256 instead of one worker's share.
  */
-const BUILT_IN = { config: 'A' as ConfigName, inputSize: 32, width: 0.125, fcUnits: 256, dropout: 0.5, epochs: 2, batchSize: 32, scale: [32, 36] as [number, number], evalScale: 32, normalize: 'mean-std' as const };
-const PAPER = { config: 'D' as ConfigName, inputSize: 224, width: 1, fcUnits: 4096, dropout: 0.5, epochs: 74, batchSize: 256, scale: [256, 256] as [number, number], evalScale: 256, normalize: 'mean-std' as const };
+const BUILT_IN: RunConfig = { ...PAPER_DEFAULTS, ...BUILT_IN_DEFAULTS };
+const PAPER: RunConfig = { ...PAPER_DEFAULTS, batchSize: 256 };
 
 export function registerTrainCommand(program: Command): void {
   program.command('train')

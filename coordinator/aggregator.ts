@@ -89,6 +89,11 @@ export class Aggregator {
     return typeof address === 'object' && address !== null ? address.port : this.options.port;
   }
 
+  /** Members that passed the model-hash check and take part in steps. */
+  readyMembers(): Member[] {
+    return [...this.members.values()].filter((m) => m.ready);
+  }
+
   setLearningRate(lr: number): void {
     this.learningRate = lr;
     this.options.sgd.options.learningRate = lr;
@@ -248,7 +253,7 @@ export class Aggregator {
         const m = this.members.get(c.memberId);
         if (m !== undefined) Object.assign(m, { jobId: undefined, lockToken: undefined });
       }
-      this.sendWeights([...this.members.values()].filter((m) => m.ready));
+      this.sendWeights(this.readyMembers());
     } finally {
       this.committing = false;
     }

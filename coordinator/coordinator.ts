@@ -13,7 +13,7 @@ import { evalJobId, runKeys, trainJobId, type EvalJobData, type EvalJobResult, t
 import { resolveModelConfig, type ModelConfig } from '../shared/vgg-configs.ts';
 import { estimateRgbStats, type AugmentOptions } from '../worker/data/image-pipeline.ts';
 import { buildVgg, disposeVgg, readFlat } from '../worker/model/vgg-model.ts';
-import { kerasName, loadCheckpoint, modelTopology, saveCheckpoint } from '../worker/train/checkpoint.ts';
+import { checkedWeights, loadCheckpoint, modelTopology, saveCheckpoint } from '../worker/train/checkpoint.ts';
 import { Aggregator, type Contribution, type Member } from './aggregator.ts';
 import { indexDataset } from './dataset-index.ts';
 import { ensureDefaultDataset } from './default-dataset.ts';
@@ -33,7 +33,7 @@ export interface CoordinatorHandle {
 }
 
 /** The run info every worker receives in `welcome`. */
-export interface RunInfo { run: string; redis: string; data: string; model: ModelConfig; augment: AugmentOptions; seed: number; evalQ: number; lockDurationMs: number; trainIds: number; valIds: number; valLimit: number; trainLimit: number }
+export interface RunInfo { run: string; redis: string; data: string; model: ModelConfig; augment: AugmentOptions; seed: number; evalQ: number; lockDurationMs: number }
 
 /**
  * The coordinator of one run: indexes the data, holds the master weights in
@@ -91,11 +91,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
     });
     if (ck !== undefined) {
       if (ck.state.modelHash !== hash) throw new CheckpointError(`--resume: checkpoint model hash ${ck.state.modelHash} does not match this run's ${hash}`);
-      for (const e of layout.entries) {
-        const t = ck.weights[kerasName(e)];
-        if (t === undefined || t.size !== e.size) throw new CheckpointError(`--resume: checkpoint weight ${e.name}: expected ${e.size} floats`);
-        weights.set(t.dataSync() as Float32Array, e.offset);
-      }
+      for (const [e, t] of checkedWeights(layout, ck.weights)) weights.set(t.dataSync() as Float32Array, e.offset);
       tf.dispose(Object.values(ck.weights));
       momentum = ck.momentum;
       ({ step, epoch } = ck.state);
@@ -123,7 +119,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
   };
   const publish = async () => {
     state.updatedAt = new Date().toISOString();
-    state.members = [...aggregator.members.values()].filter((m) => m.ready).length;
+    state.members = aggregator.readyMembers().length;
     await redis.hset(keys.state, 'state', JSON.stringify(state));
   };
   /** Appends applied jobs to the epoch's ledger (list, for audit) and applied set (hash, for lookups) atomically. */
@@ -195,7 +191,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
 
   const runInfo: RunInfo = {
     run: cfg.run, redis: cfg.redis, data: index.root, model, augment, seed: cfg.seed, evalQ: cfg.evalScale,
-    lockDurationMs: cfg.lockDurationMs, trainIds: index.train.length, valIds: index.val.length, valLimit: valCount, trainLimit: trainCount,
+    lockDurationMs: cfg.lockDurationMs,
   };
   const aggregator = new Aggregator({
     host: cfg.host, port: cfg.port, token: cfg.token, modelHash: hash, weights, sgd, step,
@@ -279,7 +275,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
   void (async () => {
     state.state = 'waiting-for-workers';
     await publish();
-    while (!stopping && [...aggregator.members.values()].filter((m) => m.ready).length < cfg.minWorkers) await new Promise((r) => setTimeout(r, 50));
+    while (!stopping && aggregator.readyMembers().length < cfg.minWorkers) await new Promise((r) => setTimeout(r, 50));
     if (!stopping) await startEpoch();
   })().catch(fail);
 

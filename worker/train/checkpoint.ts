@@ -133,7 +133,12 @@ export async function loadCheckpoint(dirOrRoot: string): Promise<LoadedCheckpoin
 
 /** Copies checkpoint weights into a model of the same layout; checks every name and shape first. */
 export function restoreWeights(vgg: VggModel, weights: tf.NamedTensorMap): void {
-  const pairs = vgg.layout.entries.map((e) => {
+  for (const [e, t] of checkedWeights(vgg.layout, weights)) vgg.variables.get(e.name)?.write(t);
+}
+
+/** Every layout entry paired with its checkpoint tensor; throws before anything is used if one is missing or misshapen. */
+export function checkedWeights(layout: ParamLayout, weights: tf.NamedTensorMap): (readonly [ParamEntry, tf.Tensor])[] {
+  return layout.entries.map((e) => {
     const t = weights[kerasName(e)];
     if (t === undefined) throw new CheckpointError(`checkpoint: expected weight ${e.name}, got none`);
     if (t.shape.join(',') !== e.shape.join(',')) {
@@ -141,5 +146,4 @@ export function restoreWeights(vgg: VggModel, weights: tf.NamedTensorMap): void 
     }
     return [e, t] as const;
   });
-  for (const [e, t] of pairs) vgg.variables.get(e.name)?.write(t);
 }

@@ -4,7 +4,7 @@ import { ShapeError } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/logger.ts';
 import { initialPlateau, stepPlateau, type PlateauState } from '../../shared/lr-schedule.ts';
 import { modelHash } from '../../shared/param-layout.ts';
-import { epochPermutation } from '../../shared/rng.ts';
+import { planEpoch } from '../../coordinator/epoch-plan.ts';
 import { subsetIds } from '../../shared/subset.ts';
 import type { InitializerName, ModelConfig } from '../../shared/vgg-configs.ts';
 import { estimateRgbStats, loadBatch, type AugmentOptions, type BatchItem, type LoadedBatch } from '../data/image-pipeline.ts';
@@ -144,11 +144,9 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   let last = { top1: 0, top5: 0 };
   for (let epoch = startEpoch; epoch < o.epochs; epoch += 1) {
     const epochStart = performance.now();
-    const perm = epochPermutation(trainItems.length, o.seed, epoch);
-    const batches: BatchItem[][] = [];
-    for (let i = 0; i < perm.length; i += o.batchSize) {
-      batches.push(Array.from(perm.subarray(i, i + o.batchSize), (j) => trainItems[j] as BatchItem));
-    }
+    const byId = new Map(trainItems.map((t) => [t.id, t]));
+    const batches = planEpoch(trainItems.map((t) => t.id), o.batchSize, o.seed, epoch).batches
+      .map((ids) => ids.map((id) => byId.get(id) as BatchItem));
     const load = (b: number): Promise<LoadedBatch> | undefined =>
       b < batches.length ? loadBatch(index.root, batches[b] as BatchItem[], augment, { kind: 'train', seed: o.seed, epoch }) : undefined;
     let next = load(epoch === startEpoch ? startBatch : 0);
