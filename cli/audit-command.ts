@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { auditEpoch } from '../coordinator/audit.ts';
 import { intOption } from '../shared/option-parsers.ts';
-import { connectRedis } from '../shared/redis-connection.ts';
+import { checkRedis, connectRedis } from '../shared/redis-connection.ts';
 
 export function registerAuditCommand(program: Command): void {
   program.command('audit')
@@ -13,6 +13,7 @@ export function registerAuditCommand(program: Command): void {
     .action(async (o: { epoch: number; redis: string; run: string; json: boolean }) => {
       const redis = connectRedis(o.redis, { maxRetriesPerRequest: 1 });
       try {
+        await checkRedis(redis, o.redis);
         const r = await auditEpoch(redis, o.run, o.epoch);
         process.stdout.write(o.json ? `${JSON.stringify(r)}\n`
           : `run ${r.run} epoch ${r.epoch}: ${r.samples} samples, ${r.jobs} jobs, ${r.applied} applied, ${r.missing} missing, ${r.duplicates} duplicated${r.complete ? ' - exact' : ''}\n`);

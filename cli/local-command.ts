@@ -38,8 +38,9 @@ export function registerLocalCommand(program: Command): void {
       process.once('SIGINT', () => { void cleanup().then(() => process.exit(130)); });
       process.once('SIGTERM', () => { void cleanup().then(() => process.exit(143)); });
       for (let i = 0; i < workers; i += 1) {
-        children.push(spawn(process.execPath, [BIN, 'worker', 'start', '--coordinator', `ws://127.0.0.1:${coordinator.port}`, '--token', token, '--gpu', String(i), '--redis', cfg.redis],
-          { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, CUDA_VISIBLE_DEVICES: String(i) } }));
+        // The token goes by environment, not argv: a command line is visible to every user in `ps`.
+        children.push(spawn(process.execPath, [BIN, 'worker', 'start', '--coordinator', `ws://127.0.0.1:${coordinator.port}`, '--gpu', String(i), '--redis', cfg.redis],
+          { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, VGG_TOKEN: token, CUDA_VISIBLE_DEVICES: String(i) } }));
       }
       // If every worker dies, the run cannot go on: fail instead of waiting forever.
       const allDead = new Promise<never>((_, reject) => {

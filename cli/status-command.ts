@@ -3,7 +3,7 @@ import { Queue } from 'bullmq';
 import type { EpochSummary } from '../coordinator/coordinator.ts';
 import type { RunState, WorkerHeartbeat } from '../coordinator/run-state.ts';
 import { intOption } from '../shared/option-parsers.ts';
-import { connectRedis } from '../shared/redis-connection.ts';
+import { checkRedis, connectRedis } from '../shared/redis-connection.ts';
 import { runKeys } from '../shared/redis-keys.ts';
 
 type Counts = Record<'waiting' | 'active' | 'completed' | 'failed' | 'delayed', number>;
@@ -40,6 +40,7 @@ export async function readStatus(redisUrl: string, run: string): Promise<StatusR
   const keys = runKeys(run);
   const redis = connectRedis(redisUrl, { maxRetriesPerRequest: 1 });
   try {
+    await checkRedis(redis, redisUrl);
     const [raw, workers, history] = await Promise.all([redis.hget(keys.state, 'state'), redis.hgetall(keys.workers), redis.lrange(keys.history, 0, -1)]);
     const counts = async (name: string) => {
       const q = new Queue(name, { connection: redis });

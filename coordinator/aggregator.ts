@@ -23,6 +23,8 @@ export interface Member {
   discarding: boolean;
   /** Sent a matching model hash; gets weights and may join steps. */
   ready: boolean;
+  /** performance.now() of the last frame or pong from this member. */
+  lastSeen: number;
 }
 
 /** A member's complete gradient in the step being committed. */
@@ -46,7 +48,22 @@ export interface AggregatorOptions {
   /** A member left; its job (if any) should go back to the queue. */
   onMemberLost: (member: Member) => void;
   log: Logger;
+  /**
+   * A member silent (no frame, no pong) for this long is removed from the step,
+   * as if its socket had closed; pings go out every third of it. A worker
+   * answers pings between tensor ops, so this must exceed the longest single
+   * op of a step. @defaultValue 30000
+   */
+  heartbeatTimeoutMs?: number;
 }
+
+/**
+ * Errors a trusted peer can cause by racing the step (an old step, a job that
+ * was just taken or applied, a diverged gradient): answered, connection kept.
+ * Every other rejection after the handshake means the peer is broken or hostile:
+ * its partial gradient is dropped and the connection closed.
+ */
+const BENIGN_CODES = new Set(['VGG_ERR_STALE_STEP', 'VGG_ERR_DUPLICATE_JOB', 'VGG_ERR_NONFINITE']);
 
 /**
  * The synchronous all-reduce: workers stream gradients in chunks, reduced on
@@ -66,6 +83,7 @@ export class Aggregator {
   private readonly done = new Map<number, Contribution>();
   private committing = false;
   private closing?: Promise<void>;
+  private heartbeat?: NodeJS.Timeout;
   /** Frames rejected, by error code (for status and tests). */
   readonly rejected = new Map<string, number>();
 
@@ -85,6 +103,8 @@ export class Aggregator {
       server.once('error', reject);
     });
     server.on('error', (err) => this.options.log.error({ err: err.message }, 'aggregator server error'));
+    const timeout = this.options.heartbeatTimeoutMs ?? 30_000;
+    this.heartbeat = setInterval(() => this.checkHeartbeats(timeout), Math.max(10, Math.floor(timeout / 3)));
     const address = server.address();
     return typeof address === 'object' && address !== null ? address.port : this.options.port;
   }
@@ -99,27 +119,66 @@ export class Aggregator {
     this.options.sgd.options.learningRate = lr;
   }
 
+  /** Members silent for longer than `timeout` are removed; the others are pinged. */
+  private checkHeartbeats(timeout: number): void {
+    const now = performance.now();
+    for (const m of [...this.members.values()]) {
+      if (now - m.lastSeen > timeout) {
+        this.options.log.warn({ member: m.id, workerId: m.workerId, silentMs: Math.round(now - m.lastSeen), timeoutMs: timeout }, 'member silent; removed');
+        this.count('VGG_ERR_HEARTBEAT');
+        this.lose(m, 1001);
+        m.ws.terminate();
+      } else if (m.ws.readyState === m.ws.OPEN) {
+        m.ws.ping();
+      }
+    }
+  }
+
+  private count(code: string): void {
+    this.rejected.set(code, (this.rejected.get(code) ?? 0) + 1);
+  }
+
   private accept(ws: WebSocket, remote: string): void {
-    ws.on('error', (err) => this.options.log.warn({ remote, err: err.message }, 'worker socket error'));
     let member: Member | undefined;
+    ws.on('error', (err: Error & { code?: string }) => {
+      // ws closes the socket itself (1009) when a frame exceeds maxPayload.
+      if (err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') this.count('VGG_ERR_FRAME_TOO_LARGE');
+      this.options.log.warn({ remote, code: err.code, err: err.message }, 'worker socket error');
+    });
+    ws.on('pong', () => { if (member !== undefined) member.lastSeen = performance.now(); });
     ws.on('message', (raw: Buffer) => {
+      // A member already removed (rejected, silent) is not listened to while its socket closes.
+      if (member !== undefined && !this.members.has(member.id)) return;
       try {
         const msg = decodeFrame(raw);
-        if (member === undefined) member = this.hello(ws, msg, remote);
-        else this.handle(member, msg).catch((err: unknown) => this.reject(ws, err, false));
+        if (member === undefined) {
+          member = this.hello(ws, msg, remote);
+          return;
+        }
+        member.lastSeen = performance.now();
+        const m = member;
+        this.handle(m, msg);
       } catch (err) {
-        this.reject(ws, err, member === undefined);
+        this.reject(ws, err, member);
       }
     });
     ws.on('close', (code) => { if (member !== undefined) this.lose(member, code); });
   }
 
-  private reject(ws: WebSocket, err: unknown, close: boolean): void {
+  /**
+   * Answers a rejected frame with its code and message. Before the handshake,
+   * and after it for any but the benign codes, the peer is removed at once
+   * (its part of the step dropped, the others resend) and the socket closed.
+   */
+  private reject(ws: WebSocket, err: unknown, m: Member | undefined): void {
     const e = err instanceof ProtocolError ? err : new ProtocolError('VGG_ERR_INTERNAL', (err as Error).message);
-    this.rejected.set(e.code, (this.rejected.get(e.code) ?? 0) + 1);
-    this.options.log.warn({ code: e.code, error: e.message }, 'frame rejected');
+    this.count(e.code);
+    this.options.log.warn({ code: e.code, error: e.message, member: m?.id }, 'frame rejected');
     this.send(ws, { t: 'error', code: e.code, message: e.message });
-    if (close) ws.close(1008, e.code);
+    if (m === undefined || !BENIGN_CODES.has(e.code)) {
+      if (m !== undefined) this.lose(m, 1008);
+      ws.close(1008, e.code);
+    }
   }
 
   private hello(ws: WebSocket, msg: Record<string, unknown>, remote: string): Member {
@@ -128,7 +187,8 @@ export class Aggregator {
     if (protocol !== PROTOCOL_VERSION) {
       throw new ProtocolError('VGG_ERR_PROTOCOL_VERSION', `hello.protocol: expected ${PROTOCOL_VERSION}, got ${protocol}`);
     }
-    const token = Buffer.from(field<string>(msg, 'token', 'string'));
+    if (typeof msg.token !== 'string') throw new ProtocolError('VGG_ERR_AUTH', 'hello.token: expected the run token, got none');
+    const token = Buffer.from(msg.token);
     const want = Buffer.from(this.options.token);
     if (token.length !== want.length || !timingSafeEqual(token, want)) {
       throw new ProtocolError('VGG_ERR_AUTH', 'hello.token: expected the run token, got a wrong or missing one');
@@ -136,7 +196,7 @@ export class Aggregator {
     const member: Member = {
       id: this.nextId++, ws, workerId: field<string>(msg, 'workerId', 'string'), host: field<string>(msg, 'host', 'string'),
       gpu: typeof msg.gpu === 'number' ? msg.gpu : null, backend: field<string>(msg, 'backend', 'string'), active: false, discarding: false,
-      ready: false,
+      ready: false, lastSeen: performance.now(),
     };
     this.members.set(member.id, member);
     this.options.log.info({ member: member.id, workerId: member.workerId, remote, step: this.step }, 'member joined');
@@ -144,14 +204,18 @@ export class Aggregator {
     return member;
   }
 
-  private async handle(m: Member, msg: Record<string, unknown>): Promise<void> {
+  /**
+   * Validates and applies one frame, synchronously: a rejection removes a
+   * hostile peer before its next frame (often in the same TCP read) is seen.
+   */
+  private handle(m: Member, msg: Record<string, unknown>): void {
     if (msg.t === 'ready') {
       // The worker built the model from the run info; its own layout hash must agree with ours.
       const hash = field<string>(msg, 'modelHash', 'string');
       if (hash !== this.options.modelHash) {
-        this.reject(m.ws, new ProtocolError('VGG_ERR_MODEL_HASH', `ready.modelHash: expected ${this.options.modelHash}, got ${hash}`), true);
-        return;
+        throw new ProtocolError('VGG_ERR_MODEL_HASH', `ready.modelHash: expected ${this.options.modelHash}, got ${hash}`);
       }
+      if (m.ready) throw new ProtocolError('VGG_ERR_HANDSHAKE', 'ready: expected once per connection, got it again');
       m.ready = true;
       this.sendWeights([m]);
       return;
@@ -175,21 +239,24 @@ export class Aggregator {
       case 'idle': {
         if (m.receiving !== undefined || this.done.has(m.id)) return;
         Object.assign(m, { active: false, jobId: undefined, lockToken: undefined });
-        await this.maybeCommit();
+        this.commitWhenComplete();
         return;
       }
       case 'grad-begin': {
         const step = field<number>(msg, 'step', 'int');
         const jobId = field<string>(msg, 'jobId', 'string');
-        if (step !== this.step) throw new ProtocolError('VGG_ERR_STALE_STEP', `grad-begin.step: expected ${this.step}, got ${step}`);
+        if (step < this.step) throw new ProtocolError('VGG_ERR_STALE_STEP', `grad-begin.step: expected ${this.step}, got the older ${step}`);
+        if (step > this.step) throw new ProtocolError('VGG_ERR_FUTURE_STEP', `grad-begin.step: expected ${this.step}, got ${step}, a step not reached yet`);
         if (!m.active || m.jobId !== jobId) {
           throw new ProtocolError('VGG_ERR_NOT_JOINED', `grad-begin.jobId: expected the joined job ${m.jobId ?? '(none)'}, got ${jobId}`);
         }
+        if (m.receiving !== undefined || this.done.has(m.id)) {
+          throw new ProtocolError('VGG_ERR_DUPLICATE_GRADIENT', `grad-begin: expected one gradient per member and step, got a second for step ${step}`);
+        }
         const total = field<number>(msg, 'totalFloats', 'int');
         if (total !== this.sum.length) throw new ProtocolError('VGG_ERR_LAYOUT', `grad-begin.totalFloats: expected ${this.sum.length}, got ${total}`);
-        const stats = field<BatchStats>(msg, 'stats', 'object');
-        const samples = field<number>(stats as unknown as Record<string, unknown>, 'samples', 'int');
-        m.receiving = { jobId, sampleIds: field<number[]>(msg, 'sampleIds', 'int[]'), stats: { ...stats, samples }, next: 0 };
+        const sampleIds = field<number[]>(msg, 'sampleIds', 'int[]');
+        m.receiving = { jobId, sampleIds, stats: checkStats(field<Record<string, unknown>>(msg, 'stats', 'object'), sampleIds.length), next: 0 };
         m.discarding = false;
         return;
       }
@@ -198,9 +265,12 @@ export class Aggregator {
         const r = m.receiving;
         const offset = field<number>(msg, 'offset', 'int');
         if (r === undefined) throw new ProtocolError('VGG_ERR_NOT_JOINED', `grad-chunk: expected a grad-begin first, got a chunk at ${offset}`);
+        const chunkStep = field<number>(msg, 'step', 'int');
+        if (chunkStep !== this.step) throw new ProtocolError('VGG_ERR_STEP_MISMATCH', `grad-chunk.step: expected ${this.step}, got ${chunkStep}`);
         const g = floatsOf(field<Uint8Array>(msg, 'data', 'bytes'));
-        if (offset !== r.next || offset + g.length > this.sum.length) {
-          throw new ProtocolError('VGG_ERR_LAYOUT', `grad-chunk.offset: expected ${r.next} (+${g.length} <= ${this.sum.length}), got ${offset}`);
+        if (offset !== r.next) throw new ProtocolError('VGG_ERR_LAYOUT', `grad-chunk.offset: expected ${r.next}, got ${offset}`);
+        if (offset + g.length > this.sum.length) {
+          throw new ProtocolError('VGG_ERR_LAYOUT', `grad-chunk at ${offset}: expected at most ${this.sum.length - offset} floats (layout of ${this.sum.length}), got ${g.length}`);
         }
         const n = r.stats.samples;
         const sum = this.sum;
@@ -221,18 +291,24 @@ export class Aggregator {
       case 'grad-end': {
         if (m.discarding) { m.discarding = false; return; }
         const r = m.receiving;
+        const endStep = field<number>(msg, 'step', 'int');
+        if (r !== undefined && endStep !== this.step) throw new ProtocolError('VGG_ERR_STEP_MISMATCH', `grad-end.step: expected ${this.step}, got ${endStep}`);
         if (r === undefined || r.next !== this.sum.length) {
           throw new ProtocolError('VGG_ERR_LAYOUT', `grad-end: expected ${this.sum.length} floats, got ${r?.next ?? 0}`);
         }
         m.receiving = undefined;
         this.totalSamples += r.stats.samples;
         this.done.set(m.id, { memberId: m.id, workerId: m.workerId, jobId: r.jobId, sampleIds: r.sampleIds, stats: r.stats });
-        await this.maybeCommit();
+        this.commitWhenComplete();
         return;
       }
       default:
         throw new ProtocolError('VGG_ERR_UNKNOWN_TYPE', `frame.t: expected ready, join, idle, grad-begin, grad-chunk or grad-end, got ${JSON.stringify(msg.t)}`);
     }
+  }
+
+  private commitWhenComplete(): void {
+    this.maybeCommit().catch((err: Error) => this.options.log.error({ step: this.step, err: err.message }, 'commit failed'));
   }
 
   private async maybeCommit(): Promise<void> {
@@ -272,7 +348,7 @@ export class Aggregator {
     const contributed = m.receiving !== undefined || this.done.has(m.id);
     if (contributed && !this.committing) this.abortStep(m);
     this.options.onMemberLost(m);
-    void this.maybeCommit();
+    this.commitWhenComplete();
   }
 
   /** Drops the step's sum because `culprit`'s part of it is void; every other contributor resends. */
@@ -307,6 +383,7 @@ export class Aggregator {
   }
 
   close(): Promise<void> {
+    clearInterval(this.heartbeat);
     this.closing ??= new Promise<void>((resolve) => {
       for (const m of this.members.values()) m.ws.terminate();
       if (this.server === undefined) resolve();
@@ -314,4 +391,20 @@ export class Aggregator {
     });
     return this.closing;
   }
+}
+
+/** A batch's metrics: counts are integers, `samples` is the number of sample ids sent, the loss is finite. */
+function checkStats(raw: Record<string, unknown>, ids: number): BatchStats {
+  const s: Record<string, unknown> = { ...raw, t: 'grad-begin.stats' };
+  if (typeof s.loss === 'number' && !Number.isFinite(s.loss)) {
+    throw new ProtocolError('VGG_ERR_NONFINITE', `grad-begin.stats.loss: expected a finite number, got ${s.loss}`);
+  }
+  const stats: BatchStats = {
+    samples: field<number>(s, 'samples', 'int'), loss: field<number>(s, 'loss', 'number'), top1: field<number>(s, 'top1', 'int'),
+    top5: field<number>(s, 'top5', 'int'), skipped: field<number>(s, 'skipped', 'int'),
+  };
+  if (stats.samples !== ids || stats.top1 > ids || stats.top5 > ids) {
+    throw new ProtocolError('VGG_ERR_FRAME_FIELD', `grad-begin.stats: expected samples = ${ids} sample ids and top1, top5 <= it, got samples ${stats.samples}, top1 ${stats.top1}, top5 ${stats.top5}`);
+  }
+  return stats;
 }

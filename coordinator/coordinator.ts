@@ -33,7 +33,7 @@ export interface CoordinatorHandle {
 }
 
 /** The run info every worker receives in `welcome`. */
-export interface RunInfo { run: string; redis: string; data: string; model: ModelConfig; augment: AugmentOptions; seed: number; evalQ: number; lockDurationMs: number }
+export interface RunInfo { run: string; redis: string; data: string; model: ModelConfig; augment: AugmentOptions; seed: number; evalQ: number; lockDurationMs: number; heartbeatTimeoutMs: number }
 
 /**
  * The coordinator of one run: indexes the data, holds the master weights in
@@ -191,7 +191,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
 
   const runInfo: RunInfo = {
     run: cfg.run, redis: cfg.redis, data: index.root, model, augment, seed: cfg.seed, evalQ: cfg.evalScale,
-    lockDurationMs: cfg.lockDurationMs,
+    lockDurationMs: cfg.lockDurationMs, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs,
   };
   const aggregator = new Aggregator({
     host: cfg.host, port: cfg.port, token: cfg.token, modelHash: hash, weights, sgd, step,
@@ -201,7 +201,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
       if (p === undefined) return 'unknown';
       return applied.has(p) ? 'applied' : 'pending';
     },
-    onCommit, onMemberLost, log,
+    onCommit, onMemberLost, log, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs,
   });
   const port = await aggregator.start();
   log.info({ port, host: cfg.host, run: cfg.run, modelHash: hash, step, epoch, coordinatorHost: hostname() }, 'aggregator listening');

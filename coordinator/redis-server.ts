@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { VggError } from '../shared/errors.ts';
+import { tlsOptions } from '../shared/redis-connection.ts';
 
 export interface RedisChild {
   url: string;
@@ -31,7 +32,8 @@ export function freePort(): Promise<number> {
 
 /** True when a Redis answers PING at `url` within `timeoutMs`. */
 export async function redisReachable(url: string, timeoutMs = 1000): Promise<boolean> {
-  const r = new Redis(url, { lazyConnect: true, connectTimeout: timeoutMs, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  const tls = url.startsWith('rediss:') ? { tls: tlsOptions(new URL(url)) } : {};
+  const r = new Redis(url, { lazyConnect: true, connectTimeout: timeoutMs, maxRetriesPerRequest: 0, retryStrategy: () => null, ...tls });
   r.on('error', () => {});
   try {
     await r.connect();
@@ -45,15 +47,33 @@ export async function redisReachable(url: string, timeoutMs = 1000): Promise<boo
 
 /**
  * Starts `redis-server` as a child on a free loopback port with its own temp
- * dir (no persistence unless `appendonly`), and waits for PING.
+ * dir (no persistence unless `appendonly`, then fsync always), and waits for PING.
+ * Started again with the same port and dir, it reloads the AOF.
  */
-export async function startRedisServer(options: { port?: number; dir?: string; appendonly?: boolean; binary?: string } = {}): Promise<RedisChild> {
+export interface RedisServerOptions {
+  port?: number;
+  dir?: string;
+  appendonly?: boolean;
+  binary?: string;
+  /** requirepass; the URL then carries it. */
+  password?: string;
+  /** TLS only (no plain port); the URL is rediss://. Clients need the CA (VGG_REDIS_CA). */
+  tls?: { cert: string; key: string; ca: string };
+}
+
+export async function startRedisServer(options: RedisServerOptions = {}): Promise<RedisChild> {
   const port = options.port ?? (await freePort());
   const dir = path.resolve(options.dir ?? mkdtempSync(path.join(tmpdir(), 'vgg-redis-')));
   const binary = options.binary ?? 'redis-server';
+  const tlsArgs = options.tls === undefined ? ['--port', String(port)] : [
+    '--port', '0', '--tls-port', String(port), '--tls-cert-file', options.tls.cert, '--tls-key-file', options.tls.key,
+    '--tls-ca-cert-file', options.tls.ca, '--tls-auth-clients', 'no',
+  ];
   const child = spawn(binary, [
-    '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', options.appendonly ? 'yes' : 'no',
+    // With AOF on, fsync every write: a restart then loses no ledger entry (our write rate is a few per step).
+    ...tlsArgs, '--bind', '127.0.0.1', '--save', '', '--appendonly', options.appendonly ? 'yes' : 'no', '--appendfsync', 'always',
     '--dir', dir, '--logfile', path.join(dir, 'redis.log'), '--maxmemory-policy', 'noeviction',
+    ...(options.password === undefined ? [] : ['--requirepass', options.password]),
   ], { stdio: 'ignore' });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const spawnError = new Promise<never>((_, reject) => child.once('error', (err: NodeJS.ErrnoException) => {
@@ -61,7 +81,8 @@ export async function startRedisServer(options: { port?: number; dir?: string; a
       ? new VggError('VGG_ERR_REDIS', `${binary}: expected a Redis server binary on PATH (Debian: apt-get install redis-server), got none`)
       : err);
   }));
-  const url = `redis://127.0.0.1:${port}`;
+  const auth = options.password === undefined ? '' : `:${encodeURIComponent(options.password)}@`;
+  const url = `${options.tls === undefined ? 'redis' : 'rediss'}://${auth}127.0.0.1:${port}`;
   const ready = (async () => {
     for (let i = 0; i < 200; i += 1) {
       if (await redisReachable(url, 200)) return;

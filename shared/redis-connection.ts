@@ -1,5 +1,7 @@
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { Redis, type RedisOptions } from 'ioredis';
-import { ConfigError } from './errors.ts';
+import { ConfigError, VggError } from './errors.ts';
 
 /**
  * An ioredis connection from a redis:// or rediss:// URL (password and TLS
@@ -16,7 +18,50 @@ export function connectRedis(url: string, extra: RedisOptions = {}): Redis {
   if (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') {
     throw new ConfigError(`--redis: expected a redis:// or rediss:// URL, got ${JSON.stringify(url)}`);
   }
-  const redis = new Redis(url, { maxRetriesPerRequest: null, enableReadyCheck: true, lazyConnect: false, ...extra });
-  redis.on('error', () => { /* reconnects on its own; callers see failed commands */ });
+  const tls = parsed.protocol === 'rediss:' ? { tls: tlsOptions(parsed) } : {};
+  const redis = new Redis(url, { maxRetriesPerRequest: null, enableReadyCheck: true, lazyConnect: false, ...tls, ...extra });
+  redis.on('error', (err: Error) => { lastError.set(redis, err.message); /* reconnects on its own; callers see failed commands */ });
   return redis;
+}
+
+const lastError = new WeakMap<Redis, string>();
+
+/** The URL with its password replaced by `***`: safe to print. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password !== '') u.password = '***';
+    return u.toString().replace(/\/$/, '');
+  } catch {
+    return '(unparsable URL)';
+  }
+}
+
+/**
+ * PING through `redis`; on failure a VggError that names the (redacted) URL and
+ * the connection's last error (refused, WRONGPASS, TLS) instead of a retry count.
+ */
+export async function checkRedis(redis: Redis, url: string): Promise<void> {
+  try {
+    await redis.ping();
+  } catch (err) {
+    const why = lastError.get(redis) ?? (err as Error).message;
+    throw new VggError('VGG_ERR_REDIS', `--redis: expected a Redis answering at ${redactUrl(url)}, got: ${why}`);
+  }
+}
+
+/**
+ * TLS for rediss:// URLs: the system CAs, or the PEM file named by
+ * VGG_REDIS_CA (a private CA, a self-signed server); the host name is verified.
+ */
+export function tlsOptions(url: URL): { ca?: Buffer; servername?: string } {
+  // SNI takes host names only; an IP is still checked against the certificate's subjectAltName.
+  const sni = isIP(url.hostname) === 0 ? { servername: url.hostname } : {};
+  const caFile = process.env.VGG_REDIS_CA;
+  if (caFile === undefined || caFile === '') return sni;
+  try {
+    return { ca: readFileSync(caFile), ...sni };
+  } catch (err) {
+    throw new ConfigError(`VGG_REDIS_CA: expected a readable PEM file, got ${JSON.stringify(caFile)} (${(err as Error).message})`);
+  }
 }

@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import WebSocket from 'ws';
 import type { Logger } from '../shared/logger.ts';
 import {
-  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, bytesOf, decodeFrame, encode, floatsOf,
+  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, bytesOf, decodeFrame, encode, field, floatsOf,
   type BatchStats, type ClientMessage,
 } from '../shared/wire-protocol.ts';
 
@@ -44,6 +44,7 @@ export class AggregatorClient extends EventEmitter {
   /** The coordinator's model hash, from the welcome. */
   modelHash = '';
   private ws?: WebSocket;
+  private lastSeen = 0;
   private incoming?: { step: number; buf: Float32Array; next: number };
   private stopped = false;
   /** Bumped on every (re)connect: a send that started on an older connection is void. */
@@ -75,6 +76,7 @@ export class AggregatorClient extends EventEmitter {
     return new Promise((resolve, reject) => {
       const ws = new WebSocket(this.options.url, { maxPayload: MAX_PAYLOAD_BYTES, perMessageDeflate: false });
       let welcomed = false;
+      let silence: NodeJS.Timeout | undefined;
       ws.on('error', (err) => { if (!welcomed) reject(err); else this.options.log.warn({ err: err.message }, 'aggregator socket error'); });
       ws.on('open', () => {
         this.ws = ws;
@@ -83,24 +85,30 @@ export class AggregatorClient extends EventEmitter {
           workerId: this.options.workerId, host: this.options.host, gpu: this.options.gpu, backend: this.options.backend,
         });
       });
+      ws.on('ping', () => { this.lastSeen = performance.now(); });
       ws.on('message', (raw: Buffer) => {
-        const msg = decodeFrame(raw);
-        if (msg.t === 'error' && !welcomed) {
-          reject(new ProtocolError(String(msg.code), String(msg.message)));
-          return;
+        this.lastSeen = performance.now();
+        try {
+          const msg = decodeFrame(raw);
+          if (welcomed) this.onMessage(msg);
+          else if (msg.t === 'error') reject(new ProtocolError(String(msg.code), String(msg.message)));
+          else if (msg.t === 'welcome') {
+            this.run = field<Record<string, unknown>>(msg, 'run', 'object');
+            this.modelHash = field<string>(msg, 'modelHash', 'string');
+            welcomed = true;
+            this.generation += 1;
+            silence = this.watchSilence(ws, Number(this.run.heartbeatTimeoutMs) || 30_000);
+            this.emit('welcome', this.run);
+            resolve();
+          } else this.options.log.warn({ t: msg.t }, 'frame before welcome ignored');
+        } catch (err) {
+          // A broken frame from the aggregator: this connection cannot be trusted; reconnect.
+          this.options.log.warn({ code: (err as ProtocolError).code, err: (err as Error).message }, 'bad frame from the aggregator; reconnecting');
+          ws.terminate();
         }
-        if (msg.t === 'welcome') {
-          welcomed = true;
-          this.generation += 1;
-          this.run = msg.run as Record<string, unknown>;
-          this.modelHash = String(msg.modelHash);
-          this.emit('welcome', this.run);
-          resolve();
-          return;
-        }
-        this.onMessage(msg);
       });
       ws.on('close', () => {
+        clearInterval(silence);
         if (this.ws === ws) this.ws = undefined;
         this.incoming = undefined;
         if (!welcomed) reject(new Error('closed before welcome'));
@@ -109,16 +117,30 @@ export class AggregatorClient extends EventEmitter {
     });
   }
 
+  /** The aggregator pings every third of its heartbeat timeout; silence for the whole timeout means it is gone. */
+  private watchSilence(ws: WebSocket, timeoutMs: number): NodeJS.Timeout {
+    this.lastSeen = performance.now();
+    return setInterval(() => {
+      if (performance.now() - this.lastSeen <= timeoutMs) return;
+      this.options.log.warn({ silentMs: Math.round(performance.now() - this.lastSeen) }, 'aggregator silent; reconnecting');
+      ws.terminate();
+    }, Math.max(10, Math.floor(timeoutMs / 3)));
+  }
+
+  /** Frames after the welcome; malformed ones throw a ProtocolError (the caller drops the connection). */
   private onMessage(msg: Record<string, unknown>): void {
     switch (msg.t) {
       case 'weights-begin':
-        this.incoming = { step: msg.step as number, buf: this.scratch(msg.totalFloats as number), next: 0 };
-        this.learningRate = msg.learningRate as number;
+        this.incoming = { step: field<number>(msg, 'step', 'int'), buf: this.scratch(field<number>(msg, 'totalFloats', 'int')), next: 0 };
+        this.learningRate = field<number>(msg, 'learningRate', 'number');
         return;
       case 'weights-chunk': {
         const inc = this.incoming;
+        const data = floatsOf(field<Uint8Array>(msg, 'data', 'bytes'));
         if (inc === undefined || msg.step !== inc.step || msg.offset !== inc.next) return;
-        const data = floatsOf(msg.data as Uint8Array);
+        if (inc.next + data.length > inc.buf.length) {
+          throw new ProtocolError('VGG_ERR_LAYOUT', `weights-chunk: expected at most ${inc.buf.length - inc.next} floats, got ${data.length}`);
+        }
         inc.buf.set(data, inc.next);
         inc.next += data.length;
         return;

@@ -1,102 +1,20 @@
 import { afterEach, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import WebSocket from 'ws';
-import { Aggregator, type Contribution } from '../../coordinator/aggregator.ts';
+import { PROTOCOL_VERSION, encode } from '../../shared/wire-protocol.ts';
 import { FlatMomentumSgd } from '../../shared/flat-sgd.ts';
-import { createLogger } from '../../shared/logger.ts';
-import { buildLayout } from '../../shared/param-layout.ts';
-import { TINY_VGG_A } from '../../shared/vgg-configs.ts';
-import { PROTOCOL_VERSION, decodeFrame, encode } from '../../shared/wire-protocol.ts';
-import { AggregatorClient } from '../../worker/aggregator-client.ts';
+import type { AggregatorClient } from '../../worker/aggregator-client.ts';
+import { RawPeer, SGD, frame, hello, join, startAggregator, stats, type Harness } from '../helpers/aggregator-harness.ts';
 
-const log = createLogger();
-log.level = 'silent';
-const layout = buildLayout(TINY_VGG_A);
-let agg: Aggregator | undefined;
-const clients: AggregatorClient[] = [];
-
-async function start(): Promise<{ port: number; commits: Contribution[][]; weights: Float32Array }> {
-  const weights = Float32Array.from({ length: layout.totalSize }, (_, i) => ((i % 13) - 6) / 100);
-  const commits: Contribution[][] = [];
-  agg = new Aggregator({
-    host: '127.0.0.1', port: 0, token: 'secret', modelHash: 'hash-1', weights, step: 0, runInfo: { run: 't' },
-    sgd: new FlatMomentumSgd(layout, { learningRate: 0.1, momentum: 0.9, weightDecay: 0 }),
-    jobStatus: (id) => (id.startsWith('job') ? 'pending' : 'unknown'),
-    onCommit: async (_step, c) => { commits.push(c); },
-    onMemberLost: () => {}, log,
-  });
-  return { port: await agg.start(), commits, weights };
-}
-
-afterEach(async () => {
-  for (const c of clients.splice(0)) c.close();
-  await agg?.close();
-});
-
-/** Raw socket: sends frames, collects decoded replies until close. */
-function raw(port: number, frames: Buffer[]): Promise<{ replies: Record<string, unknown>[]; closeCode: number }> {
-  return new Promise((resolve) => {
-    const ws = new WebSocket(`ws://127.0.0.1:${port}`);
-    const replies: Record<string, unknown>[] = [];
-    ws.on('open', () => { for (const f of frames) ws.send(f); });
-    ws.on('message', (d: Buffer) => replies.push(decodeFrame(d)));
-    ws.on('close', (code) => resolve({ replies, closeCode: code }));
-    ws.on('error', () => {});
-  });
-}
-
-const hello = (over: Record<string, unknown> = {}) => encode({ t: 'hello', protocol: PROTOCOL_VERSION, token: 'secret', workerId: 'w', host: 'h', gpu: null, backend: 'cpu', ...over } as never);
-
-async function member(port: number, id: string): Promise<AggregatorClient> {
-  const c = new AggregatorClient({ url: `ws://127.0.0.1:${port}`, token: 'secret', workerId: id, host: 'h', gpu: null, backend: 'cpu', log });
-  clients.push(c);
-  await c.connect();
-  const w = c.next(['weights']);
-  c.send({ t: 'ready', modelHash: 'hash-1' });
-  await w;
-  return c;
-}
-
-async function join(c: AggregatorClient, jobId: string): Promise<string> {
-  const reply = c.next<{ t: string }>(['reply']);
-  c.send({ t: 'join', step: c.weightsStep, jobId, lockToken: 'tok' });
-  return (await reply).value.t;
-}
-
-const stats = (samples: number) => ({ samples, loss: 1, top1: 0, top5: 0, skipped: 0 });
-
-describe('aggregator handshake rejects bad peers with a stable code and closes', () => {
-  for (const [name, frames, code, message] of [
-    ['a wrong token', [hello({ token: 'nope' })], 'VGG_ERR_AUTH', 'hello.token: expected the run token, got a wrong or missing one'],
-    ['another protocol version', [hello({ protocol: 99 })], 'VGG_ERR_PROTOCOL_VERSION', `hello.protocol: expected ${PROTOCOL_VERSION}, got 99`],
-    ['garbage bytes', [Buffer.from([0xc1, 0xff, 0x00])], 'VGG_ERR_FRAME_DECODE', undefined],
-    ['a frame before hello', [encode({ t: 'idle', step: 0 })], 'VGG_ERR_HANDSHAKE', 'first frame: expected "hello", got "idle"'],
-  ] as const) {
-    test(name, async () => {
-      const { port } = await start();
-      const { replies, closeCode } = await raw(port, [...frames]);
-      assert.equal(closeCode, 1008);
-      assert.equal(replies[0]?.code, code);
-      if (message !== undefined) assert.equal(replies[0]?.message, message);
-    });
-  }
-
-  test('a model hash that differs from the run is refused at ready', async () => {
-    const { port } = await start();
-    const { replies, closeCode } = await raw(port, [hello(), encode({ t: 'ready', modelHash: 'other' })]);
-    assert.equal(replies[0]?.t, 'welcome');
-    assert.equal(replies[1]?.code, 'VGG_ERR_MODEL_HASH');
-    assert.equal(replies[1]?.message, 'ready.modelHash: expected hash-1, got other');
-    assert.equal(closeCode, 1008);
-  });
-});
+let h: Harness | undefined;
+afterEach(async () => { await h?.close(); h = undefined; });
 
 describe('synchronous steps', () => {
   test('two members: the update uses the sample-weighted mean gradient; a stale join is told so', async () => {
-    const { port, commits, weights } = await start();
-    const w0 = weights.slice();
-    const a = await member(port, 'a');
-    const b = await member(port, 'b');
+    h = await startAggregator();
+    const { layout, commits, initial } = h;
+    h.agg.options.sgd.options.weightDecay = 0;
+    const a = await h.member('a');
+    const b = await h.member('b');
     assert.equal(await join(a, 'job-1'), 'joined');
     assert.equal(await join(b, 'job-2'), 'joined');
     const ga = new Float32Array(layout.totalSize).fill(1);
@@ -107,7 +25,7 @@ describe('synchronous steps', () => {
     await next;
     // mean = (3*1 + 1*4) / 4 = 1.75; first momentum step: w -= 0.1 * 1.75 (no decay here)
     const i = layout.byName.get('fc8/bias')?.offset ?? 0;
-    assert.ok(Math.abs((a.weights?.[i] as number) - ((w0[i] as number) - 0.175)) < 1e-6);
+    assert.ok(Math.abs((a.weights?.[i] as number) - ((initial[i] as number) - 0.175)) < 1e-6);
     assert.deepEqual(commits[0]?.map((c) => c.jobId).sort(), ['job-1', 'job-2']);
     const reply = a.next<{ t: string; step: number }>(['reply']);
     a.send({ t: 'join', step: 0, jobId: 'job-3', lockToken: 'tok' });
@@ -115,10 +33,11 @@ describe('synchronous steps', () => {
   });
 
   test('a member lost mid-step aborts the step; the survivor resends and the step commits without the lost gradient', async () => {
-    const { port, commits, weights } = await start();
-    const w0 = weights.slice();
-    const a = await member(port, 'a');
-    const b = await member(port, 'b');
+    h = await startAggregator();
+    const { layout, commits, weights, initial } = h;
+    h.agg.options.sgd.options.weightDecay = 0;
+    const a = await h.member('a');
+    const b = await h.member('b');
     await join(a, 'job-1');
     await join(b, 'job-2');
     const resend = a.next(['resend']);
@@ -132,25 +51,174 @@ describe('synchronous steps', () => {
       await a.sendGradient(0, 'job-1', [1], stats(1), new Float32Array(layout.totalSize).fill(2));
       await next;
       const i = layout.byName.get('fc8/bias')?.offset ?? 0;
-      assert.ok(Math.abs((weights[i] as number) - ((w0[i] as number) - 0.2)) < 1e-6);
+      assert.ok(Math.abs((weights[i] as number) - ((initial[i] as number) - 0.2)) < 1e-6);
       assert.deepEqual(commits.at(-1)?.map((c) => c.jobId), ['job-1']);
     } else {
       assert.deepEqual(commits.at(-1)?.map((c) => c.jobId).sort(), ['job-1', 'job-2']);
     }
   });
 
-  test('NaN in a gradient is refused with VGG_ERR_NONFINITE and the weights stay untouched', async () => {
-    const { port, commits, weights } = await start();
-    const w0 = weights.slice();
-    const a = await member(port, 'a');
+  test('a silent member (no close, no pong) is removed after the heartbeat timeout and the step commits without it', async () => {
+    h = await startAggregator({ heartbeatTimeoutMs: 300 });
+    const a = await h.member('a');
+    const silent = new RawPeer(h.port, { autoPong: false });
+    await silent.handshake();
+    silent.send(frame({ t: 'join', step: 0, jobId: 'job-silent', lockToken: 'tok' }));
+    assert.equal((await silent.reply())?.t, 'joined');
     await join(a, 'job-1');
-    const g = new Float32Array(layout.totalSize).fill(1);
-    g[10] = Number.NaN;
-    const reply = a.next<{ t: string; code: string }>(['reply']);
-    await a.sendGradient(0, 'job-1', [1], stats(1), g);
-    assert.equal((await reply).value.code, 'VGG_ERR_NONFINITE');
-    assert.deepEqual(weights, w0);
-    assert.equal(commits.length, 0);
-    assert.equal(agg?.rejected.get('VGG_ERR_NONFINITE'), 1);
+    const next = a.next(['weights'], (_n, s) => (s as number) === 1);
+    await a.sendGradient(0, 'job-1', [1], stats(1), new Float32Array(h.layout.totalSize).fill(1));
+    await next;
+    assert.deepEqual(h.commits.at(-1)?.map((c) => c.jobId), ['job-1']);
+    assert.equal(h.agg.rejected.get('VGG_ERR_HEARTBEAT'), 1);
+    assert.deepEqual(h.lost.map((m) => m.jobId), ['job-silent']);
+    silent.ws.terminate();
   });
 });
+
+describe('the handshake refuses bad peers with a stable code and closes', () => {
+  const full = encode({ t: 'hello', protocol: PROTOCOL_VERSION, token: 'secret', workerId: 'w', host: 'h', gpu: null, backend: 'cpu' });
+  for (const [name, frames, code, message] of [
+    ['a wrong token', [hello({ token: 'nope' })], 'VGG_ERR_AUTH', 'hello.token: expected the run token, got a wrong or missing one'],
+    ['a missing token', [hello({ token: undefined })], 'VGG_ERR_AUTH', 'hello.token: expected the run token, got none'],
+    ['another protocol version', [hello({ protocol: 99 })], 'VGG_ERR_PROTOCOL_VERSION', `hello.protocol: expected ${PROTOCOL_VERSION}, got 99`],
+    ['garbage bytes', [Buffer.from([0xc1, 0xff, 0x00])], 'VGG_ERR_FRAME_DECODE', /^frame: expected msgpack, got 3 undecodable bytes/],
+    ['a truncated frame', [full.subarray(0, full.length - 5)], 'VGG_ERR_FRAME_DECODE', `frame: expected msgpack, got ${full.length - 5} undecodable bytes`],
+    ['a frame that is not an object', [encode(42 as never)], 'VGG_ERR_FRAME_SHAPE', 'frame: expected an object with a string "t", got number 42'],
+    ['a frame before hello', [frame({ t: 'idle', step: 0 })], 'VGG_ERR_HANDSHAKE', 'first frame: expected "hello", got "idle"'],
+    ['a hello with a field of the wrong type', [hello({ workerId: 7 })], 'VGG_ERR_FRAME_FIELD', 'hello.workerId: expected string, got number 7'],
+  ] as const) {
+    test(name, async () => {
+      h = await startAggregator();
+      const peer = new RawPeer(h.port);
+      await peer.opened();
+      peer.send(...frames);
+      const reply = await peer.reply();
+      assert.equal(reply?.code, code);
+      if (typeof message === 'string') assert.ok(String(reply?.message).startsWith(message), String(reply?.message));
+      else assert.match(String(reply?.message), message);
+      assert.equal(await peer.closed, 1008);
+      assert.equal(h.agg.members.size, 0);
+    });
+  }
+});
+
+/**
+ * Each case: a handshaken raw peer sends `frames` (some valid, the last
+ * broken); the answer carries the code and message; the peer is dropped
+ * unless the error is one an honest worker can cause by racing; the weights
+ * are untouched, and an honest member's next step gives exactly the weights
+ * it should.
+ */
+describe('frames after the handshake are validated before they touch state', () => {
+  const S = 2; // the aggregator's step in these cases
+  const g = (n: number, v = 0.25) => new Float32Array(n).fill(v);
+  const bytes = (f: Float32Array) => new Uint8Array(f.buffer, f.byteOffset, f.byteLength);
+  const begin = (total: number, over: Record<string, unknown> = {}) =>
+    frame({ t: 'grad-begin', step: S, jobId: 'job-h', sampleIds: [1, 2], stats: stats(2), totalFloats: total, ...over });
+  const joinH = frame({ t: 'join', step: S, jobId: 'job-h', lockToken: 'tok' });
+  const chunk = (offset: number, data: Uint8Array, step = S) => frame({ t: 'grad-chunk', step, offset, data });
+  const end = frame({ t: 'grad-end', step: S });
+  type Case = [string, (total: number) => Buffer[], string, string | RegExp, boolean];
+  const cases: Case[] = [
+    ['a model hash of another model', () => [], 'VGG_ERR_MODEL_HASH', 'ready.modelHash: expected hash-1, got other', true],
+    ['an unknown message type', () => [frame({ t: 'shutdown' })], 'VGG_ERR_UNKNOWN_TYPE',
+      'frame.t: expected ready, join, idle, grad-begin, grad-chunk or grad-end, got "shutdown"', true],
+    ['a gradient for an older step', (n) => [joinH, begin(n, { step: S - 1 })], 'VGG_ERR_STALE_STEP', `grad-begin.step: expected ${S}, got the older ${S - 1}`, false],
+    ['a gradient for a future step', (n) => [joinH, begin(n, { step: S + 3 })], 'VGG_ERR_FUTURE_STEP', `grad-begin.step: expected ${S}, got ${S + 3}, a step not reached yet`, true],
+    ['a negative step', (n) => [joinH, begin(n, { step: -1 })], 'VGG_ERR_FRAME_FIELD', 'grad-begin.step: expected int, got number -1', true],
+    ['a gradient without a join', (n) => [begin(n)], 'VGG_ERR_NOT_JOINED', 'grad-begin.jobId: expected the joined job (none), got job-h', true],
+    ['a join of a job nobody queued', () => [frame({ t: 'join', step: S, jobId: 'forged', lockToken: 'tok' })], 'VGG_ERR_DUPLICATE_JOB',
+      'join.jobId: expected a pending job, got forged (unknown)', false],
+    ['a gradient of the wrong length', (n) => [joinH, begin(n + 1)], 'VGG_ERR_LAYOUT', /^grad-begin.totalFloats: expected \d+, got \d+$/, true],
+    ['stats that disagree with the sample ids', (n) => [joinH, begin(n, { stats: stats(5) })], 'VGG_ERR_FRAME_FIELD',
+      'grad-begin.stats: expected samples = 2 sample ids and top1, top5 <= it, got samples 5, top1 0, top5 0', true],
+    ['an Inf loss', (n) => [joinH, begin(n, { stats: { ...stats(2), loss: Infinity } })], 'VGG_ERR_NONFINITE',
+      'grad-begin.stats.loss: expected a finite number, got Infinity', false],
+    ['a chunk at an offset outside the layout', (n) => [joinH, begin(n), chunk(n + 10, bytes(g(4)))],
+      'VGG_ERR_LAYOUT', 'grad-chunk.offset: expected 0, got', true],
+    ['a chunk longer than the layout', (n) => [joinH, begin(n), chunk(0, bytes(g(n + 3)))],
+      'VGG_ERR_LAYOUT', 'grad-chunk at 0: expected at most', true],
+    ['a chunk whose bytes are not whole floats', (n) => [joinH, begin(n), chunk(0, new Uint8Array(7))],
+      'VGG_ERR_FRAME_FIELD', 'chunk data: expected a multiple of 4 bytes, got 7', true],
+    ['a chunk of another step', (n) => [joinH, begin(n), chunk(0, bytes(g(4)), S + 1)],
+      'VGG_ERR_STEP_MISMATCH', `grad-chunk.step: expected ${S}, got ${S + 1}`, true],
+    ['NaN after a valid first half', (n) => {
+      const half = Math.floor(n / 2);
+      const bad = g(n - half);
+      bad[3] = Number.NaN;
+      return [joinH, begin(n), chunk(0, bytes(g(half))), chunk(half, bytes(bad))];
+    }, 'VGG_ERR_NONFINITE', /^grad-chunk at \d+: expected finite values, got NaN or Inf \(job job-h\)$/, false],
+    ['a grad-end before all floats came', (n) => [joinH, begin(n), chunk(0, bytes(g(5))), end],
+      'VGG_ERR_LAYOUT', /^grad-end: expected \d+ floats, got 5$/, true],
+    ['a field of the wrong type', () => [frame({ t: 'join', step: 'two', jobId: 'job-h', lockToken: 'tok' })], 'VGG_ERR_FRAME_FIELD',
+      'join.step: expected int, got string "two"', true],
+    ['garbage after the handshake', () => [Buffer.from('not msgpack at all, just text')], 'VGG_ERR_FRAME_DECODE', 'frame: expected msgpack, got', true],
+  ];
+  for (const [name, make, code, message, closes] of cases) {
+    test(name, async () => {
+      h = await startAggregator({ step: S });
+      const n = h.layout.totalSize;
+      const peer = new RawPeer(h.port);
+      await peer.opened();
+      const modelHash = code === 'VGG_ERR_MODEL_HASH' ? 'other' : 'hash-1';
+      peer.send(hello(), frame({ t: 'ready', modelHash }), ...make(n));
+      let reply = await peer.reply();
+      while (reply?.t === 'welcome' || reply?.t === 'joined') reply = await peer.reply();
+      assert.equal(reply?.code, code, JSON.stringify(reply));
+      if (typeof message === 'string') assert.ok(String(reply?.message).startsWith(message), String(reply?.message));
+      else assert.match(String(reply?.message), message);
+      if (closes) assert.equal(await peer.closed, 1008);
+      assert.equal(h.agg.rejected.get(code), 1);
+      assert.deepEqual(h.weights, h.initial);
+      assert.equal(h.agg.step, S);
+      if (!closes) peer.ws.terminate();
+      await honestStep(h);
+    });
+  }
+
+  test('a second gradient in the same step is refused; the first is dropped from the sum with the peer', async () => {
+    h = await startAggregator({ step: S });
+    const n = h.layout.totalSize;
+    const a = await h.member('a');
+    assert.equal(await join(a, 'job-ok'), 'joined'); // keeps the step open
+    const peer = new RawPeer(h.port);
+    await peer.handshake();
+    peer.send(joinH, begin(n), chunk(0, bytes(g(n, 9))), end, begin(n));
+    let reply = await peer.reply();
+    while (reply?.t === 'joined') reply = await peer.reply();
+    assert.equal(reply?.code, 'VGG_ERR_DUPLICATE_GRADIENT');
+    assert.equal(reply?.message, `grad-begin: expected one gradient per member and step, got a second for step ${S}`);
+    assert.equal(await peer.closed, 1008);
+    assert.deepEqual(h.weights, h.initial);
+    await honestStep(h, a);
+  });
+
+  test('a frame over maxPayload closes the socket (1009), is counted, and changes nothing', async () => {
+    h = await startAggregator({ step: S });
+    const peer = new RawPeer(h.port);
+    await peer.handshake();
+    peer.send(Buffer.alloc(9 * 1024 * 1024));
+    assert.equal(await peer.closed, 1009);
+    assert.equal(h.agg.rejected.get('VGG_ERR_FRAME_TOO_LARGE'), 1);
+    assert.deepEqual(h.weights, h.initial);
+    await honestStep(h);
+  });
+});
+
+/** One member, one step: the weights must be exactly the momentum-SGD update of the initial ones by its gradient. */
+async function honestStep(harness: Harness, joined?: AggregatorClient): Promise<void> {
+  const c = joined ?? await harness.member('honest');
+  const step = harness.agg.step;
+  if (joined === undefined) assert.equal(await join(c, 'job-ok'), 'joined');
+  const grad = Float32Array.from({ length: harness.layout.totalSize }, (_, i) => Math.sin(i) / 10);
+  const next = c.next(['weights'], (_n, s) => (s as number) === step + 1);
+  await c.sendGradient(step, 'job-ok', [7, 8], stats(2), grad);
+  await next;
+  const expected = harness.initial.slice();
+  // The aggregator sums 2 * g and divides by 2: the same float operations here.
+  const avg = grad.map((v) => Math.fround(Math.fround(2 * v) * Math.fround(1 / 2)));
+  new FlatMomentumSgd(harness.layout, SGD).apply(expected, avg);
+  assert.deepEqual(harness.weights, expected);
+  assert.deepEqual(harness.commits.map((cs) => cs.map((x) => x.jobId)), [['job-ok']]);
+}

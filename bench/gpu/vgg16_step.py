@@ -1,0 +1,72 @@
+"""GPU reference figures for bench:scaling (issue 5): one VGG-16 training step
+(forward, backward, momentum SGD) at batch 64, 224x224, 1000 classes, in PyTorch,
+in fp32 (TF32 off), TF32 and bf16 autocast; plus the time to sum a 138,357,544-float
+gradient on the GPU. Prints one JSON line; writes it to $OUT/vgg16_step.json.
+
+    /usr/bin/python3 bench/gpu/vgg16_step.py
+"""
+import json, os, time
+import torch
+import torch.nn as nn
+
+CFG_D = [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M']
+
+def vgg16():
+    layers, c = [], 3
+    for v in CFG_D:
+        if v == 'M':
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU(inplace=True)]
+            c = v
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(),
+                         nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(), nn.Linear(4096, 1000))
+
+def bench(mode, batch=64, warmup=8, iters=25):
+    torch.backends.cuda.matmul.allow_tf32 = mode != 'fp32'
+    torch.backends.cudnn.allow_tf32 = mode != 'fp32'
+    torch.backends.cudnn.benchmark = True
+    m = vgg16().cuda()
+    params = sum(p.numel() for p in m.parameters())
+    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(batch, 3, 224, 224, device='cuda')
+    y = torch.randint(0, 1000, (batch,), device='cuda')
+    loss_fn = nn.CrossEntropyLoss()
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast('cuda', dtype=torch.bfloat16, enabled=mode == 'bf16'):
+            loss = loss_fn(m(x), y)
+        loss.backward()
+        opt.step()
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(iters):
+        step()
+    torch.cuda.synchronize()
+    ms = (time.perf_counter() - t) * 1000 / iters
+    del m, opt
+    torch.cuda.empty_cache()
+    return {'mode': mode, 'batch': batch, 'stepMs': round(ms, 2), 'imagesPerSec': round(batch * 1000 / ms, 1), 'params': params}
+
+def reduce_bench(n=138_357_544, workers=4, iters=20):
+    acc = torch.zeros(n, device='cuda')
+    g = torch.randn(n, device='cuda')
+    for _ in range(3):
+        acc.add_(g)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(iters):
+        acc.add_(g)
+    torch.cuda.synchronize()
+    ms = (time.perf_counter() - t) * 1000 / iters
+    return {'floats': n, 'addMsPerGradient': round(ms, 3), 'GBps': round(3 * 4 * n / ms / 1e6, 1)}
+
+out = {'device': torch.cuda.get_device_name(0), 'torch': torch.__version__, 'cuda': torch.version.cuda,
+       'steps': [bench('fp32'), bench('tf32'), bench('bf16')], 'reduce': reduce_bench()}
+line = json.dumps(out)
+print(line)
+if os.environ.get('OUT'):
+    with open(os.path.join(os.environ['OUT'], 'vgg16_step.json'), 'w') as f:
+        f.write(line + '\n')
