@@ -1,0 +1,90 @@
+/**
+ * bench:allreduce — one synchronous step of a 138,357,544-float fp32 gradient
+ * (VGG-16) through our aggregator, with the aggregator and each worker in its
+ * own process over loopback, against torch.distributed.all_reduce with the gloo
+ * backend (separate processes, same size; Debian python3-torch via
+ * /usr/bin/python3), in the same run. Our step includes what gloo's does not:
+ * the join round trip and momentum SGD on the master weights.
+ * Also the aggregator's peak RSS (VmHWM) against the fp32 parameter bytes.
+ * Last line: one JSON object.
+ *
+ *   npm run bench:allreduce [-- --workers 2,4 --steps 4]
+ */
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+import { Command } from 'commander';
+import { freePort } from '../coordinator/redis-server.ts';
+import { intListOption, intOption } from '../shared/option-parsers.ts';
+
+const o = new Command('bench:allreduce')
+  .option('--workers <list>', 'worker counts', intListOption('--workers'), [2, 4])
+  .option('--steps <n>', 'timed steps (after one warm-up)', intOption('--steps', 1), 4)
+  .option('--python <path>', 'python with torch', '/usr/bin/python3')
+  .parse(process.argv)
+  .opts<{ workers: number[]; steps: number; python: string }>();
+
+const FLOATS = 138_357_544;
+const here = path.dirname(new URL(import.meta.url).pathname);
+const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor((s.length - 1) / 2)] ?? NaN; };
+
+function run(cmd: string, args: string[], onLine?: (line: string) => void): { done: Promise<string> } {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  let pending = '';
+  child.stdout.on('data', (d: Buffer) => {
+    out += d.toString();
+    pending += d.toString();
+    for (let i = pending.indexOf('\n'); i >= 0; i = pending.indexOf('\n')) {
+      onLine?.(pending.slice(0, i));
+      pending = pending.slice(i + 1);
+    }
+  });
+  return {
+    done: new Promise((resolve, reject) => child.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} ${args.join(' ')} exited with ${code}`))))),
+  };
+}
+const node = (script: string, args: string[], onLine?: (l: string) => void) =>
+  run(process.execPath, ['--max-old-space-size=8192', '--import', 'tsx', path.join(here, 'allreduce', script), ...args], onLine);
+
+async function ours(workers: number): Promise<{ stepMs: number; steps: number[]; peakRssBytes: number }> {
+  let resolvePort!: (p: number) => void;
+  const port = new Promise<number>((r) => { resolvePort = r; });
+  let peak = 0;
+  const agg = node('aggregator-proc.ts', ['--steps', String(o.steps + 1)], (line) => {
+    const m = JSON.parse(line) as { port?: number; peakRssBytes?: number };
+    if (m.port !== undefined) resolvePort(m.port);
+    if (m.peakRssBytes !== undefined) peak = m.peakRssBytes;
+  });
+  const url = `ws://127.0.0.1:${await port}`;
+  const outs = await Promise.all(Array.from({ length: workers }, (_, i) => node('worker-proc.ts', ['--url', url, '--steps', String(o.steps + 1), '--id', String(i)]).done));
+  await agg.done;
+  const arrivals = outs.map((s) => (JSON.parse(s.trim().split('\n').at(-1) ?? '{}') as { arrivals: number[] }).arrivals);
+  // A step ends when the last worker has the new weights; arrivals are per process clocks, so use each worker's own intervals and take the slowest.
+  const steps = Array.from({ length: o.steps }, (_, k) => Math.max(...arrivals.map((a) => (a[k + 1] ?? NaN) - (a[k] ?? NaN))));
+  return { stepMs: median(steps), steps, peakRssBytes: peak };
+}
+
+async function gloo(workers: number): Promise<{ stepMs: number; steps: number[]; torch: string }> {
+  const port = await freePort();
+  const procs = Array.from({ length: workers }, (_, rank) => run(o.python, [path.join(here, 'allreduce', 'gloo.py'),
+    '--rank', String(rank), '--world', String(workers), '--port', String(port), '--floats', String(FLOATS), '--steps', String(o.steps)]).done);
+  const outs = await Promise.all(procs);
+  const r = JSON.parse(outs[0]?.trim().split('\n').at(-1) ?? '{}') as { ms: number[]; torch: string };
+  return { stepMs: median(r.ms), steps: r.ms, torch: r.torch };
+}
+
+const bytes = FLOATS * 4;
+const rows: Record<string, unknown>[] = [];
+process.stdout.write(`bench:allreduce: ${FLOATS.toLocaleString('en-US')} fp32 floats (${(bytes / 2 ** 20).toFixed(0)} MiB), ${o.steps} timed steps, median\n`);
+for (const n of o.workers) {
+  const a = await ours(n);
+  const g = await gloo(n);
+  const row = {
+    workers: n, wire: 'fp32', oursMs: Math.round(a.stepMs), glooMs: Math.round(g.stepMs), ratio: Number((a.stepMs / g.stepMs).toFixed(3)),
+    aggregatorPeakRssBytes: a.peakRssBytes, rssOverParamBytes: Number((a.peakRssBytes / bytes).toFixed(2)), oursSteps: a.steps.map(Math.round),
+    glooSteps: g.steps.map(Math.round), torch: g.torch,
+  };
+  rows.push(row);
+  process.stdout.write(`${n} workers, fp32: ours ${row.oursMs} ms, gloo ${row.glooMs} ms, ours/gloo ${row.ratio} (goal <= 1.0); aggregator peak RSS ${(a.peakRssBytes / 2 ** 30).toFixed(2)} GiB = ${row.rssOverParamBytes}x the fp32 parameter bytes\n`);
+}
+process.stdout.write(`${JSON.stringify({ bench: 'allreduce', floats: FLOATS, rows })}\n`);

@@ -1,0 +1,31 @@
+/**
+ * bench:allreduce helper: one worker process. Joins each step with a
+ * 138,357,544-float gradient, streams it, waits for the new weights; prints
+ * the time of each weights arrival (ms, performance.now()) as one JSON line.
+ */
+import { createLogger } from '../../shared/logger.ts';
+import { AggregatorClient } from '../../worker/aggregator-client.ts';
+
+const arg = (name: string) => process.argv[process.argv.indexOf(name) + 1] ?? '';
+const steps = Number(arg('--steps'));
+const id = arg('--id');
+const log = createLogger();
+log.level = 'warn';
+const client = new AggregatorClient({ url: arg('--url'), token: 'bench', workerId: id, host: 'bench', gpu: null, backend: 'none', log });
+await client.connect();
+const first = client.next(['weights']);
+client.send({ t: 'ready', modelHash: 'bench' });
+await first;
+const grad = new Float32Array(client.weights?.length ?? 0).fill(1e-3);
+const arrivals: number[] = [];
+for (let step = 0; step < steps; step += 1) {
+  const joined = client.next<{ t: string }>(['reply']);
+  client.send({ t: 'join', step, jobId: `w${id}-s${step}`, lockToken: 'x' });
+  if ((await joined).value.t !== 'joined') throw new Error(`join of step ${step} refused`);
+  const next = client.next(['weights'], (_n, s) => (s as number) === step + 1);
+  await client.sendGradient(step, `w${id}-s${step}`, [step], { samples: 1, loss: 0, top1: 0, top5: 0, skipped: 0 }, grad);
+  await next;
+  arrivals.push(performance.now());
+}
+process.stdout.write(`${JSON.stringify({ id, arrivals })}\n`);
+client.close();
