@@ -3,7 +3,7 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import type { Logger } from '../shared/logger.ts';
 import type { FlatMomentumSgd } from '../shared/flat-sgd.ts';
 import {
-  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, bytesOf, decodeFrame, encode, field, floatsOf,
+  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, decodeFrame, encode, field, floatsOf, sendChunk,
   type BatchStats, type ServerMessage,
 } from '../shared/wire-protocol.ts';
 
@@ -272,16 +272,8 @@ export class Aggregator {
         if (offset + g.length > this.sum.length) {
           throw new ProtocolError('VGG_ERR_LAYOUT', `grad-chunk at ${offset}: expected at most ${this.sum.length - offset} floats (layout of ${this.sum.length}), got ${g.length}`);
         }
-        const n = r.stats.samples;
-        const sum = this.sum;
-        let probe = 0;
-        for (let i = 0; i < g.length; i += 1) {
-          const v = g[i] as number;
-          probe += v * 0; // NaN as soon as any value is NaN or +-Inf
-          sum[offset + i] = (sum[offset + i] as number) + n * v;
-        }
         r.next = offset + g.length;
-        if (Number.isNaN(probe)) {
+        if (!accumulate(this.sum, offset, g, r.stats.samples)) {
           // Part of it is in the sum already: abort the step, the others resend, this member gives up its job.
           this.abortStep(m);
           throw new ProtocolError('VGG_ERR_NONFINITE', `grad-chunk at ${offset}: expected finite values, got NaN or Inf (job ${r.jobId})`);
@@ -317,11 +309,8 @@ export class Aggregator {
     this.committing = true;
     try {
       const contributions = [...this.done.values()];
-      if (this.totalSamples > 0) {
-        const scale = 1 / this.totalSamples;
-        for (let i = 0; i < this.sum.length; i += 1) this.sum[i] = (this.sum[i] as number) * scale;
-        this.options.sgd.apply(this.options.weights, this.sum);
-      }
+      await this.drained();
+      if (this.totalSamples > 0) this.options.sgd.apply(this.options.weights, this.sum, 1 / this.totalSamples);
       this.step += 1;
       await this.options.onCommit(this.step, contributions);
       this.resetStep();
@@ -370,16 +359,39 @@ export class Aggregator {
     if (ws.readyState === ws.OPEN) ws.send(encode(msg));
   }
 
-  /** Current weights to `targets`, each chunk encoded once. */
+  /**
+   * Current weights to `targets`: each chunk's head encoded once, the floats
+   * sent straight from the master weights (no copy; see drained()).
+   */
   private sendWeights(targets: Member[]): void {
     if (targets.length === 0) return;
     const w = this.options.weights;
-    const frames = [encode({ t: 'weights-begin', step: this.step, totalFloats: w.length, learningRate: this.learningRate })];
+    const begin = encode({ t: 'weights-begin', step: this.step, totalFloats: w.length, learningRate: this.learningRate });
+    const chunks: [Buffer, Uint8Array][] = [];
     for (let offset = 0; offset < w.length; offset += CHUNK_FLOATS) {
-      frames.push(encode({ t: 'weights-chunk', step: this.step, offset, data: bytesOf(w.subarray(offset, offset + CHUNK_FLOATS)) }));
+      chunks.push(chunkFrame('weights-chunk', this.step, offset, w.subarray(offset, offset + CHUNK_FLOATS)));
     }
-    frames.push(encode({ t: 'weights-end', step: this.step }));
-    for (const m of targets) for (const f of frames) if (m.ws.readyState === m.ws.OPEN) m.ws.send(f);
+    const end = encode({ t: 'weights-end', step: this.step });
+    for (const m of targets) {
+      if (m.ws.readyState !== m.ws.OPEN) continue;
+      m.ws.send(begin);
+      for (const c of chunks) sendChunk(m.ws, c);
+      m.ws.send(end);
+    }
+  }
+
+  /**
+   * Resolves when no socket still holds queued bytes of the weights: they are
+   * sent without a copy, so the update must not run before. Members of the
+   * step have drained by construction (they had the weights before computing);
+   * this waits only for slow bystanders.
+   */
+  private async drained(): Promise<void> {
+    for (;;) {
+      const busy = [...this.members.values()].some((m) => m.ws.readyState === m.ws.OPEN && m.ws.bufferedAmount > 0);
+      if (!busy) return;
+      await new Promise((r) => setTimeout(r, 1));
+    }
   }
 
   close(): Promise<void> {
@@ -407,4 +419,39 @@ function checkStats(raw: Record<string, unknown>, ids: number): BatchStats {
     throw new ProtocolError('VGG_ERR_FRAME_FIELD', `grad-begin.stats: expected samples = ${ids} sample ids and top1, top5 <= it, got samples ${stats.samples}, top1 ${stats.top1}, top5 ${stats.top5}`);
   }
   return stats;
+}
+
+/**
+ * sum[offset + i] += n * g[i], the reduce on arrival. Returns false when g
+ * holds a NaN or an Inf (the sum is then void). Four independent probes keep
+ * the check off the loop's critical path.
+ */
+function accumulate(sum: Float32Array, offset: number, g: Float32Array, n: number): boolean {
+  const len = g.length;
+  const tail = len - (len % 4);
+  let p0 = 0;
+  let p1 = 0;
+  let p2 = 0;
+  let p3 = 0;
+  for (let i = 0; i < tail; i += 4) {
+    const a = g[i] as number;
+    const b = g[i + 1] as number;
+    const c = g[i + 2] as number;
+    const d = g[i + 3] as number;
+    p0 += a * 0; // NaN as soon as a value is NaN or +-Inf
+    p1 += b * 0;
+    p2 += c * 0;
+    p3 += d * 0;
+    const j = offset + i;
+    sum[j] = (sum[j] as number) + n * a;
+    sum[j + 1] = (sum[j + 1] as number) + n * b;
+    sum[j + 2] = (sum[j + 2] as number) + n * c;
+    sum[j + 3] = (sum[j + 3] as number) + n * d;
+  }
+  for (let i = tail; i < len; i += 1) {
+    const a = g[i] as number;
+    p0 += a * 0;
+    sum[offset + i] = (sum[offset + i] as number) + n * a;
+  }
+  return !Number.isNaN(p0 + p1 + p2 + p3);
 }

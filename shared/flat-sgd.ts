@@ -20,22 +20,27 @@ export class FlatMomentumSgd {
     this.velocity = velocity ?? new Float32Array(layout.totalSize);
   }
 
-  /** `avg` holds averaged gradients (trainable entries) and averaged moving statistics (the rest). */
-  apply(weights: Float32Array, avg: Float32Array): void {
+  /**
+   * One update from `sum` times `scale` (the sample-weighted gradient sum and
+   * 1/samples: the mean, formed here in the same pass): averaged gradients at
+   * trainable entries, averaged moving statistics at the rest. Each mean value
+   * is rounded to fp32 first, as if a scaled copy had been stored.
+   */
+  apply(weights: Float32Array, sum: Float32Array, scale = 1): void {
     const { learningRate: lr, momentum: mu, weightDecay } = this.options;
     const v = this.velocity;
     for (const e of this.layout.entries) {
       const end = e.offset + e.size;
       if (!e.trainable) {
-        weights.set(avg.subarray(e.offset, end), e.offset);
+        for (let i = e.offset; i < end; i += 1) weights[i] = (sum[i] as number) * scale;
         continue;
       }
       const wd = e.decay ? weightDecay : 0;
       for (let i = e.offset; i < end; i += 1) {
         const w = weights[i] as number;
-        const vi = mu * (v[i] as number) + ((avg[i] as number) + wd * w);
+        const vi = Math.fround(mu * (v[i] as number) + (Math.fround((sum[i] as number) * scale) + wd * w));
         v[i] = vi;
-        weights[i] = w - lr * Math.fround(vi);
+        weights[i] = w - lr * vi;
       }
     }
   }

@@ -51,6 +51,40 @@ export function encode(message: ClientMessage | ServerMessage): Buffer {
   return packr.pack(message);
 }
 
+/**
+ * A tensor chunk without copying the floats: a msgpack map
+ * `{t, step, offset, pad, data}` split into its head (everything up to and
+ * including data's bin32 header) and the floats' own bytes. `pad` makes the head
+ * a multiple of 8 bytes, so the floats start aligned in the received frame and
+ * decode as a zero-copy Float32Array view. Send the two parts as one WebSocket
+ * message in two fragments (sendChunk). Decoding is plain msgpack.
+ */
+export function chunkFrame(t: 'grad-chunk' | 'weights-chunk', step: number, offset: number, floats: Float32Array): [Buffer, Uint8Array] {
+  const head = packr.pack({ t, step, offset, pad: '' });
+  // head is a map of 4 entries ending with the empty fixstr; + key "data" (5 bytes) + bin32 header (5 bytes).
+  const padLength = (8 - ((head.length + 10) % 8)) % 8;
+  const out = Buffer.allocUnsafe(head.length + padLength + 10);
+  head.copy(out, 0);
+  // One more entry in the map header (msgpackr writes objects as map16; a fixmap is handled too).
+  if (out[0] === 0xde) out.writeUInt16BE(5, 1);
+  else if (out[0] === 0x84) out[0] = 0x85;
+  else throw new Error(`chunkFrame: unexpected msgpack map header 0x${out[0]?.toString(16)}`);
+  out[head.length - 1] = 0xa0 | padLength; // the pad fixstr, then its bytes
+  out.fill(0x20, head.length, head.length + padLength);
+  let i = head.length + padLength;
+  out[i++] = 0xa4;
+  i += out.write('data', i, 'latin1');
+  out[i++] = 0xc6;
+  out.writeUInt32BE(floats.byteLength, i);
+  return [out, bytesOf(floats)];
+}
+
+/** Sends a chunkFrame as one message in two fragments: the floats are not copied (the caller keeps them unchanged until sent). */
+export function sendChunk(ws: { send: (data: Uint8Array, options: { binary: boolean; fin: boolean }) => void }, [head, body]: [Buffer, Uint8Array]): void {
+  ws.send(head, { binary: true, fin: false });
+  ws.send(body, { binary: true, fin: true });
+}
+
 /** Decodes any frame into a plain object; garbage bytes become a ProtocolError. */
 export function decodeFrame(bytes: Buffer | ArrayBuffer | Buffer[]): Record<string, unknown> {
   const buf = Array.isArray(bytes) ? Buffer.concat(bytes) : Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes);

@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import WebSocket from 'ws';
 import type { Logger } from '../shared/logger.ts';
 import {
-  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, bytesOf, decodeFrame, encode, field, floatsOf,
+  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, decodeFrame, encode, field, floatsOf, sendChunk,
   type BatchStats, type ClientMessage,
 } from '../shared/wire-protocol.ts';
 
@@ -74,7 +74,9 @@ export class AggregatorClient extends EventEmitter {
 
   private open(): Promise<void> {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(this.options.url, { maxPayload: MAX_PAYLOAD_BYTES, perMessageDeflate: false });
+      // An all-zero mask lets ws send tensor bytes without masking them into a copy. Masking
+      // protects HTTP intermediaries from browser-made payloads; a worker is not a browser.
+      const ws = new WebSocket(this.options.url, { maxPayload: MAX_PAYLOAD_BYTES, perMessageDeflate: false, generateMask: (mask: Buffer) => { mask.fill(0); } });
       let welcomed = false;
       let silence: NodeJS.Timeout | undefined;
       ws.on('error', (err) => { if (!welcomed) reject(err); else this.options.log.warn({ err: err.message }, 'aggregator socket error'); });
@@ -211,7 +213,9 @@ export class AggregatorClient extends EventEmitter {
       const ws = this.ws;
       if (ws === undefined) throw new ConnectionLost();
       while (ws.bufferedAmount > HIGH_WATER_BYTES) await new Promise((r) => setTimeout(r, 2));
-      this.send({ t: 'grad-chunk', step, offset, data: bytesOf(flat.subarray(offset, offset + CHUNK_FLOATS)) });
+      if (ws.readyState !== WebSocket.OPEN) throw new ConnectionLost();
+      // No copy of the floats: `flat` stays untouched until the step's weights arrive (all sent by then).
+      sendChunk(ws, chunkFrame('grad-chunk', step, offset, flat.subarray(offset, offset + CHUNK_FLOATS)));
     }
     this.send({ t: 'grad-end', step });
   }

@@ -216,9 +216,8 @@ async function honestStep(harness: Harness, joined?: AggregatorClient): Promise<
   await c.sendGradient(step, 'job-ok', [7, 8], stats(2), grad);
   await next;
   const expected = harness.initial.slice();
-  // The aggregator sums 2 * g and divides by 2: the same float operations here.
-  const avg = grad.map((v) => Math.fround(Math.fround(2 * v) * Math.fround(1 / 2)));
-  new FlatMomentumSgd(harness.layout, SGD).apply(expected, avg);
+  // The aggregator sums 2 * g (fp32) and applies with scale 1/2.
+  new FlatMomentumSgd(harness.layout, SGD).apply(expected, grad.map((v) => 2 * v), 1 / 2);
   assert.deepEqual(harness.weights, expected);
   assert.deepEqual(harness.commits.map((cs) => cs.map((x) => x.jobId)), [['job-ok']]);
 }

@@ -143,7 +143,7 @@ test(`fuzz: ${CASES} random and mutated frames leave the weights untouched and t
     await honest.sendGradient(S, 'job-honest', [10, 11, 12, 13], stats(4), grad);
     await weights;
     const expected = h.initial.slice();
-    new FlatMomentumSgd(layout, SGD).apply(expected, grad.map((v) => Math.fround(Math.fround(4 * v) * Math.fround(1 / 4))));
+    new FlatMomentumSgd(layout, SGD).apply(expected, grad.map((v) => 4 * v), 1 / 4);
     assert.deepEqual(h.weights, expected);
     assert.deepEqual(honest.weights, expected);
     assert.deepEqual(h.commits.map((cs) => cs.map((c) => c.jobId)), [['job-honest']]);
