@@ -1,31 +1,10 @@
-import { Command, CommanderError } from 'commander';
+import { CommanderError } from 'commander';
 import { VggError } from '../shared/errors.ts';
-import { registerDatasetCommands } from './dataset-command.ts';
-import { registerModelCommands } from './model-command.ts';
-import { registerTrainCommand } from './train-command.ts';
-import { registerCoordinatorCommands } from './coordinator-command.ts';
-import { registerWorkerCommands } from './worker-command.ts';
-import { registerLocalCommand } from './local-command.ts';
-import { registerStatusCommand } from './status-command.ts';
-import { registerAuditCommand } from './audit-command.ts';
-
-const program = new Command('vgg-train')
-  .description('Distributed data-parallel trainer for the VGG networks (Simonyan & Zisserman 2014)')
-  .showHelpAfterError()
-  .exitOverride();
-
-registerTrainCommand(program);
-registerModelCommands(program);
-registerDatasetCommands(program);
-registerCoordinatorCommands(program);
-registerWorkerCommands(program);
-registerLocalCommand(program);
-registerStatusCommand(program);
-registerAuditCommand(program);
+import { buildProgram } from './program.ts';
 
 /** The only place that exits: bad flags and config exit 2, other failures 1. */
 try {
-  await program.parseAsync(process.argv);
+  await buildProgram().parseAsync(process.argv);
 } catch (err) {
   if (err instanceof CommanderError) {
     process.exit(err.exitCode === 0 ? 0 : 2);

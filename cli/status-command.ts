@@ -4,7 +4,8 @@ import type { EpochSummary } from '../coordinator/coordinator.ts';
 import type { RunState, WorkerHeartbeat } from '../coordinator/run-state.ts';
 import { intOption } from '../shared/option-parsers.ts';
 import { checkRedis, connectRedis } from '../shared/redis-connection.ts';
-import { runKeys } from '../shared/redis-keys.ts';
+import { runKeys, type SeriesPoint } from '../shared/redis-keys.ts';
+import { sparkline } from '../coordinator/report.ts';
 
 type Counts = Record<'waiting' | 'active' | 'completed' | 'failed' | 'delayed', number>;
 
@@ -17,6 +18,8 @@ export interface StatusReport {
   workers: (WorkerHeartbeat & { heartbeatAgeSeconds: number })[];
   queues: { train: Counts; eval: Counts };
   history: EpochSummary[];
+  /** Training loss (moving average) at the last recorded steps, oldest first (up to 40). */
+  recentLoss: number[];
 }
 
 const pct = (x: number | null | undefined) => (x === null || x === undefined ? '-' : `${(100 * x).toFixed(2)}%`);
@@ -27,7 +30,7 @@ export function formatStatus(r: StatusReport): string {
   if (s === null) return `run ${r.run}: no state in Redis (not started, or another --run / --redis?)\n`;
   const lines = [
     `run ${s.run}: ${s.state}   epoch ${s.epoch + (s.state === 'finished' ? 0 : 1)}/${s.epochs}   step ${s.step} (${s.appliedInEpoch}/${s.stepsPerEpoch} jobs this epoch)   lr ${s.learningRate}`,
-    `loss ${num(s.loss, 4)}   train top-1 ${pct(s.trainTop1)} top-5 ${pct(s.trainTop5)}   val top-1 ${pct(s.valTop1)} top-5 ${pct(s.valTop5)}`,
+    `loss ${num(s.loss, 4)} ${sparkline(r.recentLoss)}   train top-1 ${pct(s.trainTop1)} top-5 ${pct(s.trainTop5)}   val top-1 ${pct(s.valTop1)} top-5 ${pct(s.valTop5)}`,
     `images/s ${num(s.imagesPerSec)}   ETA ${s.etaSeconds === null ? '-' : `${Math.round(s.etaSeconds)} s`}   members ${s.members}   skipped images ${s.skippedImages}`,
     `queues: train ${JSON.stringify(r.queues.train)}  eval ${JSON.stringify(r.queues.eval)}`,
     'workers:',
@@ -41,7 +44,8 @@ export async function readStatus(redisUrl: string, run: string): Promise<StatusR
   const redis = connectRedis(redisUrl, { maxRetriesPerRequest: 1 });
   try {
     await checkRedis(redis, redisUrl);
-    const [raw, workers, history] = await Promise.all([redis.hget(keys.state, 'state'), redis.hgetall(keys.workers), redis.lrange(keys.history, 0, -1)]);
+    const [raw, workers, history, series] = await Promise.all([redis.hget(keys.state, 'state'), redis.hgetall(keys.workers), redis.lrange(keys.history, 0, -1),
+      redis.lrange(keys.series, -40, -1)]);
     const counts = async (name: string) => {
       const q = new Queue(name, { connection: redis });
       try {
@@ -58,6 +62,7 @@ export async function readStatus(redisUrl: string, run: string): Promise<StatusR
         .sort((a, b) => a.workerId.localeCompare(b.workerId)),
       queues: { train: await counts(keys.trainQueue), eval: await counts(keys.evalQueue) },
       history: history.map((h) => JSON.parse(h) as EpochSummary),
+      recentLoss: series.map((p) => (JSON.parse(p) as SeriesPoint).loss).filter((l): l is number => l !== null),
     };
   } finally {
     redis.disconnect();

@@ -6,7 +6,10 @@ import { choiceOption, intOption } from '../shared/option-parsers.ts';
 import { BACKEND_CHOICES, type BackendChoice } from '../worker/backend.ts';
 import { runWorker } from '../worker/job-loop.ts';
 
-interface WorkerFlags { coordinator: string; token?: string; gpu?: number; gpus?: string; backend?: BackendChoice; data?: string; redis?: string }
+interface WorkerFlags {
+  coordinator: string; token?: string; gpu?: number; gpus?: string; backend?: BackendChoice; data?: string; redis?: string;
+  metricsHost: string; metricsPort: number;
+}
 
 function parseGpus(value: string): number[] {
   const gpus = value.split(',').map((s) => s.trim());
@@ -25,12 +28,17 @@ export function registerWorkerCommands(program: Command): void {
     .option('--backend <name>', `compute backend: ${BACKEND_CHOICES.join(', ')}`, choiceOption('--backend', BACKEND_CHOICES))
     .option('--data <dir>', 'dataset root on this node, if not the coordinator\'s path')
     .option('--redis <url>', 'Redis URL, if not the coordinator\'s')
+    .option('--metrics-host <addr>', 'bind address of /metrics and /healthz (env VGG_METRICS_HOST)', process.env.VGG_METRICS_HOST ?? '127.0.0.1')
+    .option('--metrics-port <n>', 'port of /metrics and /healthz, 0: off; with --gpus, GPU i of the list uses port + i (env VGG_METRICS_PORT)',
+      intOption('--metrics-port', 0, 65535), process.env.VGG_METRICS_PORT === undefined ? 0 : intOption('VGG_METRICS_PORT', 0, 65535)(process.env.VGG_METRICS_PORT))
     .action(async (f: WorkerFlags) => {
       if (!/^wss?:\/\//.test(f.coordinator)) throw new ConfigError(`--coordinator: expected a ws:// or wss:// URL, got ${JSON.stringify(f.coordinator)}`);
       if (f.gpus !== undefined) {
-        const children = parseGpus(f.gpus).map((gpu) => {
-          const args = process.argv.slice(2).filter((a, i, all) => a !== '--gpus' && all[i - 1] !== '--gpus');
-          return spawn(process.execPath, [...process.execArgv, process.argv[1] as string, ...args, '--gpu', String(gpu)], { stdio: 'inherit' });
+        const drop = new Set(['--gpus', '--metrics-port']);
+        const children = parseGpus(f.gpus).map((gpu, i) => {
+          const args = process.argv.slice(2).filter((a, k, all) => !drop.has(a) && !drop.has(all[k - 1] ?? ''));
+          const metrics = f.metricsPort > 0 ? ['--metrics-port', String(f.metricsPort + i)] : ['--metrics-port', '0'];
+          return spawn(process.execPath, [...process.execArgv, process.argv[1] as string, ...args, ...metrics, '--gpu', String(gpu)], { stdio: 'inherit' });
         });
         const forward = (sig: NodeJS.Signals) => { for (const c of children) c.kill(sig); };
         process.on('SIGTERM', () => forward('SIGTERM'));
@@ -39,10 +47,10 @@ export function registerWorkerCommands(program: Command): void {
         process.exitCode = Math.max(...codes);
         return;
       }
-      const log = createLogger({ role: 'worker', gpu: f.gpu ?? null });
+      const log = createLogger({ role: 'worker' });
       const w = await runWorker({
         coordinator: f.coordinator, token: f.token ?? process.env.VGG_TOKEN ?? '', gpu: f.gpu ?? null, backend: f.backend,
-        data: f.data, redis: f.redis, log,
+        data: f.data, redis: f.redis, log, metrics: f.metricsPort > 0 ? { host: f.metricsHost, port: f.metricsPort } : undefined,
       });
       // SIGTERM: finish the job in flight, then leave cleanly.
       process.once('SIGTERM', () => w.stop());

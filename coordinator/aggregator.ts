@@ -2,6 +2,7 @@ import { timingSafeEqual } from 'node:crypto';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { Logger } from '../shared/logger.ts';
 import type { FlatMomentumSgd } from '../shared/flat-sgd.ts';
+import type { Metrics } from '../shared/metrics.ts';
 import {
   CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, decodeFrame, encode, field, floatsOf, sendChunk,
   type BatchStats, type ServerMessage,
@@ -55,6 +56,8 @@ export interface AggregatorOptions {
    * op of a step. @defaultValue 30000
    */
   heartbeatTimeoutMs?: number;
+  /** Bytes in and out and rejected frames are counted here when given. */
+  metrics?: Metrics;
 }
 
 /**
@@ -136,6 +139,7 @@ export class Aggregator {
 
   private count(code: string): void {
     this.rejected.set(code, (this.rejected.get(code) ?? 0) + 1);
+    this.options.metrics?.rejectedFrames.inc({ code });
   }
 
   private accept(ws: WebSocket, remote: string): void {
@@ -147,6 +151,7 @@ export class Aggregator {
     });
     ws.on('pong', () => { if (member !== undefined) member.lastSeen = performance.now(); });
     ws.on('message', (raw: Buffer) => {
+      this.options.metrics?.receivedBytes.inc(raw.length);
       // A member already removed (rejected, silent) is not listened to while its socket closes.
       if (member !== undefined && !this.members.has(member.id)) return;
       try {
@@ -372,8 +377,10 @@ export class Aggregator {
       chunks.push(chunkFrame('weights-chunk', this.step, offset, w.subarray(offset, offset + CHUNK_FLOATS)));
     }
     const end = encode({ t: 'weights-end', step: this.step });
+    const bytes = begin.length + end.length + chunks.reduce((n, [head, body]) => n + head.length + body.length, 0);
     for (const m of targets) {
       if (m.ws.readyState !== m.ws.OPEN) continue;
+      this.options.metrics?.sentBytes.inc(bytes);
       m.ws.send(begin);
       for (const c of chunks) sendChunk(m.ws, c);
       m.ws.send(end);

@@ -9,7 +9,8 @@ import { initialPlateau, stepPlateau, type PlateauState } from '../shared/lr-sch
 import { modelHash } from '../shared/param-layout.ts';
 import { connectRedis } from '../shared/redis-connection.ts';
 import { subsetIds } from '../shared/subset.ts';
-import { evalJobId, runKeys, trainJobId, type EvalJobData, type EvalJobResult, type LedgerEntry, type RunMeta } from '../shared/redis-keys.ts';
+import { createMetrics, serveMetrics } from '../shared/metrics.ts';
+import { evalJobId, runKeys, trainJobId, type EvalJobData, type EvalJobResult, type LedgerEntry, type RunMeta, type SeriesPoint } from '../shared/redis-keys.ts';
 import { resolveModelConfig, type ModelConfig } from '../shared/vgg-configs.ts';
 import { estimateRgbStats, type AugmentOptions } from '../worker/data/image-pipeline.ts';
 import { buildVgg, disposeVgg, readFlat } from '../worker/model/vgg-model.ts';
@@ -69,6 +70,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
 
   const keys = runKeys(cfg.run);
   const redis = connectRedis(cfg.redis);
+  const metrics = cfg.metricsPort > 0 ? createMetrics({ role: 'coordinator', run: cfg.run }) : undefined;
   const trainQueue = new Queue(keys.trainQueue, { connection: redis });
   const evalQueue = new Queue(keys.evalQueue, { connection: redis });
   for (const q of [trainQueue, evalQueue]) q.on('error', (err) => log.warn({ err: err.message }, 'queue error'));
@@ -106,7 +108,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
   // On resume, the ledgers of finished epochs stay (audit); later ones are rebuilt from the checkpoint.
   const stale = (await redis.keys(`vgg:${cfg.run}:*`)).filter((k) => {
     const m = /:(?:ledger|applied):(\d+)$/.exec(k);
-    return m === null ? !k.endsWith(':history') || !cfg.resume : Number(m[1]) >= epoch;
+    return m === null ? !(k.endsWith(':history') || k.endsWith(':series')) || !cfg.resume : Number(m[1]) >= epoch;
   });
   if (stale.length > 0) await redis.del(...stale);
 
@@ -120,6 +122,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
   const publish = async () => {
     state.updatedAt = new Date().toISOString();
     state.members = aggregator.readyMembers().length;
+    metrics?.members.set(state.members);
     await redis.hset(keys.state, 'state', JSON.stringify(state));
   };
   /** Appends applied jobs to the epoch's ledger (list, for audit) and applied set (hash, for lookups) atomically. */
@@ -150,7 +153,13 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
   };
 
   let rate = { t: Date.now(), images: 0 };
+  // About 4,000 points per run for the curves, whatever its length.
+  const seriesEvery = Math.max(1, Math.ceil((cfg.epochs * plan.batches.length) / 4000));
+  let lastCommit = performance.now();
   const onCommit = async (newStep: number, contributions: Contribution[]) => {
+    const commitStart = performance.now();
+    metrics?.stepSeconds.observe((commitStart - lastCommit) / 1000);
+    lastCommit = commitStart;
     step = newStep;
     const positions = contributions.map((c) => plan.positions.get(c.jobId) as number);
     for (const p of positions) applied.add(p);
@@ -175,6 +184,24 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
     }
     Object.assign(state, { step, appliedInEpoch: applied.size });
     await publish();
+    if (step % seriesEvery === 0) {
+      const point: SeriesPoint = {
+        step, epoch, t: (Date.now() - started) / 1000, loss: state.loss, top1: state.trainTop1, top5: state.trainTop5,
+        lr: plateau.learningRate, imagesPerSec: state.imagesPerSec,
+      };
+      await redis.rpush(keys.series, JSON.stringify(point));
+    }
+    if (metrics !== undefined) {
+      metrics.steps.inc();
+      metrics.step.set(step);
+      metrics.epoch.set(epoch);
+      metrics.images.inc(n);
+      metrics.skippedImages.inc(contributions.reduce((s, c) => s + c.stats.skipped, 0));
+      if (state.loss !== null) metrics.loss.set(state.loss);
+      if (state.imagesPerSec !== null) metrics.imagesPerSecond.set(state.imagesPerSec);
+      metrics.learningRate.set(plateau.learningRate);
+      metrics.computeSeconds.observe((performance.now() - commitStart) / 1000);
+    }
     if (cfg.checkpointEvery > 0 && step % cfg.checkpointEvery === 0 && applied.size < plan.batches.length) await checkpoint();
     if (applied.size === plan.batches.length) setImmediate(() => { void endEpoch().catch(fail); });
   };
@@ -201,16 +228,28 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
       if (p === undefined) return 'unknown';
       return applied.has(p) ? 'applied' : 'pending';
     },
-    onCommit, onMemberLost, log, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs,
+    onCommit, onMemberLost, log, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs, metrics,
   });
   const port = await aggregator.start();
+  let stopping = false;
+  const metricsServer = metrics === undefined ? undefined
+    : await serveMetrics(metrics, { host: cfg.metricsHost, port: cfg.metricsPort, healthy: () => !stopping, log });
+  // Queue depths for /metrics, refreshed every second while it is served.
+  const refreshQueues = () => {
+    for (const [name, q] of [['train', trainQueue], ['eval', evalQueue]] as const) {
+      void q.getJobCounts('waiting', 'active', 'completed', 'failed', 'delayed').then((counts) => {
+        for (const [st, n] of Object.entries(counts)) metrics?.queueJobs.set({ queue: name, state: st }, n);
+      }).catch(() => {});
+    }
+  };
+  if (metrics !== undefined) refreshQueues();
+  const queueTimer = metrics === undefined ? undefined : setInterval(refreshQueues, 1000);
   log.info({ port, host: cfg.host, run: cfg.run, modelHash: hash, step, epoch, coordinatorHost: hostname() }, 'aggregator listening');
 
   let finish!: (s: RunSummary) => void;
   let fail!: (e: unknown) => void;
   const done = new Promise<RunSummary>((resolve, reject) => { finish = resolve; fail = reject; });
   const history: EpochSummary[] = [];
-  let stopping = false;
   let epochStart = Date.now();
 
   const startEpoch = async () => {
@@ -255,6 +294,9 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
     history.push(summary);
     await redis.rpush(keys.history, JSON.stringify(summary));
     Object.assign(state, { valTop1: summary.valTop1, valTop5: summary.valTop5, learningRate: plateau.learningRate });
+    metrics?.validationTop1.set(summary.valTop1);
+    metrics?.validationTop5.set(summary.valTop5);
+    metrics?.learningRate.set(plateau.learningRate);
     log.info(summary, 'epoch done');
     epoch += 1;
     applied = new Set();
@@ -283,6 +325,8 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
   const stop = () => {
     stopped ??= (async () => {
       stopping = true;
+      clearInterval(queueTimer);
+      await metricsServer?.close();
       await aggregator.close();
       await Promise.allSettled([...checkers.map((c) => c.close()), trainQueue.close(), evalQueue.close()]);
       for (const c of [redis, ...checkerConnections]) c.disconnect();

@@ -16,6 +16,8 @@ export interface RunKeys {
   evalResults: (epoch: number) => string;
   /** List of JSON history entries (per epoch). */
   history: string;
+  /** List of JSON SeriesPoint, every few steps (report, sparkline). */
+  series: string;
 }
 
 export function runKeys(run: string): RunKeys {
@@ -30,8 +32,12 @@ export function runKeys(run: string): RunKeys {
     meta: `${p}:meta`,
     evalResults: (epoch) => `${p}:eval:${epoch}`,
     history: `${p}:history`,
+    series: `${p}:series`,
   };
 }
+
+/** A point of the training curves, written by the coordinator every few steps. */
+export interface SeriesPoint { step: number; epoch: number; t: number; loss: number | null; top1: number | null; top5: number | null; lr: number; imagesPerSec: number | null }
 
 /** One applied job in the ledger. */
 export interface LedgerEntry { jobId: string; step: number; position: number; sampleIds: number[]; workerId: string | null }

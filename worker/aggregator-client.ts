@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import WebSocket from 'ws';
 import type { Logger } from '../shared/logger.ts';
+import type { Metrics } from '../shared/metrics.ts';
 import {
   CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, decodeFrame, encode, field, floatsOf, sendChunk,
   type BatchStats, type ClientMessage,
@@ -18,6 +19,8 @@ export interface ClientOptions {
   backoffMs?: number;
   /** @defaultValue 5000 */
   maxBackoffMs?: number;
+  /** Bytes in and out are counted here when given. */
+  metrics?: Metrics;
 }
 
 /** Why a wait ended without the expected answer. */
@@ -90,6 +93,7 @@ export class AggregatorClient extends EventEmitter {
       ws.on('ping', () => { this.lastSeen = performance.now(); });
       ws.on('message', (raw: Buffer) => {
         this.lastSeen = performance.now();
+        this.options.metrics?.receivedBytes.inc(raw.length);
         try {
           const msg = decodeFrame(raw);
           if (welcomed) this.onMessage(msg);
@@ -215,7 +219,9 @@ export class AggregatorClient extends EventEmitter {
       while (ws.bufferedAmount > HIGH_WATER_BYTES) await new Promise((r) => setTimeout(r, 2));
       if (ws.readyState !== WebSocket.OPEN) throw new ConnectionLost();
       // No copy of the floats: `flat` stays untouched until the step's weights arrive (all sent by then).
-      sendChunk(ws, chunkFrame('grad-chunk', step, offset, flat.subarray(offset, offset + CHUNK_FLOATS)));
+      const frame = chunkFrame('grad-chunk', step, offset, flat.subarray(offset, offset + CHUNK_FLOATS));
+      sendChunk(ws, frame);
+      this.options.metrics?.sentBytes.inc(frame[0].length + frame[1].length);
     }
     this.send({ t: 'grad-end', step });
   }

@@ -5,6 +5,7 @@ import { Worker as BullWorker, type Job } from 'bullmq';
 import type { RunInfo } from '../coordinator/coordinator.ts';
 import type { RunState, WorkerHeartbeat } from '../coordinator/run-state.ts';
 import type { Logger } from '../shared/logger.ts';
+import { createMetrics, serveMetrics } from '../shared/metrics.ts';
 import { modelHash } from '../shared/param-layout.ts';
 import { connectRedis } from '../shared/redis-connection.ts';
 import { runKeys, type EvalJobData, type EvalJobResult, type TrainJobData } from '../shared/redis-keys.ts';
@@ -27,6 +28,8 @@ export interface WorkerOptions {
   redis?: string;
   workerId?: string;
   log: Logger;
+  /** Serve /metrics and /healthz here (loopback unless told otherwise). */
+  metrics?: { host: string; port: number };
 }
 
 /** Why a train job was given up. */
@@ -39,10 +42,14 @@ class JobAbandoned extends Error {}
  * on stop() (SIGTERM): a job in flight is finished first.
  */
 export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop: () => void; done: Promise<void> }> {
-  const backend = await selectBackend({ backend: o.backend, gpu: o.gpu ?? undefined, log: o.log });
   const workerId = o.workerId ?? `${hostname()}-${process.pid}-${randomUUID().slice(0, 6)}`;
+  // Every line of this worker carries its id and GPU.
   const log = o.log.child({ workerId, gpu: o.gpu });
-  const client = new AggregatorClient({ url: o.coordinator, token: o.token, workerId, host: hostname(), gpu: o.gpu, backend: backend.name, log });
+  const backend = await selectBackend({ backend: o.backend, gpu: o.gpu ?? undefined, log });
+  const metrics = o.metrics === undefined ? undefined : createMetrics({ role: 'worker', worker_id: workerId, gpu: String(o.gpu ?? '') });
+  const client = new AggregatorClient({ url: o.coordinator, token: o.token, workerId, host: hostname(), gpu: o.gpu, backend: backend.name, log, metrics });
+  const metricsServer = metrics === undefined || o.metrics === undefined ? undefined
+    : await serveMetrics(metrics, { ...o.metrics, healthy: () => client.connected, log });
   await client.connect();
   const run = client.run as unknown as RunInfo;
   const root = o.data ?? run.data;
@@ -122,6 +129,7 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
     const batch = await loadBatch(root, items(job.data.sampleIds, 'train'), run.augment, { kind: 'train', seed: run.seed, epoch: job.data.epoch });
     for (const s of batch.skipped) log.warn({ path: s.path, error: s.error }, 'image skipped');
     const r = computeGradients(vgg, batch.images, batch.labels);
+    const t1 = performance.now();
     for (const e of vgg.layout.entries) {
       const g = e.trainable ? r.grads.get(e.name) : vgg.variables.get(e.name)?.read();
       if (g !== undefined) flat.set(g.dataSync() as Float32Array, e.offset);
@@ -141,8 +149,22 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
         throw new JobAbandoned();
       }
     }
-    rate = (r.samples * 1000) / (performance.now() - t0);
+    const t2 = performance.now();
+    rate = (r.samples * 1000) / (t2 - t0);
     jobs += 1;
+    if (metrics !== undefined) {
+      metrics.computeSeconds.observe((t1 - t0) / 1000);
+      metrics.communicationSeconds.observe((t2 - t1) / 1000);
+      metrics.stepSeconds.observe((t2 - t0) / 1000);
+      metrics.steps.inc();
+      metrics.step.set(client.weightsStep);
+      metrics.images.inc(r.samples);
+      metrics.imagesPerSecond.set(rate);
+      metrics.loss.set(r.loss);
+      metrics.learningRate.set(client.learningRate);
+      metrics.epoch.set(job.data.epoch);
+      metrics.skippedImages.inc(batch.skipped.length);
+    }
     await job.moveToCompleted({ step: step + 1, samples: r.samples }, token, false).catch((err: Error) => log.warn({ jobId, err: err.message }, 'ack failed (job already released)'));
   };
 
@@ -220,6 +242,7 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
     client.close();
     await Promise.allSettled([trainW.close(), evalW.close()]);
     for (const c of connections) c.disconnect();
+    await metricsServer?.close();
     log.info({ jobs }, 'worker left');
   });
   return { get jobs() { return jobs; }, stop: () => { stopping = true; }, done };
