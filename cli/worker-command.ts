@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import type { Command } from 'commander';
 import { ConfigError } from '../shared/errors.ts';
 import { createLogger } from '../shared/logger.ts';
-import { choiceOption, intOption } from '../shared/option-parsers.ts';
+import { choiceOption, intOption, tokenFromEnv } from '../shared/option-parsers.ts';
 import { BACKEND_CHOICES, type BackendChoice } from '../worker/backend.ts';
 import { runWorker } from '../worker/job-loop.ts';
 
@@ -22,7 +22,7 @@ export function registerWorkerCommands(program: Command): void {
   worker.command('start')
     .description('join a run as a worker')
     .requiredOption('--coordinator <url>', 'aggregator URL, e.g. ws://coord:7070 (env VGG_COORDINATOR)', process.env.VGG_COORDINATOR)
-    .option('--token <token>', 'run token (env VGG_TOKEN)')
+    .option('--token <token>', 'run token (env VGG_TOKEN, or a file named by VGG_TOKEN_FILE)')
     .option('--gpu <n>', 'GPU index: sets CUDA_VISIBLE_DEVICES before TensorFlow.js loads', intOption('--gpu', 0))
     .option('--gpus <list>', 'start one worker process per GPU, e.g. 0,1,2,3')
     .option('--backend <name>', `compute backend: ${BACKEND_CHOICES.join(', ')}`, choiceOption('--backend', BACKEND_CHOICES))
@@ -49,7 +49,7 @@ export function registerWorkerCommands(program: Command): void {
       }
       const log = createLogger({ role: 'worker' });
       const w = await runWorker({
-        coordinator: f.coordinator, token: f.token ?? process.env.VGG_TOKEN ?? '', gpu: f.gpu ?? null, backend: f.backend,
+        coordinator: f.coordinator, token: f.token ?? tokenFromEnv(), gpu: f.gpu ?? null, backend: f.backend,
         data: f.data, redis: f.redis, log, metrics: f.metricsPort > 0 ? { host: f.metricsHost, port: f.metricsPort } : undefined,
       });
       // SIGTERM: finish the job in flight, then leave cleanly.

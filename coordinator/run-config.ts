@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { ConfigError } from '../shared/errors.ts';
-import { choiceOption, intListOption, intOption, numberOption, scaleRangeOption } from '../shared/option-parsers.ts';
+import { choiceOption, intListOption, intOption, numberOption, scaleRangeOption, tokenFromEnv } from '../shared/option-parsers.ts';
 import { CONFIG_NAMES, INITIALIZERS, type ConfigName, type InitializerName } from '../shared/vgg-configs.ts';
 
 /** Everything a distributed run is defined by. */
@@ -151,8 +151,9 @@ export function resolveRunConfig(flags: Partial<Record<keyof RunConfig, unknown>
     cfg[o.key] = typeof raw === 'boolean' ? raw : o.parse(text);
   }
   const c = cfg as unknown as RunConfig;
+  if (c.token === '') c.token = tokenFromEnv(env);
   if (c.token === '' && !LOOPBACK.has(c.host)) {
-    throw new ConfigError(`--token: expected a token when the aggregator listens on ${c.host} (not loopback), got none (set --token or VGG_TOKEN)`);
+    throw new ConfigError(`--token: expected a token when the aggregator listens on ${c.host} (not loopback), got none (set --token, VGG_TOKEN or VGG_TOKEN_FILE)`);
   }
   if (c.scale[0] < c.inputSize) throw new ConfigError(`--scale: expected S >= --input-size (${c.inputSize}), got ${c.scale[0]}`);
   if (c.evalScale < c.inputSize) throw new ConfigError(`--eval-scale: expected Q >= --input-size (${c.inputSize}), got ${c.evalScale}`);

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { ConfigError } from './errors.ts';
 
 /** commander argument parsers that throw ConfigError naming the option. */
@@ -54,4 +55,19 @@ export function intListOption(option: string) {
     }
     return parts.map(Number);
   };
+}
+
+/**
+ * The run token from VGG_TOKEN, else from the file named by VGG_TOKEN_FILE
+ * (Docker and Kubernetes secrets are mounted as files), else ''.
+ */
+export function tokenFromEnv(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.VGG_TOKEN !== undefined && env.VGG_TOKEN !== '') return env.VGG_TOKEN;
+  const file = env.VGG_TOKEN_FILE;
+  if (file === undefined || file === '') return '';
+  try {
+    return readFileSync(file, 'utf8').trim();
+  } catch (err) {
+    throw new ConfigError(`VGG_TOKEN_FILE: expected a readable file holding the token, got ${JSON.stringify(file)} (${(err as Error).message})`);
+  }
 }

@@ -1,6 +1,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { resolveRunConfig } from '../../coordinator/run-config.ts';
 import { planEpoch, trainJobs } from '../../coordinator/epoch-plan.ts';
@@ -43,6 +44,11 @@ describe('run configuration', () => {
   test('a token is required when the aggregator listens beyond loopback', () => {
     assert.throws(() => resolveRunConfig({ host: '0.0.0.0' }, {}), /--token: expected a token when the aggregator listens on 0.0.0.0 \(not loopback\), got none/);
     assert.equal(resolveRunConfig({ host: '0.0.0.0', token: 's3cret' }, {}).token, 's3cret');
+    // A mounted secret file (Docker, Kubernetes), trimmed; a missing one is named.
+    const dir = mkdtempSync(path.join(tmpdir(), 'vgg-token-'));
+    writeFileSync(path.join(dir, 'token'), 'from-file\n');
+    assert.equal(resolveRunConfig({ host: '0.0.0.0' }, { VGG_TOKEN_FILE: path.join(dir, 'token') }).token, 'from-file');
+    assert.throws(() => resolveRunConfig({ host: '0.0.0.0' }, { VGG_TOKEN_FILE: path.join(dir, 'nope') }), /VGG_TOKEN_FILE: expected a readable file holding the token, got ".*nope"/);
   });
 });
 
