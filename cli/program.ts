@@ -2,6 +2,7 @@ import { Command } from 'commander';
 import { registerAuditCommand } from './audit-command.ts';
 import { registerCoordinatorCommands } from './coordinator-command.ts';
 import { registerDatasetCommands } from './dataset-command.ts';
+import { registerEvalCommand } from './eval-command.ts';
 import { registerLocalCommand } from './local-command.ts';
 import { registerModelCommands } from './model-command.ts';
 import { registerReportCommand } from './report-command.ts';
@@ -24,5 +25,6 @@ export function buildProgram(): Command {
   registerStatusCommand(program);
   registerAuditCommand(program);
   registerReportCommand(program);
+  registerEvalCommand(program);
   return program;
 }

@@ -13,7 +13,7 @@ interface TrainFlags {
   data?: string; config?: ConfigName; batchNorm: boolean; numClasses?: number; inputSize?: number; width?: number;
   fcUnits?: number; dropout?: number; init: InitializerName; seed: number; epochs?: number; batchSize?: number; lr: number;
   momentum: number; weightDecay: number; scale?: [number, number]; evalScale?: number; normalize?: 'mean' | 'mean-std';
-  checkpointDir?: string; checkpointEvery: number; keep: number; resume: boolean; warmStart?: string;
+  checkpointDir?: string; checkpointEvery: number; keep: number; resume: boolean; warmStart?: string; initFrom?: string;
   trainLimit?: number; valLimit?: number; backend?: BackendChoice; gpu?: number; json: boolean;
 }
 
@@ -51,6 +51,7 @@ export function registerTrainCommand(program: Command): void {
     .option('--keep <k>', 'checkpoints kept', intOption('--keep', 1), 3)
     .option('--resume', 'continue from the newest checkpoint in --checkpoint-dir', false)
     .option('--warm-start <ckpt>', 'copy the first four convs and FC layers from a checkpoint of config A')
+    .option('--init-from <ckpt>', 'fine-tune: all weights from a checkpoint of the same model (new --scale and --lr; fresh momentum)')
     .option('--train-limit <n>', 'use only the first n training images', intOption('--train-limit', 1))
     .option('--val-limit <n>', 'use only the first n validation images', intOption('--val-limit', 1))
     .option('--backend <name>', `compute backend: ${BACKEND_CHOICES.join(', ')} (env VGG_BACKEND)`, choiceOption('--backend', BACKEND_CHOICES))
@@ -77,7 +78,7 @@ export function registerTrainCommand(program: Command): void {
         sgd: { learningRate: f.lr, momentum: f.momentum, weightDecay: f.weightDecay },
         sMin: scale[0], sMax: scale[1], evalQ, normalizeStd: (f.normalize ?? d.normalize) === 'mean-std',
         checkpointDir: f.checkpointDir, checkpointEverySteps: f.checkpointEvery, keepCheckpoints: f.keep, resume: f.resume,
-        warmStartFrom: f.warmStart, trainLimit: f.trainLimit, valLimit: f.valLimit, log,
+        warmStartFrom: f.warmStart, initFrom: f.initFrom, trainLimit: f.trainLimit, valLimit: f.valLimit, log,
       });
       for (const e of result.history) {
         process.stdout.write(`epoch ${e.epoch + 1}: train loss ${e.trainLoss.toFixed(4)}  val top-1 ${(100 * e.valTop1).toFixed(2)}%  top-5 ${(100 * e.valTop5).toFixed(2)}%  lr ${e.lr}  ${e.seconds.toFixed(1)} s\n`);

@@ -13,6 +13,7 @@ import { createMetrics, serveMetrics } from '../shared/metrics.ts';
 import { evalJobId, runKeys, trainJobId, type EvalJobData, type EvalJobResult, type LedgerEntry, type RunMeta, type SeriesPoint } from '../shared/redis-keys.ts';
 import { resolveModelConfig, type ModelConfig } from '../shared/vgg-configs.ts';
 import { estimateRgbStats, type AugmentOptions } from '../worker/data/image-pipeline.ts';
+import { initFromCheckpoint, warmStartFromCheckpoint } from '../worker/model/warm-start.ts';
 import { buildVgg, disposeVgg, readFlat } from '../worker/model/vgg-model.ts';
 import { checkedWeights, loadCheckpoint, modelTopology, saveCheckpoint } from '../worker/train/checkpoint.ts';
 import { Aggregator, type Contribution, type Member } from './aggregator.ts';
@@ -62,6 +63,9 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
     meanRgb: stats.meanRgb, stdRgb: cfg.normalize === 'mean-std' ? stats.stdRgb : [1, 1, 1],
   };
   const vgg = buildVgg(model, { init: cfg.init, seed: cfg.seed });
+  // A resumed run's own checkpoint overrides these below.
+  if (cfg.initFrom !== '') await initFromCheckpoint(vgg, cfg.initFrom, log);
+  if (cfg.warmStart !== '') await warmStartFromCheckpoint(vgg, cfg.warmStart, log);
   const layout = vgg.layout;
   const hash = modelHash(model, layout);
   const topology = modelTopology(vgg);
@@ -147,6 +151,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
       state: {
         step, epoch, batchInEpoch: applied.size, appliedPositions: [...applied].sort((a, b) => a - b), modelHash: hash,
         modelConfig: model, runConfig: { ...cfg, token: undefined }, schedule: { ...plateau }, createdAt: new Date().toISOString(),
+        normalization: { meanRgb: augment.meanRgb, stdRgb: augment.stdRgb }, trainScale: [augment.sMin, augment.sMax],
       },
     }, cfg.keep);
     log.info({ dir, step, epoch }, 'checkpoint written');

@@ -47,6 +47,10 @@ export interface RunConfig {
   lockDurationMs: number;
   /** A worker silent (no frame, no pong) this long is removed from the step. */
   heartbeatTimeoutMs: number;
+  /** Checkpoint of config A whose first four convs and FC layers start this run (paper, Section 3.1); empty: none. */
+  warmStart: string;
+  /** Fine-tuning: every weight from this checkpoint of the same model (new scale and lr, fresh momentum); empty: none. */
+  initFrom: string;
   /** Prometheus /metrics and /healthz: bind address and port (0: off). */
   metricsHost: string;
   metricsPort: number;
@@ -98,6 +102,8 @@ export const RUN_OPTIONS: Spec[] = [
   { key: 'trainLimit', flag: '--train-limit', parse: intOption('--train-limit', 0), description: 'use only the first n training images (0: all)' },
   { key: 'valLimit', flag: '--val-limit', parse: intOption('--val-limit', 0), description: 'use only the first n validation images (0: all)' },
   { key: 'lockDurationMs', flag: '--lock-duration-ms', parse: intOption('--lock-duration-ms', 1000), description: 'BullMQ job lock' },
+  { key: 'warmStart', flag: '--warm-start', parse: str('--warm-start'), description: 'start from the first four convs and the FC layers of a checkpoint of config A' },
+  { key: 'initFrom', flag: '--init-from', parse: str('--init-from'), description: 'fine-tune: all weights from a checkpoint of the same model (fresh momentum)' },
   { key: 'metricsHost', flag: '--metrics-host', parse: str('--metrics-host'), description: 'bind address of /metrics and /healthz' },
   { key: 'metricsPort', flag: '--metrics-port', parse: intOption('--metrics-port', 0, 65535), description: 'port of /metrics and /healthz (0: off)' },
   { key: 'heartbeatTimeoutMs', flag: '--heartbeat-timeout-ms', parse: intOption('--heartbeat-timeout-ms', 100), description: 'remove a worker silent this long (no frame, no pong) from the step' },
@@ -111,7 +117,7 @@ export const PAPER_DEFAULTS: RunConfig = {
   // The paper subtracts the mean only (with its small N(0, 1e-2) init); with the default He init,
   // 0-255 inputs diverge at lr 0.01, so we also divide by the std. `--normalize mean --init paper` is the paper's.
   normalize: 'mean-std', checkpointDir: '', checkpointEvery: 0, keep: 3, resume: false, minWorkers: 1, trainLimit: 0,
-  valLimit: 0, lockDurationMs: 30000, heartbeatTimeoutMs: 30000, metricsHost: '127.0.0.1', metricsPort: 0,
+  valLimit: 0, lockDurationMs: 30000, heartbeatTimeoutMs: 30000, warmStart: '', initFrom: '', metricsHost: '127.0.0.1', metricsPort: 0,
 };
 
 /** Defaults without --data: a small VGG-A on the built-in 32x32 dataset, minutes on a CPU. */

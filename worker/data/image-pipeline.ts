@@ -129,6 +129,26 @@ export async function loadEvalImage(file: string, opts: AugmentOptions, q: numbe
   normalise(await toRgb(pipeline, file, opts.inputSize), out, offset, opts, [0, 0, 0]);
 }
 
+/**
+ * The whole image with its shorter side rescaled to Q, mean-subtracted, no
+ * crop (dense and multi-crop evaluation): HWC floats and the size.
+ */
+export async function loadScaledImage(file: string, opts: AugmentOptions, q: number): Promise<{ data: Float32Array; width: number; height: number }> {
+  const { image, width, height } = await decodeInfo(file);
+  const [w, h] = resizedDims(width, height, q);
+  let rgb: Buffer;
+  try {
+    const { data, info } = await image.resize(w, h, { fit: 'fill' }).toColourspace('srgb').removeAlpha().raw().toBuffer({ resolveWithObject: true });
+    if (info.channels !== 3 || info.width !== w || info.height !== h) throw new Error(`decoded ${info.width}x${info.height}x${info.channels}, expected ${w}x${h}x3`);
+    rgb = data;
+  } catch (err) {
+    throw new DataError('VGG_ERR_IMAGE', `${file}: expected a readable JPEG or PNG, got: ${(err as Error).message}`, { cause: err });
+  }
+  const out = new Float32Array(w * h * 3);
+  normalise(rgb, out, 0, opts, [0, 0, 0]);
+  return { data: out, width: w, height: h };
+}
+
 export interface BatchItem {
   /** Stable sample id (index into the dataset's train or val list). */
   id: number;

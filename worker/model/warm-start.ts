@@ -1,5 +1,7 @@
-import type * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs';
 import { CheckpointError } from '../../shared/errors.ts';
+import type { Logger } from '../../shared/logger.ts';
+import { loadCheckpoint, restoreWeights } from '../train/checkpoint.ts';
 import { planLayers } from '../../shared/param-layout.ts';
 import { resolveModelConfig } from '../../shared/vgg-configs.ts';
 import type { VggModel } from './vgg-model.ts';
@@ -30,4 +32,31 @@ export function warmStartFromA(target: VggModel, source: tf.NamedTensorMap): str
   }
   for (const [v, t] of copies) v.write(t);
   return copies.map(([, , name]) => name);
+}
+
+/**
+ * Fine-tuning (Section 3.1: S = 384 initialised from S = 256; multi-scale from
+ * S = 384): all weights from a checkpoint of the same model, checked name by
+ * name and shape by shape before any is written. The optimiser state and the
+ * step are not taken: the new run has its own scale and learning rate.
+ */
+export async function initFromCheckpoint(target: VggModel, dirOrRoot: string, log?: Logger): Promise<void> {
+  const ck = await loadCheckpoint(dirOrRoot);
+  try {
+    restoreWeights(target, ck.weights);
+  } finally {
+    tf.dispose(Object.values(ck.weights));
+  }
+  log?.info({ from: ck.dir, step: ck.state.step }, 'initialised from checkpoint (fine-tuning)');
+}
+
+/** Warm start of a deeper config from a checkpoint of A (path), as the run options ask. */
+export async function warmStartFromCheckpoint(target: VggModel, dirOrRoot: string, log?: Logger): Promise<void> {
+  const ck = await loadCheckpoint(dirOrRoot);
+  try {
+    const copied = warmStartFromA(target, ck.weights);
+    log?.info({ from: ck.dir, copied }, 'warm start from config A');
+  } finally {
+    tf.dispose(Object.values(ck.weights));
+  }
 }

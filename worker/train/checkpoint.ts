@@ -20,6 +20,10 @@ export interface CheckpointState {
   /** The full run config, for reproducibility (nanoGPT habit). */
   runConfig: Record<string, unknown>;
   schedule: Record<string, unknown>;
+  /** Input normalisation the weights were trained with (what evaluation must apply). */
+  normalization?: { meanRgb: [number, number, number]; stdRgb: [number, number, number] };
+  /** Training scale [Smin, Smax] (S fixed when equal). */
+  trainScale?: [number, number];
   createdAt: string;
 }
 

@@ -9,7 +9,7 @@ import { subsetIds } from '../../shared/subset.ts';
 import type { InitializerName, ModelConfig } from '../../shared/vgg-configs.ts';
 import { estimateRgbStats, loadBatch, type AugmentOptions, type BatchItem, type LoadedBatch } from '../data/image-pipeline.ts';
 import { buildVgg, disposeVgg, readFlat, type VggModel } from '../model/vgg-model.ts';
-import { warmStartFromA } from '../model/warm-start.ts';
+import { initFromCheckpoint, warmStartFromCheckpoint } from '../model/warm-start.ts';
 import { loadCheckpoint, modelTopology, restoreWeights, saveCheckpoint } from './checkpoint.ts';
 import { computeGradients, evaluateBatch } from './gradient-step.ts';
 import { MomentumSgd, type SgdOptions } from './momentum-sgd.ts';
@@ -35,6 +35,8 @@ export interface TrainOptions {
   resume: boolean;
   /** Checkpoint of config A to warm-start from (first four convs + FC layers). */
   warmStartFrom?: string;
+  /** Fine-tuning: every weight from this checkpoint of the same model; fresh momentum, step 0 (--scale, --lr anew). */
+  initFrom?: string;
   /** Stop after this many training samples per epoch / validation samples (smoke runs). */
   trainLimit?: number;
   valLimit?: number;
@@ -103,12 +105,8 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   let step = 0;
   let startEpoch = 0;
   let startBatch = 0;
-  if (o.warmStartFrom !== undefined) {
-    const ck = await loadCheckpoint(o.warmStartFrom);
-    const copied = warmStartFromA(vgg, ck.weights);
-    tf.dispose(Object.values(ck.weights));
-    o.log?.info({ from: ck.dir, copied }, 'warm start from config A');
-  }
+  if (o.initFrom !== undefined) await initFromCheckpoint(vgg, o.initFrom, o.log);
+  if (o.warmStartFrom !== undefined) await warmStartFromCheckpoint(vgg, o.warmStartFrom, o.log);
   if (o.resume && o.checkpointDir !== undefined) {
     try {
       const ck = await loadCheckpoint(o.checkpointDir);
@@ -134,6 +132,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       state: {
         step, epoch, batchInEpoch, modelHash: hash, modelConfig: o.model,
         runConfig: { ...o, log: undefined, onStep: undefined }, schedule: { ...plateau }, createdAt: new Date().toISOString(),
+        normalization: { meanRgb: augment.meanRgb, stdRgb: augment.stdRgb }, trainScale: [augment.sMin, augment.sMax],
       },
     }, o.keepCheckpoints);
     o.log?.info({ dir, step, epoch }, 'checkpoint written');
