@@ -2,9 +2,10 @@ import { timingSafeEqual } from 'node:crypto';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { Logger } from '../shared/logger.ts';
 import type { FlatMomentumSgd } from '../shared/flat-sgd.ts';
+import { encode16, type WireFormat } from '../shared/half.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import {
-  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, decodeFrame, encode, field, floatsOf, sendChunk,
+  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, decodeFrame, encode, field, sendChunk, valuesOf,
   type BatchStats, type ServerMessage,
 } from '../shared/wire-protocol.ts';
 
@@ -58,6 +59,8 @@ export interface AggregatorOptions {
   heartbeatTimeoutMs?: number;
   /** Bytes in and out and rejected frames are counted here when given. */
   metrics?: Metrics;
+  /** Values on the wire (gradients in, weights out); master weights and momentum stay fp32. @defaultValue 'fp32' */
+  wire?: WireFormat;
 }
 
 /**
@@ -82,6 +85,12 @@ export class Aggregator {
   private server?: WebSocketServer;
   private nextId = 1;
   private readonly sum: Float32Array;
+  private readonly wire: WireFormat;
+  /** Decoded values of one 16-bit chunk. */
+  private readonly scratch: Float32Array;
+  /** The weights as 16-bit codes for the broadcast (16-bit wires only). */
+  private readonly weights16?: Uint16Array;
+  private weights16Step = -1;
   private totalSamples = 0;
   private readonly done = new Map<number, Contribution>();
   private committing = false;
@@ -95,6 +104,9 @@ export class Aggregator {
     this.step = options.step;
     this.learningRate = options.sgd.options.learningRate;
     this.sum = new Float32Array(options.weights.length);
+    this.wire = options.wire ?? 'fp32';
+    this.scratch = new Float32Array(this.wire === 'fp32' ? 0 : CHUNK_FLOATS);
+    if (this.wire !== 'fp32') this.weights16 = new Uint16Array(options.weights.length);
   }
 
   async start(): Promise<number> {
@@ -272,7 +284,7 @@ export class Aggregator {
         if (r === undefined) throw new ProtocolError('VGG_ERR_NOT_JOINED', `grad-chunk: expected a grad-begin first, got a chunk at ${offset}`);
         const chunkStep = field<number>(msg, 'step', 'int');
         if (chunkStep !== this.step) throw new ProtocolError('VGG_ERR_STEP_MISMATCH', `grad-chunk.step: expected ${this.step}, got ${chunkStep}`);
-        const g = floatsOf(field<Uint8Array>(msg, 'data', 'bytes'));
+        const g = valuesOf(field<Uint8Array>(msg, 'data', 'bytes'), this.wire, this.scratch);
         if (offset !== r.next) throw new ProtocolError('VGG_ERR_LAYOUT', `grad-chunk.offset: expected ${r.next}, got ${offset}`);
         if (offset + g.length > this.sum.length) {
           throw new ProtocolError('VGG_ERR_LAYOUT', `grad-chunk at ${offset}: expected at most ${this.sum.length - offset} floats (layout of ${this.sum.length}), got ${g.length}`);
@@ -370,7 +382,13 @@ export class Aggregator {
    */
   private sendWeights(targets: Member[]): void {
     if (targets.length === 0) return;
-    const w = this.options.weights;
+    let w: Float32Array | Uint16Array = this.options.weights;
+    if (this.weights16 !== undefined && this.wire !== 'fp32') {
+      // Re-encoded per broadcast; the sockets have drained the previous one (see drained()).
+      if (this.weights16Step !== this.step) encode16(this.wire, this.options.weights, this.weights16);
+      this.weights16Step = this.step;
+      w = this.weights16;
+    }
     const begin = encode({ t: 'weights-begin', step: this.step, totalFloats: w.length, learningRate: this.learningRate });
     const chunks: [Buffer, Uint8Array][] = [];
     for (let offset = 0; offset < w.length; offset += CHUNK_FLOATS) {

@@ -9,6 +9,7 @@ import { initialPlateau, stepPlateau, type PlateauState } from '../shared/lr-sch
 import { modelHash } from '../shared/param-layout.ts';
 import { connectRedis } from '../shared/redis-connection.ts';
 import { subsetIds } from '../shared/subset.ts';
+import type { WireFormat } from '../shared/half.ts';
 import { createMetrics, serveMetrics } from '../shared/metrics.ts';
 import { evalJobId, runKeys, trainJobId, type EvalJobData, type EvalJobResult, type LedgerEntry, type RunMeta, type SeriesPoint } from '../shared/redis-keys.ts';
 import { resolveModelConfig, type ModelConfig } from '../shared/vgg-configs.ts';
@@ -35,7 +36,7 @@ export interface CoordinatorHandle {
 }
 
 /** The run info every worker receives in `welcome`. */
-export interface RunInfo { run: string; redis: string; data: string; model: ModelConfig; augment: AugmentOptions; seed: number; evalQ: number; lockDurationMs: number; heartbeatTimeoutMs: number }
+export interface RunInfo { run: string; redis: string; data: string; model: ModelConfig; augment: AugmentOptions; seed: number; evalQ: number; lockDurationMs: number; heartbeatTimeoutMs: number; wire: WireFormat }
 
 /**
  * The coordinator of one run: indexes the data, holds the master weights in
@@ -223,7 +224,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
 
   const runInfo: RunInfo = {
     run: cfg.run, redis: cfg.redis, data: index.root, model, augment, seed: cfg.seed, evalQ: cfg.evalScale,
-    lockDurationMs: cfg.lockDurationMs, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs,
+    lockDurationMs: cfg.lockDurationMs, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs, wire: cfg.wire,
   };
   const aggregator = new Aggregator({
     host: cfg.host, port: cfg.port, token: cfg.token, modelHash: hash, weights, sgd, step,
@@ -233,7 +234,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
       if (p === undefined) return 'unknown';
       return applied.has(p) ? 'applied' : 'pending';
     },
-    onCommit, onMemberLost, log, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs, metrics,
+    onCommit, onMemberLost, log, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs, metrics, wire: cfg.wire,
   });
   const port = await aggregator.start();
   let stopping = false;

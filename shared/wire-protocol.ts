@@ -1,5 +1,6 @@
 import { Packr } from 'msgpackr';
 import { VggError } from './errors.ts';
+import { decode16, type WireFormat } from './half.ts';
 
 /** Bumped on any incompatible change of the messages below. */
 export const PROTOCOL_VERSION = 1;
@@ -59,7 +60,7 @@ export function encode(message: ClientMessage | ServerMessage): Buffer {
  * decode as a zero-copy Float32Array view. Send the two parts as one WebSocket
  * message in two fragments (sendChunk). Decoding is plain msgpack.
  */
-export function chunkFrame(t: 'grad-chunk' | 'weights-chunk', step: number, offset: number, floats: Float32Array): [Buffer, Uint8Array] {
+export function chunkFrame(t: 'grad-chunk' | 'weights-chunk', step: number, offset: number, floats: Float32Array | Uint16Array): [Buffer, Uint8Array] {
   const head = packr.pack({ t, step, offset, pad: '' });
   // head is a map of 4 entries ending with the empty fixstr; + key "data" (5 bytes) + bin32 header (5 bytes).
   const padLength = (8 - ((head.length + 10) % 8)) % 8;
@@ -76,7 +77,7 @@ export function chunkFrame(t: 'grad-chunk' | 'weights-chunk', step: number, offs
   i += out.write('data', i, 'latin1');
   out[i++] = 0xc6;
   out.writeUInt32BE(floats.byteLength, i);
-  return [out, bytesOf(floats)];
+  return [out, new Uint8Array(floats.buffer, floats.byteOffset, floats.byteLength)];
 }
 
 /** Sends a chunkFrame as one message in two fragments: the floats are not copied (the caller keeps them unchanged until sent). */
@@ -131,6 +132,23 @@ export function floatsOf(data: Uint8Array, scratch?: Float32Array): Float32Array
   if (data.byteOffset % 4 === 0) return new Float32Array(data.buffer, data.byteOffset, n);
   const out = scratch !== undefined && scratch.length >= n ? scratch.subarray(0, n) : new Float32Array(n);
   new Uint8Array(out.buffer, out.byteOffset, data.byteLength).set(data);
+  return out;
+}
+
+/**
+ * A chunk's values as fp32 for the run's wire format: fp32 as a zero-copy view
+ * (see floatsOf), 16-bit codes decoded into `scratch` (at least as long).
+ */
+export function valuesOf(data: Uint8Array, wire: WireFormat, scratch: Float32Array): Float32Array {
+  if (wire === 'fp32') return floatsOf(data, scratch);
+  if (data.byteLength % 2 !== 0) {
+    throw new ProtocolError('VGG_ERR_FRAME_FIELD', `chunk data: expected a multiple of 2 bytes (${wire}), got ${data.byteLength}`);
+  }
+  const n = data.byteLength / 2;
+  if (n > scratch.length) throw new ProtocolError('VGG_ERR_LAYOUT', `chunk data: expected at most ${scratch.length} values, got ${n}`);
+  const codes = data.byteOffset % 2 === 0 ? new Uint16Array(data.buffer, data.byteOffset, n) : new Uint16Array(data.slice().buffer);
+  const out = scratch.subarray(0, n);
+  decode16(wire, codes, out);
   return out;
 }
 

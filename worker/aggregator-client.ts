@@ -1,9 +1,10 @@
 import { EventEmitter } from 'node:events';
 import WebSocket from 'ws';
 import type { Logger } from '../shared/logger.ts';
+import { WIRE_FORMATS, encode16, type WireFormat } from '../shared/half.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import {
-  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, decodeFrame, encode, field, floatsOf, sendChunk,
+  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, decodeFrame, encode, field, sendChunk, valuesOf,
   type BatchStats, type ClientMessage,
 } from '../shared/wire-protocol.ts';
 
@@ -46,6 +47,10 @@ export class AggregatorClient extends EventEmitter {
   run?: Record<string, unknown>;
   /** The coordinator's model hash, from the welcome. */
   modelHash = '';
+  /** Values on the wire, from the welcome's run info (`--wire`). */
+  wire: WireFormat = 'fp32';
+  private grad16?: Uint16Array;
+  private scratch16?: Float32Array;
   private ws?: WebSocket;
   private lastSeen = 0;
   private incoming?: { step: number; buf: Float32Array; next: number };
@@ -101,6 +106,9 @@ export class AggregatorClient extends EventEmitter {
           else if (msg.t === 'welcome') {
             this.run = field<Record<string, unknown>>(msg, 'run', 'object');
             this.modelHash = field<string>(msg, 'modelHash', 'string');
+            const wire = this.run.wire ?? 'fp32';
+            if (!(WIRE_FORMATS as readonly unknown[]).includes(wire)) throw new ProtocolError('VGG_ERR_FRAME_FIELD', `welcome.run.wire: expected one of ${WIRE_FORMATS.join(', ')}, got ${JSON.stringify(wire)}`);
+            this.wire = wire as WireFormat;
             welcomed = true;
             this.generation += 1;
             silence = this.watchSilence(ws, Number(this.run.heartbeatTimeoutMs) || 30_000);
@@ -142,8 +150,9 @@ export class AggregatorClient extends EventEmitter {
         return;
       case 'weights-chunk': {
         const inc = this.incoming;
-        const data = floatsOf(field<Uint8Array>(msg, 'data', 'bytes'));
+        const raw = field<Uint8Array>(msg, 'data', 'bytes');
         if (inc === undefined || msg.step !== inc.step || msg.offset !== inc.next) return;
+        const data = valuesOf(raw, this.wire, this.chunkScratch());
         if (inc.next + data.length > inc.buf.length) {
           throw new ProtocolError('VGG_ERR_LAYOUT', `weights-chunk: expected at most ${inc.buf.length - inc.next} floats, got ${data.length}`);
         }
@@ -171,6 +180,11 @@ export class AggregatorClient extends EventEmitter {
   }
 
   private spare?: Float32Array;
+
+  private chunkScratch(): Float32Array {
+    this.scratch16 ??= new Float32Array(CHUNK_FLOATS);
+    return this.scratch16;
+  }
 
   /** Reuses the previous weights buffer for the next version: no allocation per step. */
   private scratch(n: number): Float32Array {
@@ -218,8 +232,15 @@ export class AggregatorClient extends EventEmitter {
       if (ws === undefined) throw new ConnectionLost();
       while (ws.bufferedAmount > HIGH_WATER_BYTES) await new Promise((r) => setTimeout(r, 2));
       if (ws.readyState !== WebSocket.OPEN) throw new ConnectionLost();
-      // No copy of the floats: `flat` stays untouched until the step's weights arrive (all sent by then).
-      const frame = chunkFrame('grad-chunk', step, offset, flat.subarray(offset, offset + CHUNK_FLOATS));
+      // No copy of the values: `flat` (or its 16-bit codes) stays untouched until the step's weights arrive (all sent by then).
+      const part = flat.subarray(offset, offset + CHUNK_FLOATS);
+      let body: Float32Array | Uint16Array = part;
+      if (this.wire !== 'fp32') {
+        if (this.grad16 === undefined || this.grad16.length !== flat.length) this.grad16 = new Uint16Array(flat.length);
+        body = this.grad16.subarray(offset, offset + part.length);
+        encode16(this.wire, part, body);
+      }
+      const frame = chunkFrame('grad-chunk', step, offset, body);
       sendChunk(ws, frame);
       this.options.metrics?.sentBytes.inc(frame[0].length + frame[1].length);
     }

@@ -1,22 +1,24 @@
 /**
- * bench:allreduce helper: our aggregator alone in a process, on the VGG-16
+ * bench:allreduce helper: our aggregator alone in a process (`--wire fp32|bf16|fp16`), on the VGG-16
  * layout (138,357,544 trainable floats). Prints {"port"} when listening and,
  * after `--steps` commits, {"peakRssBytes"} (VmHWM), and exits once the workers hung up.
  */
 import { readFileSync } from 'node:fs';
 import { Aggregator } from '../../coordinator/aggregator.ts';
 import { FlatMomentumSgd } from '../../shared/flat-sgd.ts';
+import type { WireFormat } from '../../shared/half.ts';
 import { createLogger } from '../../shared/logger.ts';
 import { buildLayout } from '../../shared/param-layout.ts';
 import { DEFAULT_MODEL_CONFIG } from '../../shared/vgg-configs.ts';
 
 const steps = Number(process.argv[process.argv.indexOf('--steps') + 1]);
+const wire = (process.argv.includes('--wire') ? process.argv[process.argv.indexOf('--wire') + 1] : 'fp32') as WireFormat;
 const log = createLogger();
 log.level = 'warn';
 const layout = buildLayout(DEFAULT_MODEL_CONFIG);
 const weights = new Float32Array(layout.totalSize).fill(0.01);
 const agg = new Aggregator({
-  host: '127.0.0.1', port: 0, token: 'bench', modelHash: 'bench', weights, step: 0, runInfo: { run: 'bench' },
+  host: '127.0.0.1', port: 0, token: 'bench', modelHash: 'bench', weights, step: 0, runInfo: { run: 'bench', wire }, wire,
   sgd: new FlatMomentumSgd(layout, { learningRate: 0.01, momentum: 0.9, weightDecay: 5e-4 }),
   jobStatus: () => 'pending', onMemberLost: () => {}, log,
   onCommit: async (step) => {

@@ -1,6 +1,7 @@
 import WebSocket from 'ws';
 import { Aggregator, type Contribution, type Member } from '../../coordinator/aggregator.ts';
 import { FlatMomentumSgd } from '../../shared/flat-sgd.ts';
+import type { WireFormat } from '../../shared/half.ts';
 import { createLogger } from '../../shared/logger.ts';
 import { buildLayout, type ParamLayout } from '../../shared/param-layout.ts';
 import { TINY_VGG_A } from '../../shared/vgg-configs.ts';
@@ -27,14 +28,14 @@ export interface Harness {
   close(): Promise<void>;
 }
 
-export async function startAggregator(options: { layout?: ParamLayout; heartbeatTimeoutMs?: number; step?: number } = {}): Promise<Harness> {
+export async function startAggregator(options: { layout?: ParamLayout; heartbeatTimeoutMs?: number; step?: number; wire?: WireFormat } = {}): Promise<Harness> {
   const layout = options.layout ?? buildLayout(TINY_VGG_A);
   const weights = Float32Array.from({ length: layout.totalSize }, (_, i) => ((i % 13) - 6) / 100);
   const commits: Contribution[][] = [];
   const lost: Member[] = [];
   const clients: AggregatorClient[] = [];
   const agg = new Aggregator({
-    host: '127.0.0.1', port: 0, token: 'secret', modelHash: 'hash-1', weights, step: options.step ?? 0, runInfo: { run: 't' },
+    host: '127.0.0.1', port: 0, token: 'secret', modelHash: 'hash-1', weights, step: options.step ?? 0, runInfo: { run: 't', wire: options.wire ?? 'fp32' }, wire: options.wire,
     sgd: new FlatMomentumSgd(layout, SGD),
     jobStatus: (id) => (id.startsWith('job') ? 'pending' : 'unknown'),
     onCommit: async (_step, c) => { commits.push(c); },

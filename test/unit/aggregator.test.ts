@@ -2,6 +2,7 @@ import { afterEach, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { PROTOCOL_VERSION, encode } from '../../shared/wire-protocol.ts';
 import { FlatMomentumSgd } from '../../shared/flat-sgd.ts';
+import { decode16, encode16 } from '../../shared/half.ts';
 import type { AggregatorClient } from '../../worker/aggregator-client.ts';
 import { RawPeer, SGD, frame, hello, join, startAggregator, stats, type Harness } from '../helpers/aggregator-harness.ts';
 
@@ -74,6 +75,28 @@ describe('synchronous steps', () => {
     assert.deepEqual(h.lost.map((m) => m.jobId), ['job-silent']);
     silent.ws.terminate();
   });
+});
+
+describe('16-bit wires', () => {
+  for (const wire of ['bf16', 'fp16'] as const) {
+    test(`${wire}: workers get the master weights rounded; the fp32 master takes exactly the SGD step of the decoded gradient`, async () => {
+      h = await startAggregator({ wire });
+      const c = await h.member('a');
+      assert.equal(c.wire, wire);
+      const round = (x: Float32Array) => { const q = new Uint16Array(x.length); encode16(wire, x, q); const y = new Float32Array(x.length); decode16(wire, q, y); return y; };
+      assert.deepEqual(c.weights, round(h.initial));
+      assert.equal(await join(c, 'job-1'), 'joined');
+      const grad = Float32Array.from({ length: h.layout.totalSize }, (_, i) => Math.sin(i) / 10);
+      const next = c.next(['weights'], (_n, s) => (s as number) === 1);
+      await c.sendGradient(0, 'job-1', [1, 2], stats(2), grad);
+      await next;
+      const expected = h.initial.slice();
+      new FlatMomentumSgd(h.layout, SGD).apply(expected, round(grad).map((v) => 2 * v), 1 / 2);
+      assert.deepEqual(h.weights, expected);
+      assert.notDeepEqual(h.weights, round(expected));
+      assert.deepEqual(c.weights, round(expected));
+    });
+  }
 });
 
 describe('the handshake refuses bad peers with a stable code and closes', () => {
