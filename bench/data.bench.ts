@@ -4,10 +4,13 @@
  * shift, mean subtraction) on real photographs from Debian's python3-skimage,
  * re-encoded as ImageNet-sized JPEGs (shorter side 375, quality 90).
  * One image at a time with libvips on one thread: the figure is per core.
+ * In the same run, the peer: torchvision + PIL doing the same steps on the same
+ * files (Debian python3-torchvision, /usr/bin/python3), and the ratio (goal >= 1.5).
  * Last line: one JSON object.
  *
- *   npm run bench:data [-- --images 400]
+ *   npm run bench:data [-- --images 400 --python /usr/bin/python3]
  */
+import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -16,7 +19,10 @@ import { parseArgs } from 'node:util';
 import sharp from 'sharp';
 import { loadTrainImage, type AugmentOptions } from '../worker/data/image-pipeline.ts';
 
-const { values } = parseArgs({ options: { images: { type: 'string', default: '400' }, source: { type: 'string', default: '/usr/lib/python3/dist-packages/skimage/data' } } });
+const { values } = parseArgs({ options: {
+  images: { type: 'string', default: '400' }, source: { type: 'string', default: '/usr/lib/python3/dist-packages/skimage/data' },
+  python: { type: 'string', default: '/usr/bin/python3' },
+} });
 const PHOTOS = ['astronaut.png', 'chelsea.png', 'coffee.png', 'motorcycle_left.png', 'motorcycle_right.png', 'hubble_deep_field.jpg',
   'rocket.jpg', 'camera.png', 'ihc.png', 'grass.png', 'gravel.png', 'brick.png', 'retina.jpg', 'color.png'];
 
@@ -47,5 +53,21 @@ for (let i = 0; i < n; i += 1) await loadTrainImage(files[i % files.length] as s
 const seconds = (performance.now() - t0) / 1000;
 const imagesPerSecondPerCore = n / seconds;
 console.log(`photographs: ${files.length} real images from ${source}, re-encoded 500x375 JPEG`);
-console.log(`training augmentation (S in [256,512], crop 224, flip, PCA, mean): ${imagesPerSecondPerCore.toFixed(0)} images/s per core`);
-console.log(JSON.stringify({ bench: 'data', images: n, photographs: files.length, scale: [256, 512], crop: 224, imagesPerSecondPerCore }));
+console.log(`ours (sharp/libvips), training augmentation (S in [256,512], crop 224, flip, PCA, mean): ${imagesPerSecondPerCore.toFixed(0)} images/s per core`);
+
+// The peer, same files, same steps, one thread.
+const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'data', 'torchvision_peer.py');
+const peer = spawnSync(values.python as string, [script, '--images', String(n), ...files], { encoding: 'utf8', env: { ...process.env, OMP_NUM_THREADS: '1' } });
+let peerFigure: { imagesPerSecondPerCore: number; torch: string; torchvision: string } | null = null;
+if (peer.status === 0) {
+  peerFigure = JSON.parse(peer.stdout.trim().split('\n').at(-1) ?? '{}') as { imagesPerSecondPerCore: number; torch: string; torchvision: string };
+  console.log(`torchvision ${peerFigure.torchvision} + PIL, same steps: ${peerFigure.imagesPerSecondPerCore.toFixed(0)} images/s per core`);
+  console.log(`ours / torchvision: ${(imagesPerSecondPerCore / peerFigure.imagesPerSecondPerCore).toFixed(2)}x (goal >= 1.5x)`);
+} else {
+  console.log(`torchvision peer not run (${values.python} with python3-torchvision: apt-get install python3-torchvision): ${(peer.stderr ?? String(peer.error)).trim().split('\n').at(-1)}`);
+}
+console.log(JSON.stringify({
+  bench: 'data', images: n, photographs: files.length, scale: [256, 512], crop: 224, imagesPerSecondPerCore,
+  torchvisionImagesPerSecondPerCore: peerFigure?.imagesPerSecondPerCore ?? null,
+  ratio: peerFigure === null ? null : imagesPerSecondPerCore / peerFigure.imagesPerSecondPerCore,
+}));
