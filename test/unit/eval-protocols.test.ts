@@ -6,18 +6,9 @@ import { switchBackend } from '../../worker/backend.ts';
 import { paperScales } from '../../worker/eval/evaluate.ts';
 import { centreCropSoftmax, cropGrid, denseMapSide, denseScoreMap, denseSoftmax, multiCropSoftmax } from '../../worker/eval/protocols.ts';
 import { buildVgg, disposeVgg } from '../../worker/model/vgg-model.ts';
+import { maxRelativeError } from '../helpers/numeric.ts';
 
 await switchBackend('wasm');
-
-function maxRelDiff(a: Float32Array, b: Float32Array): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i += 1) {
-    num = Math.max(num, Math.abs((a[i] as number) - (b[i] as number)));
-    den = Math.max(den, Math.abs(b[i] as number));
-  }
-  return num / den;
-}
 
 describe('dense evaluation (FC layers as convolutions)', () => {
   // inputSize 64: fc6 becomes a 2x2 convolution, which checks the flatten order of its kernel.
@@ -30,7 +21,7 @@ describe('dense evaluation (FC layers as convolutions)', () => {
       const map = denseScoreMap(vgg, x);
       assert.deepEqual(map.shape, [2, 1, 1, 10]);
       const standard = vgg.model.apply(x, { training: false }) as tf.Tensor;
-      const d = maxRelDiff(map.reshape([2, 10]).dataSync() as Float32Array, standard.dataSync() as Float32Array);
+      const d = maxRelativeError(map.reshape([2, 10]).dataSync() as Float32Array, standard.dataSync() as Float32Array);
       assert.ok(d < 1e-4, `relative difference ${d}`);
       tf.dispose([x, map, standard]);
       disposeVgg(vgg);
@@ -74,10 +65,10 @@ describe('multi-crop evaluation', () => {
     const img = tf.fill([48, 40, 3], 0.7) as tf.Tensor3D;
     const a = multiCropSoftmax(vgg, img).dataSync() as Float32Array;
     const b = centreCropSoftmax(vgg, img).dataSync() as Float32Array;
-    assert.ok(maxRelDiff(a, b) < 1e-5);
+    assert.ok(maxRelativeError(a, b) < 1e-5);
     // On a non-constant image they differ (the crops are really different views).
     const noise = tf.randomUniform([48, 40, 3], -2, 2, 'float32', 4) as tf.Tensor3D;
-    assert.ok(maxRelDiff(multiCropSoftmax(vgg, noise).dataSync() as Float32Array, centreCropSoftmax(vgg, noise).dataSync() as Float32Array) > 1e-4);
+    assert.ok(maxRelativeError(multiCropSoftmax(vgg, noise).dataSync() as Float32Array, centreCropSoftmax(vgg, noise).dataSync() as Float32Array) > 1e-4);
     tf.dispose([img, noise]);
     disposeVgg(vgg);
   });

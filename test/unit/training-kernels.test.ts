@@ -2,6 +2,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import { switchBackend } from '../../worker/backend.ts';
+import { maxRelativeError } from '../helpers/numeric.ts';
 
 process.env.VGG_LOG_LEVEL = 'silent';
 
@@ -9,16 +10,6 @@ interface Case { stride: number; pad: 'same' | 'valid'; k: number; h: number; w:
 const cases: Case[] = [];
 for (const stride of [1, 2]) for (const pad of ['same', 'valid'] as const) for (const k of [1, 3]) cases.push({ stride, pad, k, h: 9, w: 7 });
 cases.push({ stride: 2, pad: 'same', k: 3, h: 8, w: 8 });
-
-function relErr(a: Float32Array, b: Float32Array): number {
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < a.length; i += 1) {
-    diff = Math.max(diff, Math.abs((a[i] as number) - (b[i] as number)));
-    scale = Math.max(scale, Math.abs(b[i] as number));
-  }
-  return diff / scale;
-}
 
 /** dX and dW of sum(conv2d(x, w) * dy) on the current backend. */
 function convGrads(c: Case, x: Float32Array, w: Float32Array, dy: Float32Array, dyShape: number[]): [Float32Array, Float32Array] {
@@ -51,8 +42,8 @@ describe('training kernels equal the stock cpu kernels within 1e-5 relative', ()
       for (const backend of ['cpu', 'wasm'] as const) {
         await switchBackend(backend);
         const [gx, gw] = convGrads(c, x, w, dy, dyShape);
-        assert.ok(relErr(gx, refX) < 1e-5, `${backend} dX rel err ${relErr(gx, refX)}`);
-        assert.ok(relErr(gw, refW) < 1e-5, `${backend} dW rel err ${relErr(gw, refW)}`);
+        assert.ok(maxRelativeError(gx, refX) < 1e-5, `${backend} dX rel err ${maxRelativeError(gx, refX)}`);
+        assert.ok(maxRelativeError(gw, refW) < 1e-5, `${backend} dW rel err ${maxRelativeError(gw, refW)}`);
       }
     });
   }
@@ -70,7 +61,7 @@ describe('training kernels equal the stock cpu kernels within 1e-5 relative', ()
       });
       await switchBackend('wasm');
       const got = tf.tidy(() => tf.matMul(tf.tensor(a, sa), tf.tensor(b, sb), ta, tb).dataSync() as Float32Array);
-      assert.ok(relErr(got, ref) < 1e-5, `shapes ${sa} x ${sb} ta=${ta} tb=${tb}: rel err ${relErr(got, ref)}`);
+      assert.ok(maxRelativeError(got, ref) < 1e-5, `shapes ${sa} x ${sb} ta=${ta} tb=${tb}: rel err ${maxRelativeError(got, ref)}`);
     }
   });
 

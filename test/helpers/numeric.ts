@@ -1,0 +1,10 @@
+/** Largest absolute difference over the largest magnitude of `b`: a scale-aware max-norm error. */
+export function maxRelativeError(a: Float32Array, b: Float32Array): number {
+  let diff = 0;
+  let scale = 0;
+  for (let i = 0; i < a.length; i += 1) {
+    diff = Math.max(diff, Math.abs((a[i] as number) - (b[i] as number)));
+    scale = Math.max(scale, Math.abs(b[i] as number));
+  }
+  return diff / scale;
+}
