@@ -10,11 +10,11 @@
  *
  *   npm run bench:allreduce [-- --workers 2,4 --steps 4]
  */
-import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { Command } from 'commander';
 import { freePort } from '../coordinator/redis-server.ts';
 import { intListOption, intOption } from '../shared/option-parsers.ts';
+import { VGG16_FLOATS, median, run, runOurs } from './allreduce/cluster.ts';
 
 const o = new Command('bench:allreduce')
   .option('--workers <list>', 'worker counts', intListOption('--workers'), [2, 4])
@@ -24,46 +24,8 @@ const o = new Command('bench:allreduce')
   .parse(process.argv)
   .opts<{ workers: number[]; steps: number; python: string; wire: string }>();
 
-const FLOATS = 138_357_544;
+const FLOATS = VGG16_FLOATS;
 const here = path.dirname(new URL(import.meta.url).pathname);
-const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor((s.length - 1) / 2)] ?? NaN; };
-
-function run(cmd: string, args: string[], onLine?: (line: string) => void): { done: Promise<string> } {
-  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'inherit'] });
-  let out = '';
-  let pending = '';
-  child.stdout.on('data', (d: Buffer) => {
-    out += d.toString();
-    pending += d.toString();
-    for (let i = pending.indexOf('\n'); i >= 0; i = pending.indexOf('\n')) {
-      onLine?.(pending.slice(0, i));
-      pending = pending.slice(i + 1);
-    }
-  });
-  return {
-    done: new Promise((resolve, reject) => child.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} ${args.join(' ')} exited with ${code}`))))),
-  };
-}
-const node = (script: string, args: string[], onLine?: (l: string) => void) =>
-  run(process.execPath, ['--max-old-space-size=8192', '--import', 'tsx', path.join(here, 'allreduce', script), ...args], onLine);
-
-async function ours(workers: number, wire: string): Promise<{ stepMs: number; steps: number[]; peakRssBytes: number }> {
-  let resolvePort!: (p: number) => void;
-  const port = new Promise<number>((r) => { resolvePort = r; });
-  let peak = 0;
-  const agg = node('aggregator-proc.ts', ['--steps', String(o.steps + 1), '--wire', wire], (line) => {
-    const m = JSON.parse(line) as { port?: number; peakRssBytes?: number };
-    if (m.port !== undefined) resolvePort(m.port);
-    if (m.peakRssBytes !== undefined) peak = m.peakRssBytes;
-  });
-  const url = `ws://127.0.0.1:${await port}`;
-  const outs = await Promise.all(Array.from({ length: workers }, (_, i) => node('worker-proc.ts', ['--url', url, '--steps', String(o.steps + 1), '--id', String(i)]).done));
-  await agg.done;
-  const arrivals = outs.map((s) => (JSON.parse(s.trim().split('\n').at(-1) ?? '{}') as { arrivals: number[] }).arrivals);
-  // A step ends when the last worker has the new weights; arrivals are per process clocks, so use each worker's own intervals and take the slowest.
-  const steps = Array.from({ length: o.steps }, (_, k) => Math.max(...arrivals.map((a) => (a[k + 1] ?? NaN) - (a[k] ?? NaN))));
-  return { stepMs: median(steps), steps, peakRssBytes: peak };
-}
 
 async function gloo(workers: number): Promise<{ stepMs: number; steps: number[]; torch: string }> {
   const port = await freePort();
@@ -80,7 +42,7 @@ process.stdout.write(`bench:allreduce: ${FLOATS.toLocaleString('en-US')} fp32 fl
 for (const n of o.workers) {
   const g = await gloo(n);
   for (const wire of o.wire.split(',')) {
-    const a = await ours(n, wire);
+    const a = await runOurs({ workers: n, steps: o.steps, wire });
     const row = {
       workers: n, wire, oursMs: Math.round(a.stepMs), glooFp32Ms: Math.round(g.stepMs), ratio: Number((a.stepMs / g.stepMs).toFixed(3)),
       aggregatorPeakRssBytes: a.peakRssBytes, rssOverParamBytes: Number((a.peakRssBytes / bytes).toFixed(2)), oursSteps: a.steps.map(Math.round),

@@ -1,5 +1,5 @@
 /**
- * bench:allreduce helper: one worker process. Joins each step with a
+ * bench:allreduce and bench:scaling helper: one worker process. Joins each step with a
  * 138,357,544-float gradient, streams it, waits for the new weights; prints
  * the time of each weights arrival (ms, performance.now()) as one JSON line.
  */
@@ -9,6 +9,8 @@ import { AggregatorClient } from '../../worker/aggregator-client.ts';
 const arg = (name: string) => process.argv[process.argv.indexOf(name) + 1] ?? '';
 const steps = Number(arg('--steps'));
 const id = arg('--id');
+// A GPU's compute time per step, simulated by waiting (a GPU leaves the CPU free for communication).
+const computeMs = process.argv.includes('--compute-ms') ? Number(arg('--compute-ms')) : 0;
 const log = createLogger();
 log.level = 'warn';
 const client = new AggregatorClient({ url: arg('--url'), token: 'bench', workerId: id, host: 'bench', gpu: null, backend: 'none', log });
@@ -22,6 +24,7 @@ for (let step = 0; step < steps; step += 1) {
   const joined = client.next<{ t: string }>(['reply']);
   client.send({ t: 'join', step, jobId: `w${id}-s${step}`, lockToken: 'x' });
   if ((await joined).value.t !== 'joined') throw new Error(`join of step ${step} refused`);
+  if (computeMs > 0) await new Promise((r) => setTimeout(r, computeMs));
   const next = client.next(['weights'], (_n, s) => (s as number) === step + 1);
   await client.sendGradient(step, `w${id}-s${step}`, [step], { samples: 1, loss: 0, top1: 0, top5: 0, skipped: 0 }, grad);
   await next;

@@ -1,0 +1,58 @@
+/**
+ * Runs our aggregator and N worker processes over loopback (the helpers next to
+ * this file) and times the synchronous steps. Shared by bench:allreduce and
+ * bench:scaling.
+ */
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+
+export const VGG16_FLOATS = 138_357_544;
+const here = path.dirname(new URL(import.meta.url).pathname);
+
+export const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor((s.length - 1) / 2)] ?? NaN;
+};
+
+/** A child process; its stdout lines go to `onLine`, `done` resolves with all of it on exit 0. */
+export function run(cmd: string, args: string[], onLine?: (line: string) => void): { done: Promise<string> } {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  let pending = '';
+  child.stdout.on('data', (d: Buffer) => {
+    out += d.toString();
+    pending += d.toString();
+    for (let i = pending.indexOf('\n'); i >= 0; i = pending.indexOf('\n')) {
+      onLine?.(pending.slice(0, i));
+      pending = pending.slice(i + 1);
+    }
+  });
+  return {
+    done: new Promise((resolve, reject) => child.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} ${args.join(' ')} exited with ${code}`))))),
+  };
+}
+
+const node = (script: string, args: string[], onLine?: (l: string) => void) =>
+  run(process.execPath, ['--max-old-space-size=8192', '--import', 'tsx', path.join(here, script), ...args], onLine);
+
+export interface OursResult { stepMs: number; steps: number[]; peakRssBytes: number }
+
+/** `steps` timed steps (after one warm-up) of `workers` workers through one aggregator process. */
+export async function runOurs(o: { workers: number; steps: number; wire: string; computeMs?: number }): Promise<OursResult> {
+  let resolvePort!: (p: number) => void;
+  const port = new Promise<number>((r) => { resolvePort = r; });
+  let peak = 0;
+  const agg = node('aggregator-proc.ts', ['--steps', String(o.steps + 1), '--wire', o.wire], (line) => {
+    const m = JSON.parse(line) as { port?: number; peakRssBytes?: number };
+    if (m.port !== undefined) resolvePort(m.port);
+    if (m.peakRssBytes !== undefined) peak = m.peakRssBytes;
+  });
+  const url = `ws://127.0.0.1:${await port}`;
+  const outs = await Promise.all(Array.from({ length: o.workers }, (_, i) => node('worker-proc.ts',
+    ['--url', url, '--steps', String(o.steps + 1), '--id', String(i), '--compute-ms', String(o.computeMs ?? 0)]).done));
+  await agg.done;
+  const arrivals = outs.map((s) => (JSON.parse(s.trim().split('\n').at(-1) ?? '{}') as { arrivals: number[] }).arrivals);
+  // A step ends when the last worker has the new weights; arrivals are per-process clocks, so take each worker's own intervals, the slowest.
+  const steps = Array.from({ length: o.steps }, (_, k) => Math.max(...arrivals.map((a) => (a[k + 1] ?? NaN) - (a[k] ?? NaN))));
+  return { stepMs: median(steps), steps, peakRssBytes: peak };
+}

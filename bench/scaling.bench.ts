@@ -1,0 +1,86 @@
+/**
+ * bench:scaling — N workers (1, 2, 4) that simulate a GPU's compute time per
+ * step (`--compute-ms`, default 290: VGG-16 at batch 64 on a V100-class GPU; an
+ * H200 measured 98 ms fp32, 30 ms bf16: docs/measurements/) and move real
+ * VGG-16-sized gradients through our aggregator over loopback. Reports the
+ * measured scaling efficiency here (compute time / step time), then a model,
+ * calibrated on this machine's measured per-byte costs, projecting the
+ * efficiency for N up to 64 workers over 25 and 100 GbE with K aggregator shards.
+ * Last line: one JSON object.
+ *
+ * The model (no overlap of communication with compute, which we do not do yet):
+ *   step(N) = compute + wire(N) + cpu(N)
+ *   wire(N) = max(2 P / B (a worker's link: P out, P in, one after the other),
+ *                 N P / (K B) (a shard's link, each direction; full duplex))
+ *   cpu(N)  = (N P / K) c_reduce + (P / K) c_update   (one core per shard)
+ *   P = gradient bytes on the wire (fp32: 553 MB; bf16: half), B = link bytes/s,
+ *   c_reduce, c_update = measured ns per byte of our reduce-on-arrival and SGD loops.
+ *
+ *   npm run bench:scaling [-- --workers 1,2,4 --compute-ms 290 --steps 3]
+ */
+import { Command } from 'commander';
+import { FlatMomentumSgd } from '../shared/flat-sgd.ts';
+import { intListOption, intOption } from '../shared/option-parsers.ts';
+import { buildLayout } from '../shared/param-layout.ts';
+import { DEFAULT_MODEL_CONFIG } from '../shared/vgg-configs.ts';
+import { VGG16_FLOATS, runOurs } from './allreduce/cluster.ts';
+
+const o = new Command('bench:scaling')
+  .option('--workers <list>', 'worker counts measured here', intListOption('--workers'), [1, 2, 4])
+  .option('--compute-ms <n>', 'simulated GPU compute time per step', intOption('--compute-ms', 0), 290)
+  .option('--steps <n>', 'timed steps per point (after one warm-up)', intOption('--steps', 1), 3)
+  .option('--wire <w>', 'wire format of the measured runs', 'fp32')
+  .parse(process.argv)
+  .opts<{ workers: number[]; computeMs: number; steps: number; wire: string }>();
+
+// Calibration: our per-byte CPU costs, measured here on the real loops (138M floats).
+const layout = buildLayout(DEFAULT_MODEL_CONFIG);
+const n = VGG16_FLOATS;
+const sum = new Float32Array(n);
+const g = new Float32Array(n).fill(1e-3);
+const w = new Float32Array(n).fill(0.01);
+const time = (f: () => void) => { const t = performance.now(); f(); return performance.now() - t; };
+time(() => { for (let i = 0; i < n; i += 1) sum[i] = (sum[i] as number) + 2 * (g[i] as number); });
+const reduceMs = time(() => { for (let i = 0; i < n; i += 1) sum[i] = (sum[i] as number) + 2 * (g[i] as number); });
+const sgd = new FlatMomentumSgd(layout, { learningRate: 0.01, momentum: 0.9, weightDecay: 5e-4 });
+sgd.apply(w, sum, 0.5);
+const updateMs = time(() => sgd.apply(w, sum, 0.5));
+const cReduce = (reduceMs * 1e6) / (n * 4); // ns per gradient byte
+const cUpdate = (updateMs * 1e6) / (n * 4);
+process.stdout.write(`calibration: reduce ${reduceMs.toFixed(0)} ms, SGD update ${updateMs.toFixed(0)} ms per 138M floats (${cReduce.toFixed(2)}, ${cUpdate.toFixed(2)} ns/byte)\n`);
+
+// Measured here: one machine, loopback, N worker processes.
+const measured: { workers: number; stepMs: number; efficiency: number }[] = [];
+for (const workers of o.workers) {
+  const r = await runOurs({ workers, steps: o.steps, wire: o.wire, computeMs: o.computeMs });
+  const efficiency = o.computeMs / r.stepMs;
+  measured.push({ workers, stepMs: Math.round(r.stepMs), efficiency: Number(efficiency.toFixed(3)) });
+  process.stdout.write(`measured, ${workers} worker(s), ${o.wire}, compute ${o.computeMs} ms: step ${r.stepMs.toFixed(0)} ms, efficiency ${(100 * efficiency).toFixed(1)}%\n`);
+}
+process.stdout.write('(every process shares this machine\'s 2 cores and one memory bus: the measured figures are a floor, not a cluster)\n');
+
+// Projection for a cluster.
+const projections: { link: string; wire: string; shards: string; workers: number; efficiency: number }[] = [];
+const links = { '25GbE': 25e9 / 8, '100GbE': 100e9 / 8 };
+const rows: string[] = [];
+for (const [link, bytesPerSec] of Object.entries(links)) {
+  for (const wire of ['fp32', 'bf16']) {
+    const P = n * (wire === 'fp32' ? 4 : 2);
+    // The CPU loops touch fp32 values: bytes of fp32 regardless of the wire.
+    const P32 = n * 4;
+    for (const shards of ['1', 'N/8', 'N']) {
+      const cells: string[] = [];
+      for (const N of [4, 8, 16, 32, 64]) {
+        const K = shards === '1' ? 1 : shards === 'N' ? N : Math.max(1, N / 8);
+        const wireMs = Math.max((2 * P) / bytesPerSec, (N * P) / (K * bytesPerSec)) * 1000;
+        const cpuMs = ((N * P32) / K * cReduce + (P32 / K) * cUpdate) / 1e6;
+        const eff = o.computeMs / (o.computeMs + wireMs + cpuMs);
+        projections.push({ link, wire, shards, workers: N, efficiency: Number(eff.toFixed(3)) });
+        cells.push(`${(100 * eff).toFixed(0)}%`.padStart(5));
+      }
+      rows.push(`${link.padEnd(7)} ${wire.padEnd(5)} K=${shards.padEnd(4)} ${cells.join(' ')}`);
+    }
+  }
+}
+process.stdout.write(`\nprojected efficiency, compute ${o.computeMs} ms/step, no overlap (N = 4 8 16 32 64):\n${rows.join('\n')}\n`);
+process.stdout.write(`${JSON.stringify({ bench: 'scaling', computeMs: o.computeMs, wire: o.wire, calibration: { reduceMs, updateMs, cReduceNsPerByte: cReduce, cUpdateNsPerByte: cUpdate }, measured, projections })}\n`);
