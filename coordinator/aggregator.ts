@@ -173,8 +173,7 @@ export class Aggregator {
           return;
         }
         member.lastSeen = performance.now();
-        const m = member;
-        this.handle(m, msg);
+        this.handle(member, msg);
       } catch (err) {
         this.reject(ws, err, member);
       }

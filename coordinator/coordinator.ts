@@ -177,7 +177,8 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
       state.trainTop1 = contributions.reduce((s, c) => s + c.stats.top1, 0) / n;
       state.trainTop5 = contributions.reduce((s, c) => s + c.stats.top5, 0) / n;
     }
-    state.skippedImages += contributions.reduce((s, c) => s + c.stats.skipped, 0);
+    const skipped = contributions.reduce((s, c) => s + c.stats.skipped, 0);
+    state.skippedImages += skipped;
     rate.images += n;
     const now = Date.now();
     if (now - rate.t > 2000) {
@@ -202,7 +203,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
       metrics.step.set(step);
       metrics.epoch.set(epoch);
       metrics.images.inc(n);
-      metrics.skippedImages.inc(contributions.reduce((s, c) => s + c.stats.skipped, 0));
+      metrics.skippedImages.inc(skipped);
       if (state.loss !== null) metrics.loss.set(state.loss);
       if (state.imagesPerSec !== null) metrics.imagesPerSecond.set(state.imagesPerSec);
       metrics.learningRate.set(plateau.learningRate);

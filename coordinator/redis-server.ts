@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { VggError } from '../shared/errors.ts';
-import { tlsOptions } from '../shared/redis-connection.ts';
+import { tlsFor } from '../shared/redis-connection.ts';
 
 export interface RedisChild {
   url: string;
@@ -32,8 +32,7 @@ export function freePort(): Promise<number> {
 
 /** True when a Redis answers PING at `url` within `timeoutMs`. */
 export async function redisReachable(url: string, timeoutMs = 1000): Promise<boolean> {
-  const tls = url.startsWith('rediss:') ? { tls: tlsOptions(new URL(url)) } : {};
-  const r = new Redis(url, { lazyConnect: true, connectTimeout: timeoutMs, maxRetriesPerRequest: 0, retryStrategy: () => null, ...tls });
+  const r = new Redis(url, { lazyConnect: true, connectTimeout: timeoutMs, maxRetriesPerRequest: 0, retryStrategy: () => null, ...tlsFor(new URL(url)) });
   r.on('error', () => {});
   try {
     await r.connect();
@@ -45,11 +44,6 @@ export async function redisReachable(url: string, timeoutMs = 1000): Promise<boo
   }
 }
 
-/**
- * Starts `redis-server` as a child on a free loopback port with its own temp
- * dir (no persistence unless `appendonly`, then fsync always), and waits for PING.
- * Started again with the same port and dir, it reloads the AOF.
- */
 export interface RedisServerOptions {
   port?: number;
   dir?: string;
@@ -61,6 +55,11 @@ export interface RedisServerOptions {
   tls?: { cert: string; key: string; ca: string };
 }
 
+/**
+ * Starts `redis-server` as a child on a free loopback port with its own temp
+ * dir (no persistence unless `appendonly`, then fsync always), and waits for PING.
+ * Started again with the same port and dir, it reloads the AOF.
+ */
 export async function startRedisServer(options: RedisServerOptions = {}): Promise<RedisChild> {
   const port = options.port ?? (await freePort());
   const dir = path.resolve(options.dir ?? mkdtempSync(path.join(tmpdir(), 'vgg-redis-')));

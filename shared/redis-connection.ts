@@ -18,8 +18,7 @@ export function connectRedis(url: string, extra: RedisOptions = {}): Redis {
   if (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') {
     throw new ConfigError(`--redis: expected a redis:// or rediss:// URL, got ${JSON.stringify(url)}`);
   }
-  const tls = parsed.protocol === 'rediss:' ? { tls: tlsOptions(parsed) } : {};
-  const redis = new Redis(url, { maxRetriesPerRequest: null, enableReadyCheck: true, lazyConnect: false, ...tls, ...extra });
+  const redis = new Redis(url, { maxRetriesPerRequest: null, enableReadyCheck: true, lazyConnect: false, ...tlsFor(parsed), ...extra });
   redis.on('error', (err: Error) => { lastError.set(redis, err.message); /* reconnects on its own; callers see failed commands */ });
   return redis;
 }
@@ -51,10 +50,15 @@ export async function checkRedis(redis: Redis, url: string): Promise<void> {
 }
 
 /**
- * TLS for rediss:// URLs: the system CAs, or the PEM file named by
- * VGG_REDIS_CA (a private CA, a self-signed server); the host name is verified.
+ * The ioredis TLS option of a URL: none for redis://; for rediss://, the system
+ * CAs or the PEM file named by VGG_REDIS_CA (a private CA, a self-signed
+ * server), the host name verified.
  */
-export function tlsOptions(url: URL): { ca?: Buffer; servername?: string } {
+export function tlsFor(url: URL): { tls?: { ca?: Buffer; servername?: string } } {
+  return url.protocol === 'rediss:' ? { tls: tlsOptions(url) } : {};
+}
+
+function tlsOptions(url: URL): { ca?: Buffer; servername?: string } {
   // SNI takes host names only; an IP is still checked against the certificate's subjectAltName.
   const sni = isIP(url.hostname) === 0 ? { servername: url.hostname } : {};
   const caFile = process.env.VGG_REDIS_CA;

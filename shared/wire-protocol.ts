@@ -77,7 +77,7 @@ export function chunkFrame(t: 'grad-chunk' | 'weights-chunk', step: number, offs
   i += out.write('data', i, 'latin1');
   out[i++] = 0xc6;
   out.writeUInt32BE(floats.byteLength, i);
-  return [out, new Uint8Array(floats.buffer, floats.byteOffset, floats.byteLength)];
+  return [out, bytesOf(floats)];
 }
 
 /** Sends a chunkFrame as one message in two fragments: the floats are not copied (the caller keeps them unchanged until sent). */
@@ -152,7 +152,7 @@ export function valuesOf(data: Uint8Array, wire: WireFormat, scratch: Float32Arr
   return out;
 }
 
-/** Bytes of a float range, without copying. */
-export function bytesOf(floats: Float32Array): Uint8Array {
+/** Bytes of a value range (fp32 or 16-bit codes), without copying. */
+export function bytesOf(floats: Float32Array | Uint16Array): Uint8Array {
   return new Uint8Array(floats.buffer, floats.byteOffset, floats.byteLength);
 }

@@ -39,6 +39,13 @@ export function paperScales(trainScale: [number, number], inputSize: number): { 
   return { single: Math.max(inputSize, single), multi };
 }
 
+/** Element-wise mean of equally long posterior vectors. */
+function mean(ps: Float32Array[]): Float32Array {
+  const out = new Float32Array(ps[0]?.length ?? 0);
+  for (const p of ps) for (let i = 0; i < out.length; i += 1) out[i] = (out[i] as number) + (p[i] as number) / ps.length;
+  return out;
+}
+
 function hits(p: Float32Array, label: number): [number, number] {
   const target = p[label] as number;
   let above = 0;
@@ -100,30 +107,31 @@ export async function evaluateCheckpoint(o: {
       }
       return t;
     };
-    const mean = (ts: tf.Tensor1D[]) => tf.tidy(() => tf.mean(tf.stack(ts), 0).dataSync() as Float32Array);
-    if (wants('single')) {
-      const p = centreCropSoftmax(vgg, await view(q0));
-      add('single', p.dataSync() as Float32Array, item.label);
-      p.dispose();
-    }
-    if (wants('dense')) {
-      const p = denseSoftmax(vgg, await view(q0));
-      add('dense', p.dataSync() as Float32Array, item.label);
-      p.dispose();
-    }
-    const dense: tf.Tensor1D[] = [];
-    const crops: tf.Tensor1D[] = [];
-    for (const q of scales) {
-      if (wants('multi-scale', 'multi-crop+dense')) dense.push(denseSoftmax(vgg, await view(q)));
-      if (wants('multi-crop', 'multi-crop+dense')) crops.push(multiCropSoftmax(vgg, await view(q)));
-    }
-    if (dense.length > 0) add('multi-scale', mean(dense), item.label);
-    if (crops.length > 0) add('multi-crop', mean(crops), item.label);
-    if (dense.length > 0 && crops.length > 0) {
-      const both = tf.tidy(() => tf.div(tf.add(tf.mean(tf.stack(dense), 0), tf.mean(tf.stack(crops), 0)), 2).dataSync() as Float32Array);
-      add('multi-crop+dense', both, item.label);
-    }
-    tf.dispose([...dense, ...crops, ...views.values()]);
+    // Each view's posteriors are computed once, whichever protocols use them (q0 is usually among the scales).
+    const posteriors = async (fn: typeof denseSoftmax, memo: Map<number, Float32Array>, q: number) => {
+      let p = memo.get(q);
+      if (p === undefined) {
+        const t = fn(vgg, await view(q));
+        p = (t.dataSync() as Float32Array).slice();
+        t.dispose();
+        memo.set(q, p);
+      }
+      return p;
+    };
+    const denseAt = new Map<number, Float32Array>();
+    if (wants('single')) add('single', await posteriors(centreCropSoftmax, new Map(), q0), item.label);
+    if (wants('dense')) add('dense', await posteriors(denseSoftmax, denseAt, q0), item.label);
+    const overScales = async (fn: typeof denseSoftmax, memo: Map<number, Float32Array>) => {
+      const ps: Float32Array[] = [];
+      for (const q of scales) ps.push(await posteriors(fn, memo, q));
+      return mean(ps);
+    };
+    const dense = wants('multi-scale', 'multi-crop+dense') ? await overScales(denseSoftmax, denseAt) : undefined;
+    const crops = wants('multi-crop', 'multi-crop+dense') ? await overScales(multiCropSoftmax, new Map()) : undefined;
+    if (dense !== undefined) add('multi-scale', dense, item.label);
+    if (crops !== undefined) add('multi-crop', crops, item.label);
+    if (dense !== undefined && crops !== undefined) add('multi-crop+dense', mean([dense, crops]), item.label);
+    tf.dispose([...views.values()]);
     done += 1;
     if (done % 100 === 0 || done === ids.length) o.onProgress?.(done, ids.length);
   }

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { CheckpointError } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/logger.ts';
-import { loadCheckpoint, restoreWeights } from '../train/checkpoint.ts';
+import { loadCheckpoint, restoreWeights, type LoadedCheckpoint } from '../train/checkpoint.ts';
 import { planLayers } from '../../shared/param-layout.ts';
 import { resolveModelConfig } from '../../shared/vgg-configs.ts';
 import type { VggModel } from './vgg-model.ts';
@@ -41,21 +41,24 @@ export function warmStartFromA(target: VggModel, source: tf.NamedTensorMap): str
  * step are not taken: the new run has its own scale and learning rate.
  */
 export async function initFromCheckpoint(target: VggModel, dirOrRoot: string, log?: Logger): Promise<void> {
-  const ck = await loadCheckpoint(dirOrRoot);
-  try {
+  await withCheckpoint(dirOrRoot, (ck) => {
     restoreWeights(target, ck.weights);
-  } finally {
-    tf.dispose(Object.values(ck.weights));
-  }
-  log?.info({ from: ck.dir, step: ck.state.step }, 'initialised from checkpoint (fine-tuning)');
+    log?.info({ from: ck.dir, step: ck.state.step }, 'initialised from checkpoint (fine-tuning)');
+  });
 }
 
 /** Warm start of a deeper config from a checkpoint of A (path), as the run options ask. */
 export async function warmStartFromCheckpoint(target: VggModel, dirOrRoot: string, log?: Logger): Promise<void> {
+  await withCheckpoint(dirOrRoot, (ck) => {
+    log?.info({ from: ck.dir, copied: warmStartFromA(target, ck.weights) }, 'warm start from config A');
+  });
+}
+
+/** Loads a checkpoint, hands it to `use`, and frees its tensors whatever happens. */
+async function withCheckpoint(dirOrRoot: string, use: (ck: LoadedCheckpoint) => void): Promise<void> {
   const ck = await loadCheckpoint(dirOrRoot);
   try {
-    const copied = warmStartFromA(target, ck.weights);
-    log?.info({ from: ck.dir, copied }, 'warm start from config A');
+    use(ck);
   } finally {
     tf.dispose(Object.values(ck.weights));
   }

@@ -141,9 +141,9 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const history: EpochInfo[] = [];
   let skippedImages = 0;
   let last = { top1: 0, top5: 0 };
+  const byId = new Map(trainItems.map((t) => [t.id, t]));
   for (let epoch = startEpoch; epoch < o.epochs; epoch += 1) {
     const epochStart = performance.now();
-    const byId = new Map(trainItems.map((t) => [t.id, t]));
     const batches = planEpoch(trainItems.map((t) => t.id), o.batchSize, o.seed, epoch).batches
       .map((ids) => ids.map((id) => byId.get(id) as BatchItem));
     const load = (b: number): Promise<LoadedBatch> | undefined =>
