@@ -6,9 +6,11 @@
  * /usr/bin/python3), in the same run. Our step includes what gloo's does not:
  * the join round trip and momentum SGD on the master weights.
  * Also the aggregator's peak RSS (VmHWM) against the fp32 parameter bytes.
+ * `--shards 1,2`: also through K aggregator processes (coordinator --shards K), each
+ * owning 1/K of the bytes (the largest follower's peak RSS is printed too).
  * Last line: one JSON object.
  *
- *   npm run bench:allreduce [-- --workers 2,4 --steps 4]
+ *   npm run bench:allreduce [-- --workers 2,4 --steps 4 --wire fp32,bf16 --shards 1,2]
  */
 import path from 'node:path';
 import { Command } from 'commander';
@@ -20,9 +22,10 @@ const o = new Command('bench:allreduce')
   .option('--workers <list>', 'worker counts', intListOption('--workers'), [2, 4])
   .option('--steps <n>', 'timed steps (after one warm-up)', intOption('--steps', 1), 4)
   .option('--wire <list>', 'our wire formats to time (gloo is always fp32)', 'fp32,bf16')
+  .option('--shards <list>', 'aggregator shard counts K to time', intListOption('--shards'), [1, 2])
   .option('--python <path>', 'python with torch', '/usr/bin/python3')
   .parse(process.argv)
-  .opts<{ workers: number[]; steps: number; python: string; wire: string }>();
+  .opts<{ workers: number[]; steps: number; python: string; wire: string; shards: number[] }>();
 
 const FLOATS = VGG16_FLOATS;
 const here = path.dirname(new URL(import.meta.url).pathname);
@@ -41,16 +44,17 @@ const rows: Record<string, unknown>[] = [];
 process.stdout.write(`bench:allreduce: ${FLOATS.toLocaleString('en-US')} fp32 floats (${(bytes / 2 ** 20).toFixed(0)} MiB), ${o.steps} timed steps, median\n`);
 for (const n of o.workers) {
   const g = await gloo(n);
-  for (const wire of o.wire.split(',')) {
-    const a = await runOurs({ workers: n, steps: o.steps, wire });
+  for (const wire of o.wire.split(',')) for (const shards of o.shards) {
+    const a = await runOurs({ workers: n, steps: o.steps, wire, shards });
     const row = {
-      workers: n, wire, oursMs: Math.round(a.stepMs), glooFp32Ms: Math.round(g.stepMs), ratio: Number((a.stepMs / g.stepMs).toFixed(3)),
+      workers: n, wire, shards, followerPeakRssBytes: a.followerPeakRssBytes, oursMs: Math.round(a.stepMs), glooFp32Ms: Math.round(g.stepMs), ratio: Number((a.stepMs / g.stepMs).toFixed(3)),
       aggregatorPeakRssBytes: a.peakRssBytes, rssOverParamBytes: Number((a.peakRssBytes / bytes).toFixed(2)), oursSteps: a.steps.map(Math.round),
       glooSteps: g.steps.map(Math.round), torch: g.torch,
     };
     rows.push(row);
     const goal = wire === 'fp32' ? 'goal <= 1.0' : 'goal <= 0.67, 1.5x faster';
-    process.stdout.write(`${n} workers, ours ${wire}: ${row.oursMs} ms, gloo fp32 ${row.glooFp32Ms} ms, ours/gloo ${row.ratio} (${goal}); aggregator peak RSS ${(a.peakRssBytes / 2 ** 30).toFixed(2)} GiB = ${row.rssOverParamBytes}x the fp32 parameter bytes\n`);
+    const follower = shards > 1 ? `; largest follower ${(a.followerPeakRssBytes / 2 ** 30).toFixed(2)} GiB` : '';
+    process.stdout.write(`${n} workers, ours ${wire}, ${shards} shard${shards > 1 ? 's' : ''}: ${row.oursMs} ms, gloo fp32 ${row.glooFp32Ms} ms, ours/gloo ${row.ratio} (${goal}); aggregator peak RSS ${(a.peakRssBytes / 2 ** 30).toFixed(2)} GiB = ${row.rssOverParamBytes}x the fp32 parameter bytes${follower}\n`);
   }
 }
 process.stdout.write(`${JSON.stringify({ bench: 'allreduce', floats: FLOATS, rows })}\n`);

@@ -28,15 +28,26 @@ export function registerLocalCommand(program: Command): void {
         cfg.redis = redis.url;
       }
       const children: ChildProcess[] = [];
+      const followers: ChildProcess[] = [];
       const coordinator = await startCoordinator(cfg, log.child({ role: 'coordinator' }));
+      const terminate = async (procs: ChildProcess[]) => {
+        for (const c of procs) if (c.exitCode === null) c.kill('SIGTERM');
+        await Promise.all(procs.map((c) => c.exitCode !== null ? undefined : new Promise((r) => c.once('exit', r))));
+      };
+      // Workers first, then the coordinator (it closes the shard links cleanly), then the follower shards.
       const cleanup = async () => {
-        for (const c of children) if (c.exitCode === null) c.kill('SIGTERM');
-        await Promise.all(children.map((c) => c.exitCode !== null ? undefined : new Promise((r) => c.once('exit', r))));
+        await terminate(children);
         await coordinator.stop();
+        await terminate(followers);
         await redis?.stop();
       };
       process.once('SIGINT', () => { void cleanup().then(() => process.exit(130)); });
       process.once('SIGTERM', () => { void cleanup().then(() => process.exit(143)); });
+      // Follower shards of the aggregator (--shards K): the coordinator is shard 0.
+      for (let i = 1; i < cfg.shards; i += 1) {
+        followers.push(spawn(process.execPath, [BIN, 'aggregator', 'start', '--leader', `ws://127.0.0.1:${coordinator.port}`, '--shard', `${i}/${cfg.shards}`, '--host', '127.0.0.1', '--port', '0'],
+          { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, VGG_TOKEN: token } }));
+      }
       for (let i = 0; i < workers; i += 1) {
         // The token goes by environment, not argv: a command line is visible to every user in `ps`.
         children.push(spawn(process.execPath, [BIN, 'worker', 'start', '--coordinator', `ws://127.0.0.1:${coordinator.port}`, '--gpu', String(i), '--redis', cfg.redis],

@@ -1,4 +1,5 @@
 import { Command } from 'commander';
+import { registerAggregatorCommands } from './aggregator-command.ts';
 import { registerAuditCommand } from './audit-command.ts';
 import { registerCoordinatorCommands } from './coordinator-command.ts';
 import { registerDatasetCommands } from './dataset-command.ts';
@@ -21,6 +22,7 @@ export function buildProgram(): Command {
   registerDatasetCommands(program);
   registerCoordinatorCommands(program);
   registerWorkerCommands(program);
+  registerAggregatorCommands(program);
   registerLocalCommand(program);
   registerStatusCommand(program);
   registerAuditCommand(program);

@@ -8,6 +8,7 @@ import {
   CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, decodeFrame, encode, field, sendChunk, valuesOf,
   type BatchStats, type ServerMessage,
 } from '../shared/wire-protocol.ts';
+import { shardTicket, type ShardLeader } from './shard-leader.ts';
 
 /** One worker connection. */
 export interface Member {
@@ -61,7 +62,26 @@ export interface AggregatorOptions {
   metrics?: Metrics;
   /** Values on the wire (gradients in, weights out); master weights and momentum stay fp32. @defaultValue 'fp32' */
   wire?: WireFormat;
+  /**
+   * This is shard 0 of K (`--shards K`): `weights` and `sgd` cover its own range only; the
+   * follower shards connect here, and the step's membership, aborts and commits are decided here.
+   */
+  shardLeader?: ShardLeader;
+  /** This is a follower shard: `weights` and `sgd` cover its range; the leader decides each step. */
+  follower?: FollowerHooks;
 }
+
+export interface FollowerHooks {
+  /** The leader's per-run secret: a gradient is admitted with the ticket of its `joined`. */
+  secret: Buffer;
+  /** A member's gradient for (step, attempt) is complete here. */
+  onHave: (step: number, attempt: number, jobId: string) => void;
+  /** A member's socket closed: the leader drops it from the step. */
+  onLost: (workerId: string) => void;
+}
+
+/** The leader's decision on a step, applied by a follower shard. */
+export interface LeaderCommit { step: number; attempt: number; jobs: string[]; totalSamples: number; learningRate: number }
 
 /**
  * Errors a trusted peer can cause by racing the step (an old step, a job that
@@ -96,6 +116,12 @@ export class Aggregator {
   private committing = false;
   private closing?: Promise<void>;
   private heartbeat?: NodeJS.Timeout;
+  /** Bumped by each abort of the step (workers echo it to the follower shards); 0 at a new step. */
+  attempt = 0;
+  /** Follower: the leader's commit of the current step, applied once its gradients are all here. */
+  private pendingCommit?: LeaderCommit & { resolve: () => void; reject: (e: Error) => void };
+  /** Leader: members whose welcome waits until the follower shards are ready. */
+  private waitingWelcome: Member[] = [];
   /** Frames rejected, by error code (for status and tests). */
   readonly rejected = new Map<string, number>();
 
@@ -156,6 +182,7 @@ export class Aggregator {
 
   private accept(ws: WebSocket, remote: string): void {
     let member: Member | undefined;
+    let shardLink: ((msg: Record<string, unknown>) => void) | undefined;
     ws.on('error', (err: Error & { code?: string }) => {
       // ws closes the socket itself (1009) when a frame exceeds maxPayload.
       if (err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') this.count('VGG_ERR_FRAME_TOO_LARGE');
@@ -168,8 +195,12 @@ export class Aggregator {
       if (member !== undefined && !this.members.has(member.id)) return;
       try {
         const msg = decodeFrame(raw);
+        if (shardLink !== undefined) { shardLink(msg); return; }
         if (member === undefined) {
-          member = this.hello(ws, msg, remote);
+          const leader = this.options.shardLeader;
+          if (leader !== undefined) leader.step = this.step;
+          shardLink = leader?.accept(ws, msg);
+          if (shardLink === undefined) member = this.hello(ws, msg, remote);
           return;
         }
         member.lastSeen = performance.now();
@@ -216,8 +247,32 @@ export class Aggregator {
     };
     this.members.set(member.id, member);
     this.options.log.info({ member: member.id, workerId: member.workerId, remote, step: this.step }, 'member joined');
-    this.send(ws, { t: 'welcome', memberId: member.id, step: this.step, modelHash: this.options.modelHash, run: this.options.runInfo });
+    if (this.options.shardLeader?.ready() === false) this.waitingWelcome.push(member);
+    else this.welcome(member);
     return member;
+  }
+
+  private welcome(m: Member): void {
+    const shards = this.options.shardLeader?.shardList();
+    this.send(m.ws, { t: 'welcome', memberId: m.id, step: this.step, modelHash: this.options.modelHash, run: shards === undefined ? this.options.runInfo : { ...this.options.runInfo, shards } });
+  }
+
+  /** Leader: every follower shard is ready; welcome the workers that connected before. */
+  welcomeWaiting(): void {
+    for (const m of this.waitingWelcome.splice(0)) if (this.members.has(m.id)) this.welcome(m);
+  }
+
+  /**
+   * Leader: a worker's socket to a follower shard closed. If it is in the step, the step
+   * cannot complete there: the worker is dropped here too (it reconnects to all shards).
+   * Otherwise its own connection here closes as well (a worker drops all or none).
+   */
+  dropWorker(workerId: string): void {
+    for (const m of [...this.members.values()]) {
+      if (m.workerId !== workerId || !this.inShardedStep(m)) continue;
+      this.lose(m, 1001);
+      m.ws.terminate();
+    }
   }
 
   /**
@@ -239,6 +294,7 @@ export class Aggregator {
     if (!m.ready) throw new ProtocolError('VGG_ERR_HANDSHAKE', `frame ${JSON.stringify(msg.t)}: expected "ready" first`);
     switch (msg.t) {
       case 'join': {
+        if (this.options.follower !== undefined) throw new ProtocolError('VGG_ERR_UNKNOWN_TYPE', 'join: expected at shard 0 (the coordinator), got it at a follower shard');
         const step = field<number>(msg, 'step', 'int');
         const jobId = field<string>(msg, 'jobId', 'string');
         const lockToken = field<string>(msg, 'lockToken', 'string');
@@ -249,11 +305,13 @@ export class Aggregator {
           throw new ProtocolError('VGG_ERR_DUPLICATE_JOB', `join.jobId: expected a pending job, got ${jobId} (${heldByOther ? 'held by another member' : status})`);
         }
         Object.assign(m, { active: true, jobId, lockToken });
-        this.send(m.ws, { t: 'joined', step });
+        this.send(m.ws, { t: 'joined', step, ticket: this.options.shardLeader?.ticket(step, m.workerId, jobId) });
         return;
       }
       case 'idle': {
-        if (m.receiving !== undefined || this.done.has(m.id)) return;
+        if (this.options.follower !== undefined || m.receiving !== undefined || this.done.has(m.id)) return;
+        // With shards, a joined member may have sent part of its gradient to a follower: that step is void.
+        if (this.inShardedStep(m)) this.abortStep(m);
         Object.assign(m, { active: false, jobId: undefined, lockToken: undefined });
         this.commitWhenComplete();
         return;
@@ -263,8 +321,22 @@ export class Aggregator {
         const jobId = field<string>(msg, 'jobId', 'string');
         if (step < this.step) throw new ProtocolError('VGG_ERR_STALE_STEP', `grad-begin.step: expected ${this.step}, got the older ${step}`);
         if (step > this.step) throw new ProtocolError('VGG_ERR_FUTURE_STEP', `grad-begin.step: expected ${this.step}, got ${step}, a step not reached yet`);
-        if (!m.active || m.jobId !== jobId) {
+        if (this.options.follower !== undefined) this.checkTicket(m, msg, step, jobId);
+        else if (!m.active || m.jobId !== jobId) {
           throw new ProtocolError('VGG_ERR_NOT_JOINED', `grad-begin.jobId: expected the joined job ${m.jobId ?? '(none)'}, got ${jobId}`);
+        }
+        // A gradient of an aborted attempt (sent before its `resend` arrived) is dropped; the resend follows.
+        const attempt = msg.attempt === undefined ? this.attempt : field<number>(msg, 'attempt', 'int');
+        if (attempt < this.attempt) {
+          Object.assign(m, { receiving: undefined, discarding: true });
+          return;
+        }
+        if (attempt > this.attempt) {
+          if (this.options.follower === undefined) throw new ProtocolError('VGG_ERR_FUTURE_STEP', `grad-begin.attempt: expected ${this.attempt}, got ${attempt}, an attempt not started`);
+          this.restartAttempt(attempt);
+        }
+        if (this.options.follower !== undefined && ([...this.members.values()].some((o) => o !== m && o.receiving?.jobId === jobId) || [...this.done.values()].some((c) => c.jobId === jobId))) {
+          throw new ProtocolError('VGG_ERR_DUPLICATE_JOB', `grad-begin.jobId: expected a job no other member sends, got ${jobId} twice in step ${step}`);
         }
         if (m.receiving !== undefined || this.done.has(m.id)) {
           throw new ProtocolError('VGG_ERR_DUPLICATE_GRADIENT', `grad-begin: expected one gradient per member and step, got a second for step ${step}`);
@@ -291,7 +363,11 @@ export class Aggregator {
         r.next = offset + g.length;
         if (!accumulate(this.sum, offset, g, r.stats.samples)) {
           // Part of it is in the sum already: abort the step, the others resend, this member gives up its job.
-          this.abortStep(m);
+          // (At a follower the leader aborts: it drops the worker from the step, and the abort resets this sum.)
+          if (this.options.follower !== undefined) {
+            Object.assign(m, { receiving: undefined, discarding: true });
+            this.options.follower.onLost(m.workerId);
+          } else this.abortStep(m);
           throw new ProtocolError('VGG_ERR_NONFINITE', `grad-chunk at ${offset}: expected finite values, got NaN or Inf (job ${r.jobId})`);
         }
         return;
@@ -307,6 +383,7 @@ export class Aggregator {
         m.receiving = undefined;
         this.totalSamples += r.stats.samples;
         this.done.set(m.id, { memberId: m.id, workerId: m.workerId, jobId: r.jobId, sampleIds: r.sampleIds, stats: r.stats });
+        this.options.follower?.onHave(this.step, this.attempt, r.jobId);
         this.commitWhenComplete();
         return;
       }
@@ -315,19 +392,76 @@ export class Aggregator {
     }
   }
 
-  private commitWhenComplete(): void {
-    this.maybeCommit().catch((err: Error) => this.options.log.error({ step: this.step, err: err.message }, 'commit failed'));
+  /** Leader with shards: `m` joined this step, so part of its gradient may be at a follower already. */
+  private inShardedStep(m: Member): boolean {
+    return this.options.shardLeader !== undefined && m.jobId !== undefined;
+  }
+
+  /** Follower: only a gradient with the leader's ticket for (step, worker, job) is admitted. */
+  private checkTicket(m: Member, msg: Record<string, unknown>, step: number, jobId: string): void {
+    const ticket = Buffer.from(typeof msg.ticket === 'string' ? msg.ticket : '');
+    const want = Buffer.from(shardTicket((this.options.follower as FollowerHooks).secret, step, m.workerId, jobId));
+    if (ticket.length !== want.length || !timingSafeEqual(ticket, want)) {
+      throw new ProtocolError('VGG_ERR_AUTH', `grad-begin.ticket: expected the leader's ticket for job ${jobId} at step ${step}, got a wrong or missing one`);
+    }
+  }
+
+  /** Follower: a newer attempt voids the step's sum so far, as the leader's abort would. */
+  private restartAttempt(attempt: number): void {
+    this.resetStep();
+    for (const o of this.members.values()) {
+      if (o.receiving !== undefined) Object.assign(o, { receiving: undefined, discarding: true });
+    }
+    this.attempt = attempt;
+  }
+
+  /** Follower: the leader aborted the step; the members resend as `attempt`. */
+  leaderAbort(step: number, attempt: number): void {
+    if (step === this.step && attempt > this.attempt) this.restartAttempt(attempt);
+  }
+
+  /** Follower: applies the leader's commit once every gradient it lists is here; resolves after the broadcast. */
+  leaderCommit(c: LeaderCommit): Promise<void> {
+    if (c.step !== this.step) return Promise.reject(new Error(`commit: expected step ${this.step}, got ${c.step}`));
+    return new Promise<void>((resolve, reject) => {
+      this.pendingCommit = { ...c, resolve, reject };
+      this.commitWhenComplete();
+    });
+  }
+
+  commitWhenComplete(): void {
+    this.maybeCommit().catch((err: Error) => {
+      this.options.log.error({ step: this.step, err: err.message }, 'commit failed');
+      this.pendingCommit?.reject(err);
+      this.pendingCommit = undefined;
+    });
   }
 
   private async maybeCommit(): Promise<void> {
     if (this.committing || this.done.size === 0) return;
-    for (const m of this.members.values()) if (m.active && !this.done.has(m.id)) return;
+    const pending = this.pendingCommit;
+    if (this.options.follower !== undefined) {
+      if (pending === undefined) return;
+      const have = new Set([...this.done.values()].map((c) => c.jobId));
+      if (!pending.jobs.every((j) => have.has(j))) return;
+      if (have.size !== pending.jobs.length || this.totalSamples !== pending.totalSamples || this.attempt !== pending.attempt) {
+        throw new Error(`commit of step ${this.step}: expected jobs ${pending.jobs.join(',')} (${pending.totalSamples} samples, attempt ${pending.attempt}), got ${[...have].join(',')} (${this.totalSamples} samples, attempt ${this.attempt})`);
+      }
+      this.setLearningRate(pending.learningRate);
+    } else {
+      for (const m of this.members.values()) if (m.active && !this.done.has(m.id)) return;
+      const jobs = [...this.done.values()].map((c) => c.jobId);
+      if (this.options.shardLeader?.complete(this.step, this.attempt, jobs) === false) return;
+    }
     this.committing = true;
     try {
       const contributions = [...this.done.values()];
       await this.drained();
+      this.options.shardLeader?.commit(this.step, this.attempt, contributions.map((c) => c.jobId), this.totalSamples, this.learningRate);
       if (this.totalSamples > 0) this.options.sgd.apply(this.options.weights, this.sum, 1 / this.totalSamples);
       this.step += 1;
+      this.attempt = 0;
+      this.pendingCommit = undefined;
       await this.options.onCommit(this.step, contributions);
       this.resetStep();
       for (const c of contributions) {
@@ -335,6 +469,7 @@ export class Aggregator {
         if (m !== undefined) Object.assign(m, { jobId: undefined, lockToken: undefined });
       }
       this.sendWeights(this.readyMembers());
+      pending?.resolve();
     } finally {
       this.committing = false;
     }
@@ -350,7 +485,13 @@ export class Aggregator {
     if (!this.members.delete(m.id)) return;
     const clean = code === 1000 || this.closing !== undefined;
     this.options.log[clean ? 'info' : 'warn']({ member: m.id, workerId: m.workerId, jobId: m.jobId, step: this.step, code }, clean ? 'member left' : 'member lost');
-    const contributed = m.receiving !== undefined || this.done.has(m.id);
+    if (this.options.follower !== undefined) {
+      // The leader decides: it drops the worker from the step (and aborts it if the worker was in it).
+      if (m.ready) this.options.follower.onLost(m.workerId);
+      return;
+    }
+    // With shards, a member of the step may have sent (part of) its gradient to a follower already.
+    const contributed = m.receiving !== undefined || this.done.has(m.id) || this.inShardedStep(m);
     if (contributed && !this.committing) this.abortStep(m);
     this.options.onMemberLost(m);
     this.commitWhenComplete();
@@ -358,15 +499,17 @@ export class Aggregator {
 
   /** Drops the step's sum because `culprit`'s part of it is void; every other contributor resends. */
   private abortStep(culprit: Member): void {
-    const resenders = [...this.members.values()].filter((o) => o !== culprit && (o.receiving !== undefined || this.done.has(o.id)));
+    const resenders = [...this.members.values()].filter((o) => o !== culprit && (o.receiving !== undefined || this.done.has(o.id) || this.inShardedStep(o)));
     this.resetStep();
+    this.attempt += 1;
+    this.options.shardLeader?.abort(this.step, this.attempt);
     culprit.receiving = undefined;
     culprit.discarding = true;
     Object.assign(culprit, { active: false, jobId: undefined, lockToken: undefined });
     for (const o of resenders) {
       o.discarding = o.receiving !== undefined;
       o.receiving = undefined;
-      this.send(o.ws, { t: 'resend', step: this.step });
+      this.send(o.ws, { t: 'resend', step: this.step, attempt: this.attempt });
     }
     this.options.log.warn({ step: this.step, member: culprit.id, resend: resenders.length }, 'step aborted');
   }
@@ -420,6 +563,7 @@ export class Aggregator {
 
   close(): Promise<void> {
     clearInterval(this.heartbeat);
+    this.options.shardLeader?.close();
     this.closing ??= new Promise<void>((resolve) => {
       for (const m of this.members.values()) m.ws.terminate();
       if (this.server === undefined) resolve();

@@ -17,7 +17,9 @@ import { estimateRgbStats, type AugmentOptions } from '../worker/data/image-pipe
 import { initFromCheckpoint, warmStartFromCheckpoint } from '../worker/model/warm-start.ts';
 import { buildVgg, disposeVgg, readFlat } from '../worker/model/vgg-model.ts';
 import { checkedWeights, loadCheckpoint, modelTopology, saveCheckpoint } from '../worker/train/checkpoint.ts';
+import { shardRange, sliceLayout } from '../shared/shard.ts';
 import { Aggregator, type Contribution, type Member } from './aggregator.ts';
+import { ShardLeader } from './shard-leader.ts';
 import { indexDataset } from './dataset-index.ts';
 import { ensureDefaultDataset } from './default-dataset.ts';
 import { planEpoch, trainJobs, type EpochPlan } from './epoch-plan.ts';
@@ -147,6 +149,8 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
   await redis.set(keys.meta, JSON.stringify(meta));
   const checkpoint = async () => {
     if (cfg.checkpointDir === '') return;
+    // The follower shards' ranges of the weights and momentum, as of this step.
+    await leader?.gather(step);
     const dir = await saveCheckpoint(cfg.checkpointDir, {
       topology, layout, weights, momentum: sgd.velocity,
       state: {
@@ -227,8 +231,21 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
     run: cfg.run, redis: cfg.redis, data: index.root, model, augment, seed: cfg.seed, evalQ: cfg.evalScale,
     lockDurationMs: cfg.lockDurationMs, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs, wire: cfg.wire,
   };
+  // With --shards K this aggregator is shard 0: it updates [0, hi) and decides each step for all.
+  const own = shardRange(layout.totalSize, 0, cfg.shards);
+  const leader = cfg.shards === 1 ? undefined : new ShardLeader({
+    count: cfg.shards, token: cfg.token, modelHash: hash, model, weights, velocity: sgd.velocity,
+    sgd: { momentum: cfg.momentum, weightDecay: cfg.weightDecay }, run: { run: cfg.run, wire: cfg.wire, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs },
+    heartbeatTimeoutMs: cfg.heartbeatTimeoutMs, log,
+    onAllReady: () => aggregator.welcomeWaiting(),
+    onHave: () => aggregator.commitWhenComplete(),
+    onWorkerLost: (workerId) => aggregator.dropWorker(workerId),
+    onShardLost: (index, reason) => fail(new Error(`aggregator shard ${index}/${cfg.shards} lost (${reason}): its range of the weights is gone; restart it and this coordinator with --resume`)),
+  });
   const aggregator = new Aggregator({
-    host: cfg.host, port: cfg.port, token: cfg.token, modelHash: hash, weights, sgd, step,
+    host: cfg.host, port: cfg.port, token: cfg.token, modelHash: hash, step, shardLeader: leader,
+    weights: leader === undefined ? weights : weights.subarray(own.lo, own.hi),
+    sgd: leader === undefined ? sgd : new FlatMomentumSgd(sliceLayout(layout, own), sgd.options, sgd.velocity.subarray(own.lo, own.hi)),
     runInfo: runInfo as unknown as Record<string, unknown>,
     jobStatus: (jobId) => {
       const p = plan.positions.get(jobId);

@@ -22,7 +22,11 @@ export type ClientMessage =
   | { t: 'join'; step: number; jobId: string; lockToken: string }
   /** I have no job; do not wait for me. */
   | { t: 'idle'; step: number }
-  | { t: 'grad-begin'; step: number; jobId: string; sampleIds: number[]; stats: BatchStats; totalFloats: number }
+  /**
+   * `attempt`: the step's attempt (0, then the number of the last `resend`); `ticket`: the
+   * leader's from `joined`. Both only matter to follower shards (`aggregator start --shard`).
+   */
+  | { t: 'grad-begin'; step: number; jobId: string; sampleIds: number[]; stats: BatchStats; totalFloats: number; attempt?: number; ticket?: string }
   | { t: 'grad-chunk'; step: number; offset: number; data: Uint8Array }
   | { t: 'grad-end'; step: number };
 
@@ -33,11 +37,29 @@ export type ServerMessage =
   | { t: 'weights-end'; step: number }
   /** Your join/gradient is for an older step; new weights follow or came already. */
   | { t: 'stale'; step: number }
-  /** A member was lost mid-step: send your gradient for `step` again. */
-  | { t: 'resend'; step: number }
-  /** Accepted: you are expected in `step`. */
-  | { t: 'joined'; step: number }
+  /** A member was lost mid-step: send your gradient for `step` again, as attempt `attempt`. */
+  | { t: 'resend'; step: number; attempt: number }
+  /** Accepted: you are expected in `step`; with shards, `ticket` admits the gradient at the followers. */
+  | { t: 'joined'; step: number; ticket?: string }
   | { t: 'error'; code: string; message: string };
+
+/**
+ * Between a follower shard (`aggregator start --shard i/K`) and the leader (shard 0, in the
+ * coordinator). Follower to leader: shard-hello, shard-ready, have (a complete gradient for
+ * step/attempt arrived), lost (a worker's socket closed), state-chunk/state-end (its range of
+ * weights and momentum, when asked). Leader to follower: shard-init + state-chunk/state-end (the
+ * range to start from), commit, abort, state-request. See docs/PROTOCOL.md.
+ */
+export type ShardMessage =
+  | { t: 'shard-hello'; protocol: number; token: string; shard: number; shards: number }
+  | { t: 'shard-init'; step: number; lo: number; hi: number; modelHash: string; model: Record<string, unknown>; sgd: { learningRate: number; momentum: number; weightDecay: number }; secret: string; run: Record<string, unknown> }
+  | { t: 'shard-ready'; url: string }
+  | { t: 'have'; step: number; attempt: number; jobId: string }
+  | { t: 'lost'; workerId: string }
+  | { t: 'commit'; step: number; attempt: number; jobs: string[]; totalSamples: number; learningRate: number }
+  | { t: 'abort'; step: number; attempt: number }
+  | { t: 'state-request'; step: number }
+  | { t: 'state-end'; step: number; floats: number };
 
 /** A frame that fails validation. The code is stable; the message says what was expected and what came. */
 export class ProtocolError extends VggError {
@@ -48,7 +70,7 @@ export class ProtocolError extends VggError {
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
 
-export function encode(message: ClientMessage | ServerMessage): Buffer {
+export function encode(message: ClientMessage | ServerMessage | ShardMessage): Buffer {
   return packr.pack(message);
 }
 
@@ -60,7 +82,7 @@ export function encode(message: ClientMessage | ServerMessage): Buffer {
  * decode as a zero-copy Float32Array view. Send the two parts as one WebSocket
  * message in two fragments (sendChunk). Decoding is plain msgpack.
  */
-export function chunkFrame(t: 'grad-chunk' | 'weights-chunk', step: number, offset: number, floats: Float32Array | Uint16Array): [Buffer, Uint8Array] {
+export function chunkFrame(t: 'grad-chunk' | 'weights-chunk' | 'state-chunk', step: number, offset: number, floats: Float32Array | Uint16Array): [Buffer, Uint8Array] {
   const head = packr.pack({ t, step, offset, pad: '' });
   // head is a map of 4 entries ending with the empty fixstr; + key "data" (5 bytes) + bin32 header (5 bytes).
   const padLength = (8 - ((head.length + 10) % 8)) % 8;

@@ -57,6 +57,9 @@ export class AggregatorClient extends EventEmitter {
   private stopped = false;
   /** Bumped on every (re)connect: a send that started on an older connection is void. */
   generation = 0;
+  /** The current step's attempt (0 after `joined`, then the last `resend`'s) and the ticket of the `joined`. */
+  attempt = 0;
+  ticket?: string;
 
   constructor(options: ClientOptions) {
     super();
@@ -172,7 +175,13 @@ export class AggregatorClient extends EventEmitter {
         return;
       }
       case 'resend':
+        this.attempt = typeof msg.attempt === 'number' ? msg.attempt : this.attempt + 1;
         this.emit('resend', msg.step);
+        return;
+      case 'joined':
+        this.attempt = 0;
+        this.ticket = typeof msg.ticket === 'string' ? msg.ticket : undefined;
+        this.emit('reply', msg);
         return;
       default:
         this.emit('reply', msg);
@@ -225,8 +234,8 @@ export class AggregatorClient extends EventEmitter {
   }
 
   /** Streams a flat gradient in chunks with backpressure. */
-  async sendGradient(step: number, jobId: string, sampleIds: number[], stats: BatchStats, flat: Float32Array): Promise<void> {
-    this.send({ t: 'grad-begin', step, jobId, sampleIds, stats, totalFloats: flat.length });
+  async sendGradient(step: number, jobId: string, sampleIds: number[], stats: BatchStats, flat: Float32Array, admit: { attempt?: number; ticket?: string } = {}): Promise<void> {
+    this.send({ t: 'grad-begin', step, jobId, sampleIds, stats, totalFloats: flat.length, ...admit });
     for (let offset = 0; offset < flat.length; offset += CHUNK_FLOATS) {
       const ws = this.ws;
       if (ws === undefined) throw new ConnectionLost();

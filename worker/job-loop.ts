@@ -10,7 +10,8 @@ import { modelHash } from '../shared/param-layout.ts';
 import { connectRedis } from '../shared/redis-connection.ts';
 import { runKeys, type EvalJobData, type EvalJobResult, type TrainJobData } from '../shared/redis-keys.ts';
 import { ProtocolError } from '../shared/wire-protocol.ts';
-import { AggregatorClient, ConnectionLost } from './aggregator-client.ts';
+import { ConnectionLost } from './aggregator-client.ts';
+import { ShardGroup } from './shard-group.ts';
 import { selectBackend, type BackendChoice } from './backend.ts';
 import { loadBatch, type BatchItem } from './data/image-pipeline.ts';
 import { indexDataset } from '../coordinator/dataset-index.ts';
@@ -47,7 +48,7 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
   const log = o.log.child({ workerId, gpu: o.gpu });
   const backend = await selectBackend({ backend: o.backend, gpu: o.gpu ?? undefined, log });
   const metrics = o.metrics === undefined ? undefined : createMetrics({ role: 'worker', worker_id: workerId, gpu: String(o.gpu ?? '') });
-  const client = new AggregatorClient({ url: o.coordinator, token: o.token, workerId, host: hostname(), gpu: o.gpu, backend: backend.name, log, metrics });
+  const client = new ShardGroup({ url: o.coordinator, token: o.token, workerId, host: hostname(), gpu: o.gpu, backend: backend.name, log, metrics });
   const metricsServer = metrics === undefined || o.metrics === undefined ? undefined
     : await serveMetrics(metrics, { ...o.metrics, healthy: () => client.connected, log });
   await client.connect();
@@ -57,18 +58,12 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
   const vgg: VggModel = buildVgg(run.model);
   const hash = modelHash(run.model, vgg.layout);
   let modelStep = -1;
-  const ready = async () => {
-    client.send({ t: 'ready', modelHash: hash });
-    await client.next(['weights', 'reply']).then(({ name, value }) => {
-      const v = value as { t?: string; code?: string; message?: string };
-      if (name === 'reply' && v.t === 'error') throw new ProtocolError(String(v.code), String(v.message));
-    });
-  };
+  const ready = () => client.ready(hash);
   await ready();
   const syncModel = async (step: number) => {
     await client.waitForWeights(step);
-    if (modelStep !== client.weightsStep && client.weights !== undefined) {
-      writeFlat(vgg, client.weights);
+    if (modelStep !== client.weightsStep) {
+      writeFlat(vgg, (start, end) => client.read(start, end));
       modelStep = client.weightsStep;
     }
   };

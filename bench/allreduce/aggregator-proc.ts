@@ -2,29 +2,52 @@
  * bench:allreduce helper: our aggregator alone in a process (`--wire fp32|bf16|fp16`), on the VGG-16
  * layout (138,357,544 trainable floats). Prints {"port"} when listening and,
  * after `--steps` commits, {"peakRssBytes"} (VmHWM), and exits once the workers hung up.
+ * `--shards K`: this is shard 0 of K (the leader); `--follow URL --shard i/K`: a follower shard.
  */
 import { readFileSync } from 'node:fs';
 import { Aggregator } from '../../coordinator/aggregator.ts';
+import { startFollower } from '../../coordinator/shard-follower.ts';
+import { ShardLeader } from '../../coordinator/shard-leader.ts';
 import { FlatMomentumSgd } from '../../shared/flat-sgd.ts';
 import type { WireFormat } from '../../shared/half.ts';
 import { createLogger } from '../../shared/logger.ts';
 import { buildLayout } from '../../shared/param-layout.ts';
+import { parseShard, shardRange, sliceLayout } from '../../shared/shard.ts';
 import { DEFAULT_MODEL_CONFIG } from '../../shared/vgg-configs.ts';
 
-const steps = Number(process.argv[process.argv.indexOf('--steps') + 1]);
-const wire = (process.argv.includes('--wire') ? process.argv[process.argv.indexOf('--wire') + 1] : 'fp32') as WireFormat;
+const arg = (name: string, fallback: string) => (process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1] ?? fallback : fallback);
+const steps = Number(arg('--steps', '1'));
+const wire = arg('--wire', 'fp32') as WireFormat;
+const shards = Number(arg('--shards', '1'));
 const log = createLogger();
 log.level = 'warn';
+const peakRss = () => Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1] ?? 0) * 1024;
+
+if (process.argv.includes('--follow')) {
+  const h = await startFollower({ leader: arg('--follow', ''), token: 'bench', shard: parseShard('--shard', arg('--shard', '')), host: '127.0.0.1', port: 0, log });
+  await h.done;
+  process.stdout.write(`${JSON.stringify({ peakRssBytes: peakRss(), shard: arg('--shard', '') })}\n`);
+  process.exit(0);
+}
+
 const layout = buildLayout(DEFAULT_MODEL_CONFIG);
 const weights = new Float32Array(layout.totalSize).fill(0.01);
-const agg = new Aggregator({
-  host: '127.0.0.1', port: 0, token: 'bench', modelHash: 'bench', weights, step: 0, runInfo: { run: 'bench', wire }, wire,
-  sgd: new FlatMomentumSgd(layout, { learningRate: 0.01, momentum: 0.9, weightDecay: 5e-4 }),
+const sgdOptions = { learningRate: 0.01, momentum: 0.9, weightDecay: 5e-4 };
+const velocity = new Float32Array(layout.totalSize);
+const own = shardRange(layout.totalSize, 0, shards);
+let agg!: Aggregator;
+const leader = shards === 1 ? undefined : new ShardLeader({
+  count: shards, token: 'bench', modelHash: 'bench', model: DEFAULT_MODEL_CONFIG, weights, velocity, sgd: sgdOptions, run: { run: 'bench', wire },
+  heartbeatTimeoutMs: 30_000, log, onAllReady: () => agg.welcomeWaiting(), onHave: () => agg.commitWhenComplete(),
+  onWorkerLost: (id) => agg.dropWorker(id), onShardLost: (i, reason) => { throw new Error(`shard ${i} lost: ${reason}`); },
+});
+agg = new Aggregator({
+  host: '127.0.0.1', port: 0, token: 'bench', modelHash: 'bench', step: 0, runInfo: { run: 'bench', wire }, wire, shardLeader: leader,
+  weights: weights.subarray(own.lo, own.hi), sgd: new FlatMomentumSgd(sliceLayout(layout, own), sgdOptions, velocity.subarray(own.lo, own.hi)),
   jobStatus: () => 'pending', onMemberLost: () => {}, log,
   onCommit: async (step) => {
     if (step < steps) return;
-    const hwm = /VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'));
-    process.stdout.write(`${JSON.stringify({ peakRssBytes: Number(hwm?.[1] ?? 0) * 1024, floats: layout.totalSize })}\n`);
+    process.stdout.write(`${JSON.stringify({ peakRssBytes: peakRss(), floats: layout.totalSize })}\n`);
     // The last weights are still being written: leave once every worker has them and hung up.
     const leave = setInterval(() => {
       if (agg.members.size > 0) return;

@@ -35,24 +35,31 @@ export function run(cmd: string, args: string[], onLine?: (line: string) => void
 const node = (script: string, args: string[], onLine?: (l: string) => void) =>
   run(process.execPath, ['--max-old-space-size=8192', '--import', 'tsx', path.join(here, script), ...args], onLine);
 
-export interface OursResult { stepMs: number; steps: number[]; peakRssBytes: number }
+export interface OursResult { stepMs: number; steps: number[]; peakRssBytes: number; followerPeakRssBytes: number }
 
-/** `steps` timed steps (after one warm-up) of `workers` workers through one aggregator process. */
-export async function runOurs(o: { workers: number; steps: number; wire: string; computeMs?: number }): Promise<OursResult> {
+/** `steps` timed steps (after one warm-up) of `workers` workers through `shards` aggregator processes (default 1). */
+export async function runOurs(o: { workers: number; steps: number; wire: string; computeMs?: number; shards?: number }): Promise<OursResult> {
+  const shards = o.shards ?? 1;
   let resolvePort!: (p: number) => void;
   const port = new Promise<number>((r) => { resolvePort = r; });
   let peak = 0;
-  const agg = node('aggregator-proc.ts', ['--steps', String(o.steps + 1), '--wire', o.wire], (line) => {
+  let followerPeak = 0;
+  const agg = node('aggregator-proc.ts', ['--steps', String(o.steps + 1), '--wire', o.wire, '--shards', String(shards)], (line) => {
     const m = JSON.parse(line) as { port?: number; peakRssBytes?: number };
     if (m.port !== undefined) resolvePort(m.port);
     if (m.peakRssBytes !== undefined) peak = m.peakRssBytes;
   });
   const url = `ws://127.0.0.1:${await port}`;
+  const followers = Array.from({ length: shards - 1 }, (_, i) => node('aggregator-proc.ts', ['--follow', url, '--shard', `${i + 1}/${shards}`], (line) => {
+    const m = JSON.parse(line) as { peakRssBytes?: number };
+    if (m.peakRssBytes !== undefined) followerPeak = Math.max(followerPeak, m.peakRssBytes);
+  }).done);
   const outs = await Promise.all(Array.from({ length: o.workers }, (_, i) => node('worker-proc.ts',
     ['--url', url, '--steps', String(o.steps + 1), '--id', String(i), '--compute-ms', String(o.computeMs ?? 0)]).done));
   await agg.done;
+  await Promise.all(followers);
   const arrivals = outs.map((s) => (JSON.parse(s.trim().split('\n').at(-1) ?? '{}') as { arrivals: number[] }).arrivals);
   // A step ends when the last worker has the new weights; arrivals are per-process clocks, so take each worker's own intervals, the slowest.
   const steps = Array.from({ length: o.steps }, (_, k) => Math.max(...arrivals.map((a) => (a[k + 1] ?? NaN) - (a[k] ?? NaN))));
-  return { stepMs: median(steps), steps, peakRssBytes: peak };
+  return { stepMs: median(steps), steps, peakRssBytes: peak, followerPeakRssBytes: followerPeak };
 }

@@ -4,7 +4,7 @@
  * the time of each weights arrival (ms, performance.now()) as one JSON line.
  */
 import { createLogger } from '../../shared/logger.ts';
-import { AggregatorClient } from '../../worker/aggregator-client.ts';
+import { ShardGroup } from '../../worker/shard-group.ts';
 
 const arg = (name: string) => process.argv[process.argv.indexOf(name) + 1] ?? '';
 const steps = Number(arg('--steps'));
@@ -13,12 +13,10 @@ const id = arg('--id');
 const computeMs = process.argv.includes('--compute-ms') ? Number(arg('--compute-ms')) : 0;
 const log = createLogger();
 log.level = 'warn';
-const client = new AggregatorClient({ url: arg('--url'), token: 'bench', workerId: id, host: 'bench', gpu: null, backend: 'none', log });
+const client = new ShardGroup({ url: arg('--url'), token: 'bench', workerId: id, host: 'bench', gpu: null, backend: 'none', log });
 await client.connect();
-const first = client.next(['weights']);
-client.send({ t: 'ready', modelHash: 'bench' });
-await first;
-const grad = new Float32Array(client.weights?.length ?? 0).fill(1e-3);
+await client.ready('bench');
+const grad = new Float32Array(Number(arg('--floats')) || 138_357_544).fill(1e-3);
 const arrivals: number[] = [];
 for (let step = 0; step < steps; step += 1) {
   const joined = client.next<{ t: string }>(['reply']);

@@ -106,15 +106,16 @@ export function readFlat(vgg: VggModel, out?: Float32Array): Float32Array {
 }
 
 /** Writes a flat vector (layout order) into the model's variables. */
-export function writeFlat(vgg: VggModel, flat: Float32Array): void {
-  if (flat.length !== vgg.layout.totalSize) {
+export function writeFlat(vgg: VggModel, flat: Float32Array | ((start: number, end: number) => Float32Array)): void {
+  if (typeof flat !== 'function' && flat.length !== vgg.layout.totalSize) {
     throw new ShapeError(`flat weights: expected ${vgg.layout.totalSize} floats, got ${flat.length}`);
   }
+  // A copy per entry (slice, or the reader's own): the cpu backend would otherwise alias the caller's buffer.
+  const read = typeof flat === 'function' ? flat : (start: number, end: number) => flat.slice(start, end);
   for (const e of vgg.layout.entries) {
     const v = vgg.variables.get(e.name);
     if (v === undefined) throw new ShapeError(`parameter ${e.name}: missing`);
-    // slice() copies: the cpu backend would otherwise alias the caller's buffer.
-    tf.tidy(() => { v.write(tf.tensor(flat.slice(e.offset, e.offset + e.size), e.shape)); });
+    tf.tidy(() => { v.write(tf.tensor(read(e.offset, e.offset + e.size), e.shape)); });
   }
 }
 

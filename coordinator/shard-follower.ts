@@ -1,0 +1,205 @@
+import WebSocket from 'ws';
+import { FlatMomentumSgd } from '../shared/flat-sgd.ts';
+import type { WireFormat } from '../shared/half.ts';
+import type { Logger } from '../shared/logger.ts';
+import { buildLayout, modelHash } from '../shared/param-layout.ts';
+import { sliceLayout, type ShardSpec } from '../shared/shard.ts';
+import type { ModelConfig } from '../shared/vgg-configs.ts';
+import {
+  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, decodeFrame, encode, field, floatsOf, sendChunk,
+  type ShardMessage,
+} from '../shared/wire-protocol.ts';
+import { Aggregator } from './aggregator.ts';
+
+export interface FollowerOptions {
+  /** The coordinator's aggregator URL (shard 0). */
+  leader: string;
+  token: string;
+  shard: ShardSpec;
+  /** Where workers connect to this shard: bind address and port (0: any free). */
+  host: string;
+  port: number;
+  /** The URL workers are told to use; default ws://host:port. */
+  advertise?: string;
+  log: Logger;
+  /** First reconnect delay while the leader is not up yet. @defaultValue 200 */
+  backoffMs?: number;
+}
+
+export interface FollowerHandle {
+  port: number;
+  url: string;
+  aggregator: Aggregator;
+  /** Resolves when the leader closes the link at the end of the run; rejects when it is lost. */
+  done: Promise<void>;
+  close(): Promise<void>;
+}
+
+interface Init { step: number; lo: number; hi: number; modelHash: string; model: ModelConfig; sgd: { momentum: number; weightDecay: number }; secret: Buffer; run: Record<string, unknown>; state: Float32Array }
+
+/**
+ * A follower shard of the aggregator (`vgg-train aggregator start --shard i/K`):
+ * connects to the leader (retrying until it answers), receives its range of
+ * the weights and momentum, then serves workers for that range: reduces their
+ * gradient slices on arrival, applies momentum SGD when the leader commits a
+ * step, broadcasts the range's new weights, and sends its state back when the
+ * leader checkpoints. It holds (hi - lo) floats of weights, momentum and sum.
+ */
+export async function startFollower(o: FollowerOptions): Promise<FollowerHandle> {
+  const log = o.log.child({ shard: `${o.shard.index}/${o.shard.count}` });
+  if (o.shard.index === 0) throw new ProtocolError('VGG_ERR_SHARD', '--shard: expected 1..K-1, got 0 (shard 0 is embedded in the coordinator)');
+  let delay = o.backoffMs ?? 200;
+  let link: { ws: WebSocket; init: Init } | undefined;
+  while (link === undefined) {
+    try {
+      link = await connectLeader(o);
+    } catch (err) {
+      if (err instanceof ProtocolError) throw err;
+      log.warn({ leader: o.leader, err: (err as Error).message, retryMs: delay }, 'leader unreachable; retrying');
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(2 * delay, 5000);
+    }
+  }
+  const { ws, init } = link;
+  const n = init.hi - init.lo;
+  const layout = buildLayout(init.model);
+  const hash = modelHash(init.model, layout);
+  if (hash !== init.modelHash) throw new ProtocolError('VGG_ERR_MODEL_HASH', `shard-init.modelHash: expected ${hash} for the model it names, got ${init.modelHash}`);
+  const weights = init.state.subarray(0, n);
+  const sgd = new FlatMomentumSgd(sliceLayout(layout, init), { learningRate: 0, ...init.sgd }, init.state.subarray(n, 2 * n));
+  const send = (msg: ShardMessage) => { if (ws.readyState === WebSocket.OPEN) ws.send(encode(msg)); };
+  const aggregator = new Aggregator({
+    host: o.host, port: o.port, token: o.token, modelHash: init.modelHash, weights, sgd, step: init.step, runInfo: init.run,
+    jobStatus: () => 'pending', onCommit: async () => {}, onMemberLost: () => {}, log,
+    heartbeatTimeoutMs: Number(init.run.heartbeatTimeoutMs) || 30_000, wire: (init.run.wire ?? 'fp32') as WireFormat,
+    follower: {
+      secret: init.secret,
+      onHave: (step, attempt, jobId) => send({ t: 'have', step, attempt, jobId }),
+      onLost: (workerId) => send({ t: 'lost', workerId }),
+    },
+  });
+  const port = await aggregator.start();
+  const url = o.advertise ?? `ws://${o.host.includes(':') ? `[${o.host}]` : o.host}:${port}`;
+
+  // The leader's frames in order: a commit waits for its gradients, and what follows waits for it.
+  let queue = Promise.resolve();
+  let finish!: () => void;
+  let fail!: (e: Error) => void;
+  const done = new Promise<void>((resolve, reject) => { finish = resolve; fail = reject; });
+  const onFrame = (msg: Record<string, unknown>) => {
+    queue = queue.then(async () => {
+      switch (msg.t) {
+        case 'commit':
+          await aggregator.leaderCommit({
+            step: field<number>(msg, 'step', 'int'), attempt: field<number>(msg, 'attempt', 'int'), jobs: field<string[]>(msg, 'jobs', 'object'),
+            totalSamples: field<number>(msg, 'totalSamples', 'int'), learningRate: field<number>(msg, 'learningRate', 'number'),
+          });
+          return;
+        case 'abort':
+          aggregator.leaderAbort(field<number>(msg, 'step', 'int'), field<number>(msg, 'attempt', 'int'));
+          return;
+        case 'state-request': {
+          // Weights then momentum of the range, straight from the arrays: nothing changes them until the bytes are out.
+          const state = [weights, sgd.velocity];
+          for (let k = 0; k < 2; k += 1) {
+            for (let off = 0; off < n; off += CHUNK_FLOATS) sendChunk(ws, chunkFrame('state-chunk', aggregator.step, k * n + off, (state[k] as Float32Array).subarray(off, off + CHUNK_FLOATS)));
+          }
+          send({ t: 'state-end', step: aggregator.step, floats: 2 * n });
+          while (ws.readyState === WebSocket.OPEN && ws.bufferedAmount > 0) await new Promise((r) => setTimeout(r, 1));
+          return;
+        }
+        default:
+          throw new ProtocolError('VGG_ERR_UNKNOWN_TYPE', `leader frame.t: expected commit, abort or state-request, got ${JSON.stringify(msg.t)}`);
+      }
+    }).catch((err: Error) => {
+      log.error({ err: err.message }, 'leader frame failed; leaving');
+      ws.terminate();
+    });
+  };
+  ws.on('message', (raw: Buffer) => {
+    try {
+      onFrame(decodeFrame(raw));
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'bad frame from the leader; leaving');
+      ws.terminate();
+    }
+  });
+  // The leader pings every third of the heartbeat timeout; a whole timeout of silence means it is gone.
+  const timeoutMs = Number(init.run.heartbeatTimeoutMs) || 30_000;
+  let lastPing = performance.now();
+  ws.on('ping', () => { lastPing = performance.now(); });
+  const watch = setInterval(() => {
+    if (performance.now() - lastPing > timeoutMs) {
+      log.error({ silentMs: Math.round(performance.now() - lastPing) }, 'leader silent; leaving');
+      ws.terminate();
+    }
+  }, Math.max(10, Math.floor(timeoutMs / 3)));
+  ws.on('close', (code) => {
+    clearInterval(watch);
+    void aggregator.close().then(() => {
+      // 1000/1001: the coordinator finished or stopped; anything else: it (or the link) died mid-run.
+      if (code === 1000 || code === 1001) finish();
+      else fail(new Error(`--leader ${o.leader}: link lost (code ${code}); this shard's state is gone: restart it and the coordinator with --resume`));
+    });
+  });
+  send({ t: 'shard-ready', url });
+  log.info({ port, url, lo: init.lo, hi: init.hi, step: init.step }, 'follower shard listening');
+  return {
+    port, url, aggregator, done,
+    async close() {
+      ws.close(1000);
+      await aggregator.close();
+    },
+  };
+}
+
+/** Connects, sends shard-hello, and reads shard-init and the state that follows. */
+function connectLeader(o: FollowerOptions): Promise<{ ws: WebSocket; init: Init }> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(o.leader, { maxPayload: MAX_PAYLOAD_BYTES, perMessageDeflate: false });
+    let init: Omit<Init, 'state'> | undefined;
+    let state: Float32Array | undefined;
+    let next = 0;
+    const fail = (err: Error) => { ws.removeAllListeners('message'); ws.terminate(); reject(err); };
+    ws.on('error', (err) => fail(err));
+    ws.on('close', () => reject(new Error('closed before shard-init')));
+    ws.on('open', () => ws.send(encode({ t: 'shard-hello', protocol: PROTOCOL_VERSION, token: o.token, shard: o.shard.index, shards: o.shard.count })));
+    ws.on('message', (raw: Buffer) => {
+      try {
+        const msg = decodeFrame(raw);
+        if (msg.t === 'error') throw new ProtocolError(String(msg.code), String(msg.message));
+        if (msg.t === 'shard-init') {
+          const lo = field<number>(msg, 'lo', 'int');
+          const hi = field<number>(msg, 'hi', 'int');
+          init = {
+            step: field<number>(msg, 'step', 'int'), lo, hi, modelHash: field<string>(msg, 'modelHash', 'string'),
+            model: field<ModelConfig>(msg, 'model', 'object'), sgd: field<Init['sgd']>(msg, 'sgd', 'object'),
+            secret: Buffer.from(field<string>(msg, 'secret', 'string'), 'hex'), run: field<Record<string, unknown>>(msg, 'run', 'object'),
+          };
+          state = new Float32Array(2 * (hi - lo));
+          return;
+        }
+        if (init === undefined || state === undefined) throw new ProtocolError('VGG_ERR_HANDSHAKE', `leader: expected shard-init first, got ${JSON.stringify(msg.t)}`);
+        if (msg.t === 'state-chunk') {
+          const values = floatsOf(field<Uint8Array>(msg, 'data', 'bytes'));
+          if (msg.offset !== next || next + values.length > state.length) throw new ProtocolError('VGG_ERR_LAYOUT', `state-chunk: expected offset ${next} within ${state.length}, got ${String(msg.offset)} + ${values.length}`);
+          state.set(values, next);
+          next += values.length;
+          return;
+        }
+        if (msg.t === 'state-end') {
+          if (next !== state.length) throw new ProtocolError('VGG_ERR_LAYOUT', `state-end: expected ${state.length} floats, got ${next}`);
+          ws.removeAllListeners('message');
+          ws.removeAllListeners('close');
+          ws.removeAllListeners('error');
+          ws.on('error', (err) => o.log.warn({ err: err.message }, 'leader link error'));
+          resolve({ ws, init: { ...init, state } });
+          return;
+        }
+        throw new ProtocolError('VGG_ERR_HANDSHAKE', `leader: expected state-chunk or state-end, got ${JSON.stringify(msg.t)}`);
+      } catch (err) {
+        fail(err as Error);
+      }
+    });
+  });
+}

@@ -1,0 +1,121 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { startCoordinator, type RunSummary } from '../../coordinator/coordinator.ts';
+import { importFashionMnist } from '../../coordinator/fashion-mnist-import.ts';
+import { freePort, startRedisServer, type RedisChild } from '../../coordinator/redis-server.ts';
+import type { RunConfig } from '../../coordinator/run-config.ts';
+import { createLogger } from '../../shared/logger.ts';
+import { listCheckpoints } from '../../worker/train/checkpoint.ts';
+import { tempDir } from '../helpers/images.ts';
+import { readLedger, sampleCounts, spawnCli, spawnWorker, tinyRun, waitFor, type Proc } from '../helpers/cluster.ts';
+
+const log = createLogger({ test: 'sharded' });
+log.level = process.env.TEST_LOG ?? 'warn';
+const data = tempDir('sharded');
+const TRAIN = 384;
+let redis: RedisChild;
+const procs: Proc[] = [];
+
+function follower(port: number, shard: string): Proc {
+  const p = spawnCli(['aggregator', 'start', '--leader', `ws://127.0.0.1:${port}`, '--shard', shard, '--port', '0', '--token', 'test-token']);
+  procs.push(p);
+  return p;
+}
+
+async function checkpointFile(dir: string, name: string): Promise<Float32Array> {
+  const newest = (await listCheckpoints(dir)).at(-1);
+  assert.ok(newest !== undefined, `a checkpoint in ${dir}`);
+  const b = await readFile(path.join(newest, name));
+  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+}
+
+/** In-process coordinator with `shards - 1` follower shard processes and `workers` worker processes. */
+async function runSharded(cfg: RunConfig, workers: number): Promise<{ summary: RunSummary; followers: Proc[] }> {
+  const coordinator = await startCoordinator(cfg, log);
+  const followers = Array.from({ length: cfg.shards - 1 }, (_, i) => follower(coordinator.port, `${i + 1}/${cfg.shards}`));
+  const ws = Array.from({ length: workers }, () => spawnWorker(coordinator.port, cfg.redis));
+  procs.push(...ws);
+  try {
+    const summary = await coordinator.done;
+    await Promise.all(ws.map((p) => p.exited));
+    return { summary, followers };
+  } catch (err) {
+    throw new Error(`${(err as Error).message}\n${[...followers, ...ws].map((p) => p.output()).join('\n')}`);
+  } finally {
+    await coordinator.stop();
+  }
+}
+
+/** Each epoch's ledger holds `n` distinct samples, none twice. */
+async function assertExactlyOnce(run: string, epochs: number, n: number): Promise<void> {
+  for (let e = 0; e < epochs; e += 1) {
+    const ids = (await readLedger(redis.url, run, e)).flatMap((l) => l.sampleIds);
+    const counts = sampleCounts(await readLedger(redis.url, run, e), TRAIN);
+    assert.deepEqual({ epoch: e, samples: ids.length, distinct: new Set(ids).size, duplicates: counts.duplicates.length }, { epoch: e, samples: n, distinct: n, duplicates: 0 });
+  }
+}
+
+describe('a sharded aggregator (coordinator --shards K, aggregator start --shard i/K)', () => {
+  before(async () => {
+    redis = await startRedisServer();
+    await importFashionMnist({ out: data, trainLimit: TRAIN, valLimit: 64 });
+  });
+  after(async () => {
+    for (const p of procs) p.child.kill('SIGKILL');
+    await redis.stop();
+  });
+
+  test('3 shards give the weights and momentum of one aggregator, bit for bit; checkpoints gather every range', async (t) => {
+    const common = { data, redis: redis.url, trainLimit: '128', valLimit: '32', seed: '4', minWorkers: '2', checkpointEvery: '1', epochs: '2' };
+    const oneDir = tempDir('ck-shards-1');
+    const threeDir = tempDir('ck-shards-3');
+    const one = await runSharded(tinyRun({ ...common, run: 'sh1', shards: '1', checkpointDir: oneDir }), 2);
+    const three = await runSharded(tinyRun({ ...common, run: 'sh3', shards: '3', checkpointDir: threeDir }), 2);
+    assert.equal(one.summary.steps, 8);
+    assert.equal(three.summary.steps, 8);
+    for (const f of three.followers) assert.equal(await f.exited, 0, `a follower leaves cleanly when the run ends\n${f.output()}`);
+    for (const run of ['sh1', 'sh3']) await assertExactlyOnce(run, 2, 128);
+    for (const file of ['weights.bin', 'momentum.bin']) {
+      const a = await checkpointFile(oneDir, file);
+      const b = await checkpointFile(threeDir, file);
+      assert.equal(a.length, b.length);
+      let differ = 0;
+      for (let i = 0; i < a.length; i += 1) if (a[i] !== b[i]) differ += 1;
+      assert.equal(differ, 0, `${file}: ${differ} of ${a.length} values differ`);
+      assert.ok(b.some((v) => v !== 0), `${file}: not all zero`);
+    }
+    t.diagnostic(`val top-1 ${one.summary.valTop1} (1 shard) and ${three.summary.valTop1} (3 shards)`);
+    assert.equal(three.summary.valTop1, one.summary.valTop1);
+  });
+
+  test('a worker killed mid-step does not stall a sharded run; a lost follower stops the run, and --resume with a new one repeats and skips no sample', async () => {
+    const port = await freePort();
+    const ckpt = tempDir('sharded-resume');
+    const args = ['coordinator', 'start', '--data', data, '--redis', redis.url, '--run', 'shres', '--port', String(port), '--token', 'test-token',
+      '--config', 'A', '--input-size', '32', '--width', '0.125', '--fc-units', '64', '--dropout', '0', '--scale', '32:36', '--eval-scale', '32',
+      '--batch-size', '16', '--epochs', '2', '--min-workers', '2', '--checkpoint-dir', ckpt, '--checkpoint-every', '3', '--lock-duration-ms', '5000',
+      '--shards', '2', '--train-limit', String(TRAIN), '--val-limit', '64', '--json'];
+    const c1 = spawnCli(args);
+    procs.push(c1);
+    const f1 = follower(port, '1/2');
+    const workers = [spawnWorker(port, redis.url), spawnWorker(port, redis.url), spawnWorker(port, redis.url)];
+    procs.push(...workers);
+    const steps = async () => (await readLedger(redis.url, 'shres', 0)).length;
+    await waitFor('3 jobs applied', async () => (await steps()) >= 3, 120000);
+    (workers[0] as Proc).child.kill('SIGKILL');
+    await waitFor('a checkpoint after the kill', async () => (await listCheckpoints(ckpt)).some((d) => Number(path.basename(d).slice(5)) >= 6), 120000);
+    f1.child.kill('SIGKILL');
+    const code = await c1.exited;
+    assert.equal(code, 1, c1.output());
+    assert.match(c1.output(), /aggregator shard 1\/2 lost .*restart it and this coordinator with --resume/);
+    const c2 = spawnCli([...args, '--resume']);
+    procs.push(c2);
+    follower(port, '1/2');
+    assert.equal(await c2.exited, 0, c2.output());
+    const summary = JSON.parse(c2.output().trim().split('\n').filter((l) => l.startsWith('{"run"')).at(-1) ?? '{}') as { epochs: number };
+    assert.equal(summary.epochs, 2);
+    await assertExactlyOnce('shres', 2, TRAIN);
+  });
+});

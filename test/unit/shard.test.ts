@@ -1,0 +1,177 @@
+import { afterEach, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Aggregator } from '../../coordinator/aggregator.ts';
+import { startFollower, type FollowerHandle } from '../../coordinator/shard-follower.ts';
+import { ShardLeader } from '../../coordinator/shard-leader.ts';
+import { FlatMomentumSgd } from '../../shared/flat-sgd.ts';
+import { buildLayout, modelHash } from '../../shared/param-layout.ts';
+import { parseShard, shardRange, sliceLayout } from '../../shared/shard.ts';
+import { TINY_VGG_A, resolveModelConfig } from '../../shared/vgg-configs.ts';
+import { PROTOCOL_VERSION } from '../../shared/wire-protocol.ts';
+import { ShardGroup } from '../../worker/shard-group.ts';
+import { RawPeer, SGD, frame, hello, log, stats } from '../helpers/aggregator-harness.ts';
+
+describe('shard ranges', () => {
+  test('K ranges split the bytes evenly, contiguous from 0 to the end, 64-byte aligned inside', () => {
+    const vgg16 = buildLayout(resolveModelConfig({ config: 'D' })).totalSize;
+    assert.equal(vgg16, 138_357_544);
+    for (const total of [vgg16, buildLayout(TINY_VGG_A).totalSize, 17]) {
+      for (let k = 1; k <= 8; k += 1) {
+        const ranges = Array.from({ length: k }, (_, i) => shardRange(total, i, k));
+        assert.equal(ranges[0]?.lo, 0);
+        assert.equal(ranges.at(-1)?.hi, total);
+        for (let i = 1; i < k; i += 1) {
+          assert.equal(ranges[i]?.lo, ranges[i - 1]?.hi, `contiguous at ${i}/${k}`);
+          assert.equal((ranges[i]?.lo as number) % 16 === 0 || ranges[i]?.lo === total, true, `aligned at ${i}/${k}`);
+        }
+        if (total > 16 * k) for (const r of ranges) assert.ok(Math.abs(r.hi - r.lo - total / k) <= 16, `${total}/${k}: ${r.hi - r.lo} floats`);
+      }
+    }
+    // fc6 (74% of VGG-16) is cut: the split is by bytes, not by layers.
+    const fc6 = buildLayout(resolveModelConfig({ config: 'D' })).byName.get('fc6/kernel');
+    const cut = shardRange(vgg16, 1, 2).lo;
+    assert.ok(fc6 !== undefined && fc6.offset < cut && cut < fc6.offset + fc6.size);
+  });
+
+  test('momentum SGD over the sliced layouts equals it over the whole vector, bit for bit', () => {
+    const layout = buildLayout({ ...TINY_VGG_A, batchNorm: true });
+    const n = layout.totalSize;
+    const rand = (seed: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(seed * 7919 + i * 0.37));
+    const w = rand(1);
+    const g = rand(2);
+    const whole = new FlatMomentumSgd(layout, SGD, rand(3));
+    const wWhole = w.slice();
+    whole.apply(wWhole, g, 0.25);
+    const wParts = w.slice();
+    const v = rand(3);
+    for (let i = 0; i < 3; i += 1) {
+      const r = shardRange(n, i, 3);
+      new FlatMomentumSgd(sliceLayout(layout, r), SGD, v.subarray(r.lo, r.hi)).apply(wParts.subarray(r.lo, r.hi), g.subarray(r.lo, r.hi), 0.25);
+    }
+    assert.deepEqual(wParts, wWhole);
+    assert.deepEqual(v, whole.velocity);
+  });
+
+  test('--shard takes i/K with 0 <= i < K', () => {
+    assert.deepEqual(parseShard('--shard', '1/4'), { index: 1, count: 4 });
+    for (const bad of ['4/4', '1', 'a/b', '-1/2', '1/0', '1/65']) assert.throws(() => parseShard('--shard', bad), /--shard: expected i\/K/);
+  });
+});
+
+interface Pair { agg: Aggregator; leader: ShardLeader; follower: FollowerHandle; port: number; weights: Float32Array; initial: Float32Array }
+let pair: Pair | undefined;
+const groups: ShardGroup[] = [];
+afterEach(async () => {
+  for (const g of groups.splice(0)) g.close();
+  await pair?.follower.close();
+  await pair?.agg.close();
+  pair = undefined;
+});
+
+/** A leader aggregator (shard 0 of 2) with its follower, both on loopback, the tiny model. */
+async function startPair(): Promise<Pair> {
+  const layout = buildLayout(TINY_VGG_A);
+  const hash = modelHash(TINY_VGG_A, layout);
+  const weights = Float32Array.from({ length: layout.totalSize }, (_, i) => ((i % 13) - 6) / 100);
+  const velocity = new Float32Array(layout.totalSize);
+  const own = shardRange(layout.totalSize, 0, 2);
+  let agg!: Aggregator;
+  const leader = new ShardLeader({
+    count: 2, token: 'secret', modelHash: hash, model: TINY_VGG_A, weights, velocity, sgd: { momentum: SGD.momentum, weightDecay: 0 },
+    run: { run: 't', wire: 'fp32' }, heartbeatTimeoutMs: 30_000, log,
+    onAllReady: () => agg.welcomeWaiting(), onHave: () => agg.commitWhenComplete(), onWorkerLost: (id) => agg.dropWorker(id),
+    onShardLost: () => {},
+  });
+  agg = new Aggregator({
+    host: '127.0.0.1', port: 0, token: 'secret', modelHash: hash, step: 0, runInfo: { run: 't', wire: 'fp32' }, shardLeader: leader,
+    weights: weights.subarray(own.lo, own.hi), sgd: new FlatMomentumSgd(sliceLayout(layout, own), { ...SGD, weightDecay: 0 }, velocity.subarray(own.lo, own.hi)),
+    jobStatus: (id) => (id.startsWith('job') ? 'pending' : 'unknown'), onCommit: async () => {}, onMemberLost: () => {}, log,
+  });
+  const port = await agg.start();
+  const follower = await startFollower({ leader: `ws://127.0.0.1:${port}`, token: 'secret', shard: { index: 1, count: 2 }, host: '127.0.0.1', port: 0, log });
+  await new Promise<void>((resolve) => { const t = setInterval(() => { if (leader.ready()) { clearInterval(t); resolve(); } }, 5); });
+  return { agg, leader, follower, port, weights, initial: weights.slice() };
+}
+
+async function member(p: Pair, id: string): Promise<ShardGroup> {
+  const g = new ShardGroup({ url: `ws://127.0.0.1:${p.port}`, token: 'secret', workerId: id, host: 'h', gpu: null, backend: 'cpu', log });
+  groups.push(g);
+  await g.connect();
+  await g.ready(p.agg.options.modelHash);
+  return g;
+}
+
+async function joinGroup(g: ShardGroup, jobId: string): Promise<void> {
+  const reply = g.next<{ t: string }>(['reply']);
+  g.send({ t: 'join', step: g.weightsStep, jobId, lockToken: 'tok' });
+  assert.equal((await reply).value.t, 'joined');
+}
+
+describe('leader and follower shards', () => {
+  test('two workers, two shards: one step applies the sample-weighted mean on both ranges; workers get the whole new vector', async () => {
+    pair = await startPair();
+    const a = await member(pair, 'a');
+    const b = await member(pair, 'b');
+    assert.equal(a.shards, 2);
+    await joinGroup(a, 'job-1');
+    await joinGroup(b, 'job-2');
+    const n = pair.weights.length;
+    const next = a.next(['weights'], (_n, s) => (s as number) === 1);
+    await Promise.all([a.sendGradient(0, 'job-1', [1, 2, 3], stats(3), new Float32Array(n).fill(1)), b.sendGradient(0, 'job-2', [4], stats(1), new Float32Array(n).fill(4))]);
+    await next;
+    // mean = (3*1 + 1*4) / 4 = 1.75; first momentum step, no decay: w -= 0.1 * 1.75, in every range.
+    const got = a.read(0, n);
+    let worst = 0;
+    for (let i = 0; i < n; i += 1) worst = Math.max(worst, Math.abs((got[i] as number) - ((pair.initial[i] as number) - 0.175)));
+    assert.ok(worst < 1e-6, `largest error ${worst}`);
+    // The checkpoint path: the follower's range comes back into the leader's full arrays.
+    await pair.leader.gather(1);
+    assert.deepEqual(pair.weights, got);
+  });
+
+  test('a follower refuses a gradient without the leader\'s ticket (VGG_ERR_AUTH) and a join; its sum stays untouched', async () => {
+    pair = await startPair();
+    const peer = new RawPeer(pair.follower.port);
+    await peer.opened();
+    peer.send(hello({ workerId: 'mallory' }), frame({ t: 'ready', modelHash: pair.agg.options.modelHash }));
+    assert.equal((await peer.reply())?.t, 'welcome');
+    peer.send(frame({ t: 'grad-begin', step: 0, jobId: 'job-9', sampleIds: [1], stats: stats(1), totalFloats: 16, attempt: 0, ticket: 'forged' }));
+    const r = await peer.reply();
+    assert.equal(r?.code, 'VGG_ERR_AUTH');
+    assert.match(String(r?.message), /expected the leader's ticket for job job-9 at step 0/);
+    assert.equal(await peer.closed, 1008);
+    const joiner = new RawPeer(pair.follower.port);
+    await joiner.opened();
+    joiner.send(hello({ workerId: 'j' }), frame({ t: 'ready', modelHash: pair.agg.options.modelHash }), frame({ t: 'join', step: 0, jobId: 'job-1', lockToken: 'x' }));
+    assert.equal((await joiner.reply())?.t, 'welcome');
+    assert.match(String((await joiner.reply())?.message), /join: expected at shard 0/);
+    // An honest step afterwards is exact: nothing of the refused frames is in the follower's sum.
+    const a = await member(pair, 'a');
+    await joinGroup(a, 'job-1');
+    const n = pair.weights.length;
+    const next = a.next(['weights'], (_n, s) => (s as number) === 1);
+    await a.sendGradient(0, 'job-1', [1], stats(1), new Float32Array(n).fill(2));
+    await next;
+    const got = a.read(0, n);
+    for (const i of [0, n - 1]) assert.ok(Math.abs((got[i] as number) - ((pair.initial[i] as number) - 0.2)) < 1e-6);
+  });
+
+  test('the leader refuses a shard-hello with a wrong K, index or token, and a follower after the run started', async () => {
+    pair = await startPair();
+    const cases: [Record<string, unknown>, RegExp][] = [
+      [{ shards: 3 }, /shard-hello.shards: expected 2 \(the coordinator's --shards\), got 3/],
+      [{ shard: 0 }, /shard-hello.shard: expected 1..1 \(shard 0 is the coordinator\), got 0/],
+      [{ token: 'wrong' }, /shard-hello.token: expected the run token/],
+      [{}, /expected before the run starts, got shard 1\/2/],
+    ];
+    for (const [over, message] of cases) {
+      const p: RawPeer = new RawPeer(pair.port);
+      await p.opened();
+      p.send(frame({ t: 'shard-hello', protocol: PROTOCOL_VERSION, token: 'secret', shard: 1, shards: 2, ...over }));
+      const r = await p.reply();
+      assert.match(String(r?.message), message);
+      assert.equal(await p.closed, 1008);
+    }
+    assert.equal(pair.leader.links.size, 1, 'the running follower kept its place');
+  });
+});

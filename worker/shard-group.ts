@@ -1,0 +1,181 @@
+import { EventEmitter } from 'node:events';
+import { ProtocolError, field, type BatchStats, type ClientMessage } from '../shared/wire-protocol.ts';
+import { AggregatorClient, ConnectionLost, type ClientOptions } from './aggregator-client.ts';
+
+interface Part { client: AggregatorClient; lo: number; hi: number }
+
+/**
+ * A worker's connections to the aggregator: shard 0 (the coordinator) and,
+ * when the run has `--shards K`, the K - 1 follower shards its welcome names.
+ * Joins go to shard 0; each shard gets its byte range of the gradient, all in
+ * parallel; a weights version is complete when every shard has sent its range
+ * for it. Losing any connection drops them all (shard 0 then takes the worker
+ * out of the step) and the worker reconnects to every shard.
+ * Events: 'weights' (step), 'resend' (step), 'reply' (msg), 'disconnected'.
+ */
+export class ShardGroup extends EventEmitter {
+  readonly options: ClientOptions;
+  readonly leader: AggregatorClient;
+  private parts: Part[] = [];
+  private emittedStep = -1;
+
+  constructor(options: ClientOptions) {
+    super();
+    this.options = options;
+    this.leader = new AggregatorClient(options);
+    this.leader.on('reply', (m) => this.emit('reply', m));
+    this.leader.on('resend', (s) => this.emit('resend', s));
+    this.leader.on('weights', () => this.onWeights());
+    this.leader.on('disconnected', () => this.lost());
+  }
+
+  get run(): Record<string, unknown> | undefined { return this.leader.run; }
+  get learningRate(): number { return this.leader.learningRate; }
+  get shards(): number { return this.parts.length; }
+
+  /** Connects to shard 0, then to the followers it names; retries like AggregatorClient.connect. */
+  async connect(giveUp: () => Promise<boolean> = async () => false): Promise<void> {
+    for (const p of this.parts) {
+      if (p.client === this.leader) continue;
+      p.client.removeAllListeners();
+      p.client.close();
+    }
+    this.parts = [];
+    this.emittedStep = -1;
+    await this.leader.connect(giveUp);
+    const list = this.leader.run?.shards;
+    if (list === undefined) {
+      this.parts = [{ client: this.leader, lo: 0, hi: -1 }];
+      return;
+    }
+    const shards = parseShards(list);
+    const parts: Part[] = [];
+    try {
+      for (const s of shards) {
+        if (s.index === 0) { parts.push({ client: this.leader, lo: s.lo, hi: s.hi }); continue; }
+        const client = new AggregatorClient({ ...this.options, url: s.url });
+        client.on('reply', (m: { t?: string }) => { if (m.t === 'error') this.emit('reply', m); });
+        client.on('weights', () => this.onWeights());
+        client.on('disconnected', () => { if (this.parts.some((p) => p.client === client)) this.lost(); });
+        parts.push({ client, lo: s.lo, hi: s.hi });
+        await client.connect(giveUp);
+      }
+    } catch (err) {
+      for (const p of parts) {
+        if (p.client !== this.leader) p.client.removeAllListeners();
+        p.client.terminate();
+      }
+      this.leader.terminate();
+      throw err instanceof ProtocolError ? err : new ConnectionLost();
+    }
+    this.parts = parts;
+  }
+
+  /** Sends `ready` to every shard and waits for each one's weights (or an error reply). */
+  async ready(modelHash: string): Promise<void> {
+    await Promise.all(this.parts.map(async ({ client }) => {
+      const answer = client.next(['weights', 'reply']);
+      client.send({ t: 'ready', modelHash });
+      const { name, value } = await answer;
+      const v = value as { t?: string; code?: string; message?: string };
+      if (name === 'reply' && v.t === 'error') throw new ProtocolError(String(v.code), String(v.message));
+    }));
+  }
+
+  /** The step of the weights every shard has sent (-1 while they differ). */
+  get weightsStep(): number {
+    let step: number | undefined;
+    for (const { client } of this.parts) {
+      if (step === undefined) step = client.weightsStep;
+      else if (client.weightsStep !== step) return -1;
+    }
+    return step ?? -1;
+  }
+
+  private onWeights(): void {
+    const s = this.weightsStep;
+    if (s > this.emittedStep) {
+      this.emittedStep = s;
+      this.emit('weights', s);
+    }
+  }
+
+  private lost(): void {
+    for (const p of this.parts) p.client.terminate();
+    this.emit('disconnected');
+  }
+
+  get connected(): boolean {
+    return this.parts.length > 0 && this.parts.every((p) => p.client.connected);
+  }
+
+  /** Control messages (join, idle) go to shard 0. */
+  send(msg: ClientMessage): void {
+    this.leader.send(msg);
+  }
+
+  /** floats [start, end) of the complete weights, copied out of the shards' buffers. */
+  read(start: number, end: number): Float32Array {
+    if (this.parts.length === 1) return (this.leader.weights as Float32Array).slice(start, end);
+    const out = new Float32Array(end - start);
+    for (const { client, lo, hi } of this.parts) {
+      const a = Math.max(start, lo);
+      const b = Math.min(end, hi);
+      if (a < b) out.set((client.weights as Float32Array).subarray(a - lo, b - lo), a - start);
+    }
+    return out;
+  }
+
+  /** Resolves with the next event among `names` (or rejects when a connection drops). */
+  next<T = unknown>(names: string[], filter: (name: string, value: unknown) => boolean = () => true): Promise<{ name: string; value: T }> {
+    return new Promise((resolve, reject) => {
+      const handlers = new Map<string, (v: unknown) => void>();
+      const cleanup = () => { for (const [n, h] of handlers) this.off(n, h); this.off('disconnected', lost); };
+      const lost = () => { cleanup(); reject(new ConnectionLost()); };
+      for (const name of names) {
+        const h = (value: unknown) => { if (filter(name, value)) { cleanup(); resolve({ name, value: value as T }); } };
+        handlers.set(name, h);
+        this.on(name, h);
+      }
+      this.on('disconnected', lost);
+      if (!this.connected) lost();
+    });
+  }
+
+  /** Waits until every shard has sent weights of at least `step`, all of the same step. */
+  async waitForWeights(step: number): Promise<void> {
+    if (this.weightsStep >= step) return;
+    await this.next(['weights'], (_n, s) => (s as number) >= step);
+  }
+
+  /** Each shard's range of the gradient, in parallel, with the step's attempt and ticket from shard 0. */
+  async sendGradient(step: number, jobId: string, sampleIds: number[], stats: BatchStats, flat: Float32Array): Promise<void> {
+    const admit = { attempt: this.leader.attempt, ...(this.leader.ticket === undefined ? {} : { ticket: this.leader.ticket }) };
+    await Promise.all(this.parts.map(({ client, lo, hi }) => client.sendGradient(step, jobId, sampleIds, stats, hi < 0 ? flat : flat.subarray(lo, hi), admit)));
+  }
+
+  terminate(): void {
+    for (const p of this.parts) p.client.terminate();
+    if (this.parts.length === 0) this.leader.terminate();
+  }
+
+  close(): void {
+    for (const p of this.parts) p.client.close();
+    if (this.parts.length === 0) this.leader.close();
+  }
+}
+
+/** The welcome's `run.shards`: [{index, lo, hi, url}], contiguous from 0, shard 0 first. */
+function parseShards(raw: unknown): { index: number; lo: number; hi: number; url: string }[] {
+  if (!Array.isArray(raw) || raw.length === 0) throw new ProtocolError('VGG_ERR_FRAME_FIELD', `welcome.run.shards: expected a list of shards, got ${JSON.stringify(raw)}`);
+  let end = 0;
+  return raw.map((s: Record<string, unknown>, i) => {
+    const t = { ...s, t: 'welcome.run.shards' };
+    const shard = { index: field<number>(t, 'index', 'int'), lo: field<number>(t, 'lo', 'int'), hi: field<number>(t, 'hi', 'int'), url: field<string>(t, 'url', 'string') };
+    if (shard.index !== i || shard.lo !== end || shard.hi < shard.lo || (i > 0 && !/^wss?:\/\//.test(shard.url))) {
+      throw new ProtocolError('VGG_ERR_FRAME_FIELD', `welcome.run.shards[${i}]: expected shard ${i} from float ${end} with a ws:// URL, got ${JSON.stringify(s)}`);
+    }
+    end = shard.hi;
+    return shard;
+  });
+}
