@@ -13,7 +13,7 @@ import { ProtocolError } from '../shared/wire-protocol.ts';
 import { ConnectionLost } from './aggregator-client.ts';
 import { ShardGroup } from './shard-group.ts';
 import { selectBackend, type BackendChoice } from './backend.ts';
-import { loadBatch, type BatchItem } from './data/image-pipeline.ts';
+import { loadBatch, type BatchItem, type LoadedBatch } from './data/image-pipeline.ts';
 import { indexDataset } from '../coordinator/dataset-index.ts';
 import { buildVgg, writeFlat, type VggModel } from './model/vgg-model.ts';
 import { computeGradients, evaluateBatch } from './train/gradient-step.ts';
@@ -101,7 +101,35 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
   const items = (ids: number[], split: 'train' | 'val'): BatchItem[] =>
     ids.map((id) => ({ id, path: index[split][id]?.path ?? '', label: index[split][id]?.label ?? 0 }));
 
-  const trainJob = async (job: Job<TrainJobData>, token: string) => {
+  const trainBatch = (job: Job<TrainJobData>) => loadBatch(root, items(job.data.sampleIds, 'train'), run.augment, { kind: 'train', seed: run.seed, epoch: job.data.epoch });
+
+  /**
+   * The next train job, taken while this step's gradient is on the wire and its images
+   * decoded meanwhile (sharp decodes on libvips threads): the next step starts with its batch
+   * ready. Augmentation depends on (seed, epoch, sample) only, so results do not change.
+   */
+  let prefetched: { job: Job<TrainJobData>; token: string; lock: NodeJS.Timeout; batch: Promise<LoadedBatch> } | undefined;
+  let prefetching: Promise<void> = Promise.resolve();
+  const prefetch = () => {
+    prefetching = (async () => {
+      if (prefetched !== undefined || stopping) return;
+      const token = randomUUID();
+      const job = await trainW.getNextJob(token, { block: false }).catch(() => undefined) as Job<TrainJobData> | undefined;
+      if (job === undefined) return;
+      const batch = trainBatch(job);
+      batch.catch(() => {}); // seen when the job runs
+      prefetched = { job, token, lock: holdLock(job, token), batch };
+    })();
+  };
+  const releasePrefetched = async () => {
+    const p = prefetched;
+    prefetched = undefined;
+    if (p === undefined) return;
+    clearInterval(p.lock);
+    await p.job.moveToWait(p.token).catch(() => {});
+  };
+
+  const trainJob = async (job: Job<TrainJobData>, token: string, loaded?: Promise<LoadedBatch>) => {
     const jobId = job.id as string;
     if ((await redis.hexists(keys.applied(job.data.epoch), jobId)) === 1) {
       await job.moveToCompleted({ skipped: 'already applied' }, token, false);
@@ -121,7 +149,7 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
     const step = client.weightsStep;
     await syncModel(step);
     const t0 = performance.now();
-    const batch = await loadBatch(root, items(job.data.sampleIds, 'train'), run.augment, { kind: 'train', seed: run.seed, epoch: job.data.epoch });
+    const batch = await (loaded ?? trainBatch(job));
     for (const s of batch.skipped) log.warn({ path: s.path, error: s.error }, 'image skipped');
     const r = computeGradients(vgg, batch.images, batch.labels);
     const t1 = performance.now();
@@ -131,6 +159,7 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
       else flat.fill(0, e.offset, e.offset + e.size);
     }
     tf.dispose([...r.grads.values()]);
+    prefetch();
     const stats = { samples: r.samples, loss: r.loss, top1: r.top1, top5: r.top5, skipped: batch.skipped.length };
     // Send, and again whenever a lost member aborts the step, until the new weights arrive.
     for (;;) {
@@ -188,8 +217,11 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
           await ready();
           idleSent = -1;
         }
-        const token = randomUUID();
-        let job: Job | undefined = await trainW.getNextJob(token, { block: false });
+        await prefetching;
+        const pre = prefetched;
+        prefetched = undefined;
+        const token = pre?.token ?? randomUUID();
+        let job: Job | undefined = pre?.job ?? await trainW.getNextJob(token, { block: false });
         if (job === undefined) {
           if (idleSent !== client.weightsStep) { client.send({ t: 'idle', step: client.weightsStep }); idleSent = client.weightsStep; }
           const ej = await evalW.getNextJob(token, { block: false });
@@ -199,9 +231,9 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
           if (job === undefined) continue;
         }
         idleSent = -1;
-        const lock = holdLock(job, token);
+        const lock = pre?.lock ?? holdLock(job, token);
         try {
-          await trainJob(job as Job<TrainJobData>, token);
+          await trainJob(job as Job<TrainJobData>, token, pre?.batch);
           failures = 0;
         } catch (err) {
           // Return it at once so another worker can take it (the ledger keeps it exactly-once).
@@ -233,6 +265,8 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
 
   const done = loop().finally(async () => {
     clearInterval(heartbeat);
+    await prefetching.catch(() => {});
+    await releasePrefetched();
     await redis.hdel(keys.workers, workerId).catch(() => {});
     client.close();
     await Promise.allSettled([trainW.close(), evalW.close()]);
