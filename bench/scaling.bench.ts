@@ -16,7 +16,7 @@
  *   P = gradient bytes on the wire (fp32: 553 MB; bf16: half), B = link bytes/s,
  *   c_reduce, c_update = measured ns per byte of our reduce-on-arrival and SGD loops.
  *
- *   npm run bench:scaling [-- --workers 1,2,4 --compute-ms 290 --steps 3]
+ *   npm run bench:scaling [-- --workers 1,2,4 --compute-ms 290 --steps 3 --shards 1,2]
  */
 import { Command } from 'commander';
 import { FlatMomentumSgd } from '../shared/flat-sgd.ts';
@@ -30,8 +30,9 @@ const o = new Command('bench:scaling')
   .option('--compute-ms <n>', 'simulated GPU compute time per step', intOption('--compute-ms', 0), 290)
   .option('--steps <n>', 'timed steps per point (after one warm-up)', intOption('--steps', 1), 3)
   .option('--wire <w>', 'wire format of the measured runs', 'fp32')
+  .option('--shards <list>', 'aggregator shard counts K of the measured runs', intListOption('--shards'), [1])
   .parse(process.argv)
-  .opts<{ workers: number[]; computeMs: number; steps: number; wire: string }>();
+  .opts<{ workers: number[]; computeMs: number; steps: number; wire: string; shards: number[] }>();
 
 // Calibration: our per-byte CPU costs, measured here on the real loops (138M floats).
 const layout = buildLayout(DEFAULT_MODEL_CONFIG);
@@ -50,12 +51,12 @@ const cUpdate = (updateMs * 1e6) / (n * 4);
 process.stdout.write(`calibration: reduce ${reduceMs.toFixed(0)} ms, SGD update ${updateMs.toFixed(0)} ms per 138M floats (${cReduce.toFixed(2)}, ${cUpdate.toFixed(2)} ns/byte)\n`);
 
 // Measured here: one machine, loopback, N worker processes.
-const measured: { workers: number; stepMs: number; efficiency: number }[] = [];
-for (const workers of o.workers) {
-  const r = await runOurs({ workers, steps: o.steps, wire: o.wire, computeMs: o.computeMs });
+const measured: { workers: number; shards: number; stepMs: number; efficiency: number }[] = [];
+for (const shards of o.shards) for (const workers of o.workers) {
+  const r = await runOurs({ workers, steps: o.steps, wire: o.wire, computeMs: o.computeMs, shards });
   const efficiency = o.computeMs / r.stepMs;
-  measured.push({ workers, stepMs: Math.round(r.stepMs), efficiency: Number(efficiency.toFixed(3)) });
-  process.stdout.write(`measured, ${workers} worker(s), ${o.wire}, compute ${o.computeMs} ms: step ${r.stepMs.toFixed(0)} ms, efficiency ${(100 * efficiency).toFixed(1)}%\n`);
+  measured.push({ workers, shards, stepMs: Math.round(r.stepMs), efficiency: Number(efficiency.toFixed(3)) });
+  process.stdout.write(`measured, ${workers} worker(s), ${shards} shard(s), ${o.wire}, compute ${o.computeMs} ms: step ${r.stepMs.toFixed(0)} ms, efficiency ${(100 * efficiency).toFixed(1)}%\n`);
 }
 process.stdout.write('(every process shares this machine\'s 2 cores and one memory bus: the measured figures are a floor, not a cluster)\n');
 

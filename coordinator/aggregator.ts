@@ -3,6 +3,7 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import type { Logger } from '../shared/logger.ts';
 import type { FlatMomentumSgd } from '../shared/flat-sgd.ts';
 import { encode16, type WireFormat } from '../shared/half.ts';
+import { arenaOf, type FloatArena } from '../shared/simd.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import {
   CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, decodeFrame, encode, field, sendChunk, valuesOf,
@@ -105,6 +106,8 @@ export class Aggregator {
   private server?: WebSocketServer;
   private nextId = 1;
   private readonly sum: Float32Array;
+  /** Where the weights and momentum live, if in a FloatArena: the sum and scratch go there too (SIMD loops). */
+  private readonly arena?: FloatArena;
   private readonly wire: WireFormat;
   /** Decoded values of one 16-bit chunk. */
   private readonly scratch: Float32Array;
@@ -129,9 +132,11 @@ export class Aggregator {
     this.options = options;
     this.step = options.step;
     this.learningRate = options.sgd.options.learningRate;
-    this.sum = new Float32Array(options.weights.length);
+    this.arena = arenaOf(options.weights, options.sgd.velocity);
+    const floats = (n: number) => this.arena?.alloc(n) ?? new Float32Array(n);
+    this.sum = floats(options.weights.length);
     this.wire = options.wire ?? 'fp32';
-    this.scratch = new Float32Array(this.wire === 'fp32' ? 0 : CHUNK_FLOATS);
+    this.scratch = floats(this.wire === 'fp32' ? 0 : CHUNK_FLOATS);
     if (this.wire !== 'fp32') this.weights16 = new Uint16Array(options.weights.length);
   }
 
@@ -361,7 +366,8 @@ export class Aggregator {
           throw new ProtocolError('VGG_ERR_LAYOUT', `grad-chunk at ${offset}: expected at most ${this.sum.length - offset} floats (layout of ${this.sum.length}), got ${g.length}`);
         }
         r.next = offset + g.length;
-        if (!accumulate(this.sum, offset, g, r.stats.samples)) {
+        const finite = this.arena !== undefined ? this.arena.accumulate(this.sum, offset, g, r.stats.samples) : accumulate(this.sum, offset, g, r.stats.samples);
+        if (!finite) {
           // Part of it is in the sum already: abort the step, the others resend, this member gives up its job.
           // (At a follower the leader aborts: it drops the worker from the step, and the abort resets this sum.)
           if (this.options.follower !== undefined) {

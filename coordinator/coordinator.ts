@@ -18,6 +18,8 @@ import { initFromCheckpoint, warmStartFromCheckpoint } from '../worker/model/war
 import { buildVgg, disposeVgg, readFlat } from '../worker/model/vgg-model.ts';
 import { checkedWeights, loadCheckpoint, modelTopology, saveCheckpoint } from '../worker/train/checkpoint.ts';
 import { shardRange, sliceLayout } from '../shared/shard.ts';
+import { tryArena } from '../shared/simd.ts';
+import { CHUNK_FLOATS } from '../shared/wire-protocol.ts';
 import { Aggregator, type Contribution, type Member } from './aggregator.ts';
 import { ShardLeader } from './shard-leader.ts';
 import { indexDataset } from './dataset-index.ts';
@@ -72,7 +74,10 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
   const layout = vgg.layout;
   const hash = modelHash(model, layout);
   const topology = modelTopology(vgg);
-  const weights = readFlat(vgg);
+  // Master weights, momentum and the aggregator's sum in one FloatArena: the reduce and SGD loops run as SIMD.
+  const arena = tryArena(3 * layout.totalSize + 3 * CHUNK_FLOATS);
+  const initial = readFlat(vgg);
+  const weights = arena?.copyOf(initial) ?? initial;
   disposeVgg(vgg);
 
   const keys = runKeys(cfg.run);
@@ -92,7 +97,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
   let epoch = 0;
   let applied = new Set<number>();
   let plateau: PlateauState = initialPlateau(cfg.lr);
-  let momentum: Float32Array = new Float32Array(layout.totalSize);
+  const momentum = arena?.alloc(layout.totalSize) ?? new Float32Array(layout.totalSize);
   if (cfg.resume && cfg.checkpointDir !== '') {
     const ck = await loadCheckpoint(cfg.checkpointDir).catch((err: unknown) => {
       if (err instanceof CheckpointError && /got none/.test(err.message)) return undefined;
@@ -102,7 +107,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
       if (ck.state.modelHash !== hash) throw new CheckpointError(`--resume: checkpoint model hash ${ck.state.modelHash} does not match this run's ${hash}`);
       for (const [e, t] of checkedWeights(layout, ck.weights)) weights.set(t.dataSync() as Float32Array, e.offset);
       tf.dispose(Object.values(ck.weights));
-      momentum = ck.momentum;
+      momentum.set(ck.momentum);
       ({ step, epoch } = ck.state);
       applied = new Set(ck.state.appliedPositions ?? []);
       plateau = ck.state.schedule as unknown as PlateauState;

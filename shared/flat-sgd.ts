@@ -1,4 +1,5 @@
 import type { ParamLayout } from './param-layout.ts';
+import { arenaOf } from './simd.ts';
 
 export interface FlatSgdOptions { learningRate: number; momentum: number; weightDecay: number }
 
@@ -29,6 +30,15 @@ export class FlatMomentumSgd {
   apply(weights: Float32Array, sum: Float32Array, scale = 1): void {
     const { learningRate: lr, momentum: mu, weightDecay } = this.options;
     const v = this.velocity;
+    // Arrays in one FloatArena: the SIMD kernels (fp32 per operation).
+    const arena = arenaOf(weights, v, sum);
+    if (arena !== undefined) {
+      for (const e of this.layout.entries) {
+        if (e.trainable) arena.sgd(weights, v, sum, e.offset, e.offset + e.size, lr, mu, e.decay ? weightDecay : 0, scale);
+        else arena.mean(weights, sum, e.offset, e.offset + e.size, scale);
+      }
+      return;
+    }
     for (const e of this.layout.entries) {
       const end = e.offset + e.size;
       if (!e.trainable) {

@@ -13,7 +13,9 @@ import type { WireFormat } from '../../shared/half.ts';
 import { createLogger } from '../../shared/logger.ts';
 import { buildLayout } from '../../shared/param-layout.ts';
 import { parseShard, shardRange, sliceLayout } from '../../shared/shard.ts';
+import { tryArena } from '../../shared/simd.ts';
 import { DEFAULT_MODEL_CONFIG } from '../../shared/vgg-configs.ts';
+import { CHUNK_FLOATS } from '../../shared/wire-protocol.ts';
 
 const arg = (name: string, fallback: string) => (process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1] ?? fallback : fallback);
 const steps = Number(arg('--steps', '1'));
@@ -31,9 +33,10 @@ if (process.argv.includes('--follow')) {
 }
 
 const layout = buildLayout(DEFAULT_MODEL_CONFIG);
-const weights = new Float32Array(layout.totalSize).fill(0.01);
+const arena = tryArena(3 * layout.totalSize + 3 * CHUNK_FLOATS);
+const weights = (arena?.alloc(layout.totalSize) ?? new Float32Array(layout.totalSize)).fill(0.01);
 const sgdOptions = { learningRate: 0.01, momentum: 0.9, weightDecay: 5e-4 };
-const velocity = new Float32Array(layout.totalSize);
+const velocity = arena?.alloc(layout.totalSize) ?? new Float32Array(layout.totalSize);
 const own = shardRange(layout.totalSize, 0, shards);
 let agg!: Aggregator;
 const leader = shards === 1 ? undefined : new ShardLeader({

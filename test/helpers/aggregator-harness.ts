@@ -5,7 +5,8 @@ import type { WireFormat } from '../../shared/half.ts';
 import { createLogger } from '../../shared/logger.ts';
 import { buildLayout, type ParamLayout } from '../../shared/param-layout.ts';
 import { TINY_VGG_A } from '../../shared/vgg-configs.ts';
-import { PROTOCOL_VERSION, decodeFrame, encode } from '../../shared/wire-protocol.ts';
+import { FloatArena } from '../../shared/simd.ts';
+import { CHUNK_FLOATS, PROTOCOL_VERSION, decodeFrame, encode } from '../../shared/wire-protocol.ts';
 import { AggregatorClient } from '../../worker/aggregator-client.ts';
 
 export const log = createLogger();
@@ -28,15 +29,18 @@ export interface Harness {
   close(): Promise<void>;
 }
 
-export async function startAggregator(options: { layout?: ParamLayout; heartbeatTimeoutMs?: number; step?: number; wire?: WireFormat } = {}): Promise<Harness> {
+/** `arena`: weights and momentum in a FloatArena, so the aggregator runs its SIMD loops. */
+export async function startAggregator(options: { layout?: ParamLayout; heartbeatTimeoutMs?: number; step?: number; wire?: WireFormat; arena?: boolean } = {}): Promise<Harness> {
   const layout = options.layout ?? buildLayout(TINY_VGG_A);
-  const weights = Float32Array.from({ length: layout.totalSize }, (_, i) => ((i % 13) - 6) / 100);
+  const arena = options.arena === true ? new FloatArena(3 * layout.totalSize + 3 * CHUNK_FLOATS) : undefined;
+  const plain = Float32Array.from({ length: layout.totalSize }, (_, i) => ((i % 13) - 6) / 100);
+  const weights = arena?.copyOf(plain) ?? plain;
   const commits: Contribution[][] = [];
   const lost: Member[] = [];
   const clients: AggregatorClient[] = [];
   const agg = new Aggregator({
     host: '127.0.0.1', port: 0, token: 'secret', modelHash: 'hash-1', weights, step: options.step ?? 0, runInfo: { run: 't', wire: options.wire ?? 'fp32' }, wire: options.wire,
-    sgd: new FlatMomentumSgd(layout, SGD),
+    sgd: new FlatMomentumSgd(layout, SGD, arena?.alloc(layout.totalSize)),
     jobStatus: (id) => (id.startsWith('job') ? 'pending' : 'unknown'),
     onCommit: async (_step, c) => { commits.push(c); },
     onMemberLost: (m) => { lost.push(m); }, log, heartbeatTimeoutMs: options.heartbeatTimeoutMs,

@@ -1,0 +1,215 @@
+/**
+ * The aggregator's per-element loops (reduce on arrival, momentum SGD, the
+ * mean of BN statistics) as WebAssembly SIMD (f32x4) kernels over one linear
+ * memory, the FloatArena. V8 runs the plain JS loops one scalar at a time with
+ * bounds checks; these do four lanes per instruction. The module is assembled
+ * here from its instructions (no toolchain, nothing to build); arrays must be
+ * views into the arena's memory, so the weights, momentum and sum of an
+ * aggregator are allocated there. Arithmetic is fp32 per operation, as in
+ * torch.optim.SGD and the single-process trainer's tfjs ops.
+ */
+
+/** Float32Array views into one wasm memory, and the kernels that run on them. */
+export class FloatArena {
+  readonly memory: WebAssembly.Memory;
+  private readonly k: Kernels;
+  private next = 0;
+  private readonly limit: number;
+  /** A chunk's worth of floats for values that arrive outside the arena (socket buffers). */
+  private staging?: Float32Array;
+
+  /** Room for `floats` floats (each allocation rounded up to 16 bytes); at most 4 GiB in all. */
+  constructor(floats: number) {
+    this.limit = Math.ceil((floats * 4) / 65536) * 65536 + 65536;
+    const pages = this.limit / 65536;
+    if (pages > 65536) throw new RangeError(`FloatArena: expected at most 4 GiB, got ${(this.limit / 2 ** 30).toFixed(2)} GiB (${floats} floats)`);
+    this.memory = new WebAssembly.Memory({ initial: pages, maximum: pages });
+    const instance = new WebAssembly.Instance(module(), { env: { memory: this.memory } });
+    this.k = instance.exports as unknown as Kernels;
+    ARENAS.set(this.memory.buffer, this);
+  }
+
+  /** `n` zeroed floats, 16-byte aligned. */
+  alloc(n: number): Float32Array {
+    const start = this.next;
+    const end = start + Math.ceil((n * 4) / 16) * 16;
+    if (end > this.limit) throw new RangeError(`FloatArena: expected room for ${n} more floats, got ${Math.max(0, (this.limit - start) / 4)}`);
+    this.next = end;
+    return new Float32Array(this.memory.buffer, start, n);
+  }
+
+  /** A copy of `values` in the arena. */
+  copyOf(values: Float32Array): Float32Array {
+    const a = this.alloc(values.length);
+    a.set(values);
+    return a;
+  }
+
+  owns(a: Float32Array): boolean {
+    return a.buffer === this.memory.buffer;
+  }
+
+  /**
+   * sum[offset + i] += n * g[i] for every i; false when g holds a NaN or an Inf.
+   * g outside the arena is staged into it first (one memcpy per chunk).
+   */
+  accumulate(sum: Float32Array, offset: number, g: Float32Array, n: number): boolean {
+    if (!this.owns(g)) {
+      if (this.staging === undefined || this.staging.length < g.length) this.staging = this.alloc(Math.max(g.length, 1 << 20));
+      this.staging.set(g);
+      g = this.staging.subarray(0, g.length);
+    }
+    const len = g.length;
+    const body = len - (len % 4);
+    let probe = this.k.acc(sum.byteOffset + 4 * offset, g.byteOffset, body / 4, n);
+    for (let i = body; i < len; i += 1) {
+      const a = g[i] as number;
+      probe += a * 0;
+      sum[offset + i] = (sum[offset + i] as number) + Math.fround(n * a);
+    }
+    return !Number.isNaN(probe);
+  }
+
+  /** v <- mu v + (scale s + wd w); w <- w - lr v, over [lo, hi) of all three arrays. */
+  sgd(w: Float32Array, v: Float32Array, s: Float32Array, lo: number, hi: number, lr: number, mu: number, wd: number, scale: number): void {
+    const len = hi - lo;
+    const body = len - (len % 4);
+    this.k.sgd(w.byteOffset + 4 * lo, v.byteOffset + 4 * lo, s.byteOffset + 4 * lo, body / 4, lr, mu, wd, scale);
+    const f = Math.fround;
+    for (let i = lo + body; i < hi; i += 1) {
+      const wi = w[i] as number;
+      const vi = f(f(f(mu) * (v[i] as number)) + f(f((s[i] as number) * f(scale)) + f(f(wd) * wi)));
+      v[i] = vi;
+      w[i] = f(wi - f(f(lr) * vi));
+    }
+  }
+
+  /** w <- scale s over [lo, hi) (averaged BN statistics). */
+  mean(w: Float32Array, s: Float32Array, lo: number, hi: number, scale: number): void {
+    const len = hi - lo;
+    const body = len - (len % 4);
+    this.k.avg(w.byteOffset + 4 * lo, s.byteOffset + 4 * lo, body / 4, scale);
+    for (let i = lo + body; i < hi; i += 1) w[i] = (s[i] as number) * Math.fround(scale);
+  }
+}
+
+const ARENAS = new WeakMap<ArrayBufferLike, FloatArena>();
+
+/**
+ * An arena for `floats` floats, or undefined where it cannot be had (over 4 GiB,
+ * or no WebAssembly SIMD): the callers then use plain arrays and the JS loops.
+ */
+export function tryArena(floats: number): FloatArena | undefined {
+  if (process.env.VGG_NO_SIMD === '1') return undefined;
+  try {
+    return new FloatArena(floats);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The arena all of `arrays` live in, if they share one. */
+export function arenaOf(...arrays: Float32Array[]): FloatArena | undefined {
+  const arena = ARENAS.get((arrays[0] as Float32Array).buffer);
+  return arena !== undefined && arrays.every((a) => a.buffer === arena.memory.buffer) ? arena : undefined;
+}
+
+interface Kernels {
+  acc(dst: number, src: number, n4: number, k: number): number;
+  sgd(w: number, v: number, s: number, n4: number, lr: number, mu: number, wd: number, scale: number): void;
+  avg(w: number, s: number, n4: number, scale: number): void;
+}
+
+// ---- the module, assembled ---------------------------------------------------------------
+
+const I32 = 0x7f;
+const F32 = 0x7d;
+const V128 = 0x7b;
+
+const uleb = (n: number): number[] => {
+  const out: number[] = [];
+  do {
+    let b = n & 0x7f;
+    n >>>= 7;
+    if (n !== 0) b |= 0x80;
+    out.push(b);
+  } while (n !== 0);
+  return out;
+};
+const vec = (items: number[][]): number[] => [...uleb(items.length), ...items.flat()];
+const str = (s: string): number[] => [...uleb(s.length), ...Buffer.from(s, 'latin1')];
+const section = (id: number, body: number[]): number[] => [id, ...uleb(body.length), ...body];
+
+// Instructions.
+const get = (i: number) => [0x20, i];
+const set = (i: number) => [0x21, i];
+const i32c = (v: number) => [0x41, v];
+const simd = (op: number, ...imm: number[]) => [0xfd, ...uleb(op), ...imm];
+const load = simd(0x00, 4, 0); // v128.load align=16 offset=0
+const store = simd(0x0b, 4, 0);
+const splat = simd(0x13);
+const lane = (l: number) => simd(0x1f, l);
+const add = simd(0xe4);
+const sub = simd(0xe5);
+const mul = simd(0xe6);
+const F32ADD = [0x92];
+/** i += 1; each pointer += 16 */
+const advance = (i: number, ptrs: number[]) => [...ptrs.flatMap((p) => [...get(p), ...i32c(16), 0x6a, ...set(p)]), ...get(i), ...i32c(1), 0x6a, ...set(i)];
+/** block { loop { if (i >= n) break; body; advance; continue } } */
+const forEach = (i: number, n: number, body: number[], ptrs: number[]) => [
+  0x02, 0x40, 0x03, 0x40, ...get(i), ...get(n), 0x4f, 0x0d, 1, ...body, ...advance(i, ptrs), 0x0c, 0, 0x0b, 0x0b,
+];
+const fn = (locals: [number, number][], code: number[]) => {
+  const body = [...vec(locals.map(([count, type]) => [...uleb(count), type])), ...code, 0x0b];
+  return [...uleb(body.length), ...body];
+};
+
+function assemble(): Uint8Array<ArrayBuffer> {
+  // acc(dst 0, src 1, n4 2, k 3) -> f32; locals: i 4, kv 5, probe 6, g 7, zero 8
+  const acc = fn([[1, I32], [4, V128]], [
+    ...get(3), ...splat, ...set(5),
+    ...forEach(4, 2, [
+      ...get(1), ...load, ...set(7),
+      ...get(0), ...get(0), ...load, ...get(7), ...get(5), ...mul, ...add, ...store,
+      ...get(6), ...get(7), ...get(8), ...mul, ...add, ...set(6),
+    ], [0, 1]),
+    ...get(6), ...lane(0), ...get(6), ...lane(1), ...F32ADD, ...get(6), ...lane(2), ...F32ADD, ...get(6), ...lane(3), ...F32ADD,
+  ]);
+  // sgd(w 0, v 1, s 2, n4 3, lr 4, mu 5, wd 6, scale 7); locals: i 8, lrv 9, muv 10, wdv 11, scv 12, wv 13, vv 14
+  const sgd = fn([[1, I32], [6, V128]], [
+    ...get(4), ...splat, ...set(9), ...get(5), ...splat, ...set(10), ...get(6), ...splat, ...set(11), ...get(7), ...splat, ...set(12),
+    ...forEach(8, 3, [
+      ...get(0), ...load, ...set(13),
+      ...get(1), ...load, ...get(10), ...mul,
+      ...get(2), ...load, ...get(12), ...mul, ...get(13), ...get(11), ...mul, ...add,
+      ...add, ...set(14),
+      ...get(1), ...get(14), ...store,
+      ...get(0), ...get(13), ...get(14), ...get(9), ...mul, ...sub, ...store,
+    ], [0, 1, 2]),
+  ]);
+  // avg(w 0, s 1, n4 2, scale 3); locals: i 4, scv 5
+  const avg = fn([[1, I32], [1, V128]], [
+    ...get(3), ...splat, ...set(5),
+    ...forEach(4, 2, [...get(0), ...get(1), ...load, ...get(5), ...mul, ...store], [0, 1]),
+  ]);
+  const types = [
+    [0x60, ...vec([[I32], [I32], [I32], [F32]]), ...vec([[F32]])],
+    [0x60, ...vec([[I32], [I32], [I32], [I32], [F32], [F32], [F32], [F32]]), ...vec([])],
+    [0x60, ...vec([[I32], [I32], [I32], [F32]]), ...vec([])],
+  ];
+  const bytes = [
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
+    ...section(1, vec(types)),
+    ...section(2, vec([[...str('env'), ...str('memory'), 0x02, 0x00, 0x00]])),
+    ...section(3, vec([[0], [1], [2]])),
+    ...section(7, vec([[...str('acc'), 0x00, 0], [...str('sgd'), 0x00, 1], [...str('avg'), 0x00, 2]])),
+    ...section(10, vec([acc, sgd, avg])),
+  ];
+  return new Uint8Array(bytes);
+}
+
+let compiled: WebAssembly.Module | undefined;
+function module(): WebAssembly.Module {
+  compiled ??= new WebAssembly.Module(assemble());
+  return compiled;
+}

@@ -1,0 +1,91 @@
+import { afterEach, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { FlatMomentumSgd } from '../../shared/flat-sgd.ts';
+import { buildLayout } from '../../shared/param-layout.ts';
+import { FloatArena, arenaOf } from '../../shared/simd.ts';
+import { TINY_VGG_A } from '../../shared/vgg-configs.ts';
+import { SGD, join, startAggregator, stats, type Harness } from '../helpers/aggregator-harness.ts';
+
+const wave = (n: number, seed: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(seed * 7919 + i * 0.37));
+
+/** Largest |a - b| relative to max(1, |b|). */
+function worst(a: Float32Array, b: Float32Array): number {
+  let w = 0;
+  for (let i = 0; i < a.length; i += 1) w = Math.max(w, Math.abs((a[i] as number) - (b[i] as number)) / Math.max(1, Math.abs(b[i] as number)));
+  return w;
+}
+
+describe('the SIMD kernels (FloatArena)', () => {
+  test('accumulate equals the scalar reduce, at any offset and length, from inside or outside the arena, and finds NaN and Inf', () => {
+    const arena = new FloatArena(1 << 21);
+    for (const [offset, len] of [[0, 1024], [3, 1021], [16, 7], [5, 1]] as const) {
+      const sum = arena.copyOf(wave(2048, 1));
+      const expected = sum.slice();
+      const g = wave(len, 2);
+      for (let i = 0; i < len; i += 1) expected[offset + i] = Math.fround((expected[offset + i] as number) + 3 * (g[i] as number));
+      assert.equal(arena.accumulate(sum, offset, g, 3), true);
+      assert.ok(worst(sum, expected) <= 2.4e-7, `offset ${offset}, length ${len}: ${worst(sum, expected)}`);
+      const inside = arena.copyOf(g);
+      const again = sum.slice();
+      assert.equal(arena.accumulate(sum, offset, inside, 3), true);
+      for (let i = 0; i < len; i += 1) again[offset + i] = Math.fround((again[offset + i] as number) + 3 * (g[i] as number));
+      assert.ok(worst(sum, again) <= 2.4e-7);
+    }
+    for (const bad of [Number.NaN, Infinity, -Infinity]) {
+      for (const at of [0, 6, 1022]) {
+        const g = wave(1023, 3);
+        g[at] = bad;
+        assert.equal(arena.accumulate(arena.alloc(1023), 0, g, 1), false, `${bad} at ${at}`);
+      }
+    }
+  });
+
+  test('momentum SGD on arena arrays equals the JS loop (fp32 per operation vs per statement: within 2 ulp), BN statistics averaged', () => {
+    const layout = buildLayout({ ...TINY_VGG_A, batchNorm: true });
+    const n = layout.totalSize;
+    const arena = new FloatArena(4 * n + 64);
+    const w = arena.copyOf(wave(n, 4));
+    const v = arena.copyOf(wave(n, 5));
+    const s = arena.copyOf(wave(n, 6));
+    assert.equal(arenaOf(w, v, s), arena);
+    const wJs = w.slice();
+    const simd = new FlatMomentumSgd(layout, SGD, v);
+    const js = new FlatMomentumSgd(layout, SGD, v.slice());
+    for (let step = 0; step < 3; step += 1) {
+      simd.apply(w, s, 0.25);
+      js.apply(wJs, s, 0.25);
+    }
+    assert.ok(worst(w, wJs) < 5e-7, `weights: ${worst(w, wJs)}`);
+    assert.ok(worst(simd.velocity, js.velocity) < 5e-7, `momentum: ${worst(simd.velocity, js.velocity)}`);
+    const bn = layout.entries.find((e) => !e.trainable);
+    assert.ok(bn !== undefined);
+    assert.equal(w[bn.offset], Math.fround((s[bn.offset] as number) * 0.25));
+    assert.notDeepEqual(w, wave(n, 4));
+  });
+});
+
+let hs: Harness[] = [];
+afterEach(async () => { for (const h of hs) await h.close(); hs = []; });
+
+describe('an aggregator on a FloatArena', () => {
+  test('a two-member step gives the weights of the plain-array aggregator', async () => {
+    const results: Float32Array[] = [];
+    for (const arena of [false, true]) {
+      const h = await startAggregator({ arena });
+      hs.push(h);
+      const n = h.layout.totalSize;
+      const a = await h.member('a');
+      const b = await h.member('b');
+      await join(a, 'job-1');
+      await join(b, 'job-2');
+      const next = a.next(['weights'], (_n, s) => (s as number) === 1);
+      await a.sendGradient(0, 'job-1', [1, 2, 3], stats(3), wave(n, 7));
+      await b.sendGradient(0, 'job-2', [4], stats(1), wave(n, 8));
+      await next;
+      assert.equal(arenaOf(h.weights) !== undefined, arena);
+      results.push(h.weights.slice());
+    }
+    assert.ok(worst(results[1] as Float32Array, results[0] as Float32Array) < 5e-7);
+    assert.notDeepEqual(results[1], hs[1]?.initial);
+  });
+});
