@@ -2,11 +2,11 @@ import { timingSafeEqual } from 'node:crypto';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { Logger } from '../shared/logger.ts';
 import type { FlatMomentumSgd } from '../shared/flat-sgd.ts';
-import { encode16, type WireFormat } from '../shared/half.ts';
+import { encode16, encodeBf16Scalar, type WireFormat } from '../shared/half.ts';
 import { arenaOf, type FloatArena } from '../shared/simd.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import {
-  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, decodeFrame, encode, field, sendChunk, valuesOf,
+  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, codesOf, decodeFrame, encode, field, sendChunk, valuesOf,
   type BatchStats, type ServerMessage,
 } from '../shared/wire-protocol.ts';
 import { shardTicket, type ShardLeader } from './shard-leader.ts';
@@ -137,7 +137,7 @@ export class Aggregator {
     this.sum = floats(options.weights.length);
     this.wire = options.wire ?? 'fp32';
     this.scratch = floats(this.wire === 'fp32' ? 0 : CHUNK_FLOATS);
-    if (this.wire !== 'fp32') this.weights16 = new Uint16Array(options.weights.length);
+    if (this.wire !== 'fp32') this.weights16 = this.arena?.alloc16(options.weights.length) ?? new Uint16Array(options.weights.length);
   }
 
   async start(): Promise<number> {
@@ -360,13 +360,19 @@ export class Aggregator {
         if (r === undefined) throw new ProtocolError('VGG_ERR_NOT_JOINED', `grad-chunk: expected a grad-begin first, got a chunk at ${offset}`);
         const chunkStep = field<number>(msg, 'step', 'int');
         if (chunkStep !== this.step) throw new ProtocolError('VGG_ERR_STEP_MISMATCH', `grad-chunk.step: expected ${this.step}, got ${chunkStep}`);
-        const g = valuesOf(field<Uint8Array>(msg, 'data', 'bytes'), this.wire, this.scratch);
+        const raw = field<Uint8Array>(msg, 'data', 'bytes');
+        // bf16 into an arena: the SIMD reduce widens the codes itself (no decoded copy).
+        const codes = this.arena !== undefined && this.wire === 'bf16' ? codesOf(raw, 'bf16', CHUNK_FLOATS) : undefined;
+        const g = codes === undefined ? valuesOf(raw, this.wire, this.scratch) : undefined;
+        const length = codes?.length ?? (g as Float32Array).length;
         if (offset !== r.next) throw new ProtocolError('VGG_ERR_LAYOUT', `grad-chunk.offset: expected ${r.next}, got ${offset}`);
-        if (offset + g.length > this.sum.length) {
-          throw new ProtocolError('VGG_ERR_LAYOUT', `grad-chunk at ${offset}: expected at most ${this.sum.length - offset} floats (layout of ${this.sum.length}), got ${g.length}`);
+        if (offset + length > this.sum.length) {
+          throw new ProtocolError('VGG_ERR_LAYOUT', `grad-chunk at ${offset}: expected at most ${this.sum.length - offset} floats (layout of ${this.sum.length}), got ${length}`);
         }
-        r.next = offset + g.length;
-        const finite = this.arena !== undefined ? this.arena.accumulate(this.sum, offset, g, r.stats.samples) : accumulate(this.sum, offset, g, r.stats.samples);
+        r.next = offset + length;
+        const n = r.stats.samples;
+        const finite = codes !== undefined ? (this.arena as FloatArena).accumulateBf16(this.sum, offset, codes, n)
+          : this.arena !== undefined ? this.arena.accumulate(this.sum, offset, g as Float32Array, n) : accumulate(this.sum, offset, g as Float32Array, n);
         if (!finite) {
           // Part of it is in the sum already: abort the step, the others resend, this member gives up its job.
           // (At a follower the leader aborts: it drops the worker from the step, and the abort resets this sum.)
@@ -533,7 +539,10 @@ export class Aggregator {
     let w: Float32Array | Uint16Array = this.options.weights;
     if (this.weights16 !== undefined && this.wire !== 'fp32') {
       // Re-encoded per broadcast; the sockets have drained the previous one (see drained()).
-      if (this.weights16Step !== this.step) encode16(this.wire, this.options.weights, this.weights16);
+      if (this.weights16Step !== this.step) {
+        if (this.arena !== undefined && this.wire === 'bf16') this.arena.encodeBf16(this.options.weights, this.weights16, encodeBf16Scalar);
+        else encode16(this.wire, this.options.weights, this.weights16);
+      }
       this.weights16Step = this.step;
       w = this.weights16;
     }

@@ -18,8 +18,7 @@ import { initFromCheckpoint, warmStartFromCheckpoint } from '../worker/model/war
 import { buildVgg, disposeVgg, readFlat } from '../worker/model/vgg-model.ts';
 import { checkedWeights, loadCheckpoint, modelTopology, saveCheckpoint } from '../worker/train/checkpoint.ts';
 import { shardRange, sliceLayout } from '../shared/shard.ts';
-import { tryArena } from '../shared/simd.ts';
-import { CHUNK_FLOATS } from '../shared/wire-protocol.ts';
+import { aggregatorArenaFloats, tryArena } from '../shared/simd.ts';
 import { Aggregator, type Contribution, type Member } from './aggregator.ts';
 import { ShardLeader } from './shard-leader.ts';
 import { indexDataset } from './dataset-index.ts';
@@ -75,7 +74,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
   const hash = modelHash(model, layout);
   const topology = modelTopology(vgg);
   // Master weights, momentum and the aggregator's sum in one FloatArena: the reduce and SGD loops run as SIMD.
-  const arena = tryArena(3 * layout.totalSize + 3 * CHUNK_FLOATS);
+  const arena = tryArena(aggregatorArenaFloats(layout.totalSize));
   const initial = readFlat(vgg);
   const weights = arena?.copyOf(initial) ?? initial;
   disposeVgg(vgg);

@@ -4,7 +4,7 @@ import type { WireFormat } from '../shared/half.ts';
 import type { Logger } from '../shared/logger.ts';
 import { buildLayout, modelHash } from '../shared/param-layout.ts';
 import { sliceLayout, type ShardSpec } from '../shared/shard.ts';
-import { tryArena } from '../shared/simd.ts';
+import { aggregatorArenaFloats, tryArena } from '../shared/simd.ts';
 import type { ModelConfig } from '../shared/vgg-configs.ts';
 import {
   CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, decodeFrame, encode, field, floatsOf, sendChunk,
@@ -178,7 +178,7 @@ function connectLeader(o: FollowerOptions): Promise<{ ws: WebSocket; init: Init 
             secret: Buffer.from(field<string>(msg, 'secret', 'string'), 'hex'), run: field<Record<string, unknown>>(msg, 'run', 'object'),
           };
           // Weights and momentum, then the aggregator's sum and scratch, in one FloatArena (SIMD loops).
-          state = tryArena(3 * (hi - lo) + 3 * CHUNK_FLOATS)?.alloc(2 * (hi - lo)) ?? new Float32Array(2 * (hi - lo));
+          state = tryArena(aggregatorArenaFloats(hi - lo))?.alloc(2 * (hi - lo)) ?? new Float32Array(2 * (hi - lo));
           return;
         }
         if (init === undefined || state === undefined) throw new ProtocolError('VGG_ERR_HANDSHAKE', `leader: expected shard-init first, got ${JSON.stringify(msg.t)}`);

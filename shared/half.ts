@@ -4,6 +4,8 @@
  * aggregator decodes into fp32 and keeps master weights and momentum in fp32.
  */
 
+import { FloatArena, tryArena } from './simd.ts';
+
 export const WIRE_FORMATS = ['fp32', 'bf16', 'fp16'] as const;
 export type WireFormat = (typeof WIRE_FORMATS)[number];
 
@@ -14,8 +16,28 @@ export function wireBytes(wire: WireFormat): number {
 
 const u32Of = (f: Float32Array) => new Uint32Array(f.buffer, f.byteOffset, f.length);
 
-/** bfloat16: the top 16 bits of the fp32, rounded to nearest even; NaN stays NaN. */
+/** Staging room for the SIMD conversions of arrays that live outside an arena (12 MiB, made on first use). */
+let helper: FloatArena | null | undefined;
+const simdHelper = (): FloatArena | undefined => {
+  if (helper === undefined) helper = tryArena(3 << 20) ?? null;
+  return helper ?? undefined;
+};
+
+/** bfloat16: the top 16 bits of the fp32, rounded to nearest even; NaN stays NaN. SIMD where it can. */
 export function encodeBf16(src: Float32Array, dst: Uint16Array): void {
+  const arena = src.length >= 64 ? simdHelper() : undefined;
+  if (arena !== undefined) arena.encodeBf16(src, dst, encodeBf16Scalar);
+  else encodeBf16Scalar(src, dst);
+}
+
+export function decodeBf16(src: Uint16Array, dst: Float32Array): void {
+  const arena = src.length >= 64 ? simdHelper() : undefined;
+  if (arena !== undefined) arena.decodeBf16(src, dst);
+  else decodeBf16Scalar(src, dst);
+}
+
+/** The element-by-element reference of encodeBf16. */
+export function encodeBf16Scalar(src: Float32Array, dst: Uint16Array): void {
   const u = u32Of(src);
   for (let i = 0; i < u.length; i += 1) {
     const x = u[i] as number;
@@ -23,7 +45,7 @@ export function encodeBf16(src: Float32Array, dst: Uint16Array): void {
   }
 }
 
-export function decodeBf16(src: Uint16Array, dst: Float32Array): void {
+export function decodeBf16Scalar(src: Uint16Array, dst: Float32Array): void {
   const u = u32Of(dst);
   for (let i = 0; i < src.length; i += 1) u[i] = (src[i] as number) << 16;
 }

@@ -31,11 +31,91 @@ export class FloatArena {
 
   /** `n` zeroed floats, 16-byte aligned. */
   alloc(n: number): Float32Array {
+    return new Float32Array(this.memory.buffer, this.take(n * 4), n);
+  }
+
+  /** `n` zeroed 16-bit codes, 16-byte aligned. */
+  alloc16(n: number): Uint16Array {
+    return new Uint16Array(this.memory.buffer, this.take(n * 2), n);
+  }
+
+  private take(bytes: number): number {
     const start = this.next;
-    const end = start + Math.ceil((n * 4) / 16) * 16;
-    if (end > this.limit) throw new RangeError(`FloatArena: expected room for ${n} more floats, got ${Math.max(0, (this.limit - start) / 4)}`);
+    const end = start + Math.ceil(bytes / 16) * 16;
+    if (end > this.limit) throw new RangeError(`FloatArena: expected room for ${bytes} more bytes, got ${Math.max(0, this.limit - start)}`);
     this.next = end;
-    return new Float32Array(this.memory.buffer, start, n);
+    return start;
+  }
+
+  /** A chunk's worth of 16-bit codes staged into the arena. */
+  private staging16?: Uint16Array;
+
+  private staged16(codes: Uint16Array): Uint16Array {
+    if (codes.buffer === this.memory.buffer) return codes;
+    if (this.staging16 === undefined || this.staging16.length < codes.length) this.staging16 = this.alloc16(Math.max(codes.length, 1 << 20));
+    this.staging16.set(codes);
+    return this.staging16.subarray(0, codes.length);
+  }
+
+  private staged32(values: Float32Array): Float32Array {
+    if (this.owns(values)) return values;
+    if (this.staging === undefined || this.staging.length < values.length) this.staging = this.alloc(Math.max(values.length, 1 << 20));
+    this.staging.set(values);
+    return this.staging.subarray(0, values.length);
+  }
+
+  /** sum[offset + i] += n * bf16(codes[i]); false when a code is NaN or Inf. */
+  accumulateBf16(sum: Float32Array, offset: number, codes: Uint16Array, n: number): boolean {
+    const c = this.staged16(codes);
+    const len = c.length;
+    const body = len - (len % 8);
+    let probe = this.k.accbf16(sum.byteOffset + 4 * offset, c.byteOffset, body / 8, n);
+    const f = new Float32Array(1);
+    const u = new Uint32Array(f.buffer);
+    for (let i = body; i < len; i += 1) {
+      u[0] = (c[i] as number) << 16;
+      const a = f[0] as number;
+      probe += a * 0;
+      sum[offset + i] = (sum[offset + i] as number) + Math.fround(n * a);
+    }
+    return !Number.isNaN(probe);
+  }
+
+  /**
+   * fp32 to bfloat16 codes, rounded to nearest even, NaN kept NaN (as
+   * half.ts's encodeBf16Scalar), in slices of at most `slice` values staged
+   * through the arena when the arrays live outside it. `tail` converts the last < 8.
+   */
+  encodeBf16(src: Float32Array, dst: Uint16Array, tail: (s: Float32Array, d: Uint16Array) => void, slice = 1 << 20): void {
+    for (let off = 0; off < src.length; off += slice) {
+      const part = src.subarray(off, Math.min(src.length, off + slice));
+      const out = dst.subarray(off, off + part.length);
+      const s = this.staged32(part);
+      const body = part.length - (part.length % 8);
+      const direct = out.buffer === this.memory.buffer;
+      if (!direct && (this.staging16 === undefined || this.staging16.length < part.length)) this.staging16 = this.alloc16(Math.max(part.length, 1 << 20));
+      const d = direct ? out : (this.staging16 as Uint16Array).subarray(0, part.length);
+      this.k.bf16enc(s.byteOffset, d.byteOffset, body / 8);
+      if (!direct) out.set(d.subarray(0, body));
+      tail(part.subarray(body), out.subarray(body));
+    }
+  }
+
+  /** bfloat16 codes to fp32 (exact), staged like encodeBf16. */
+  decodeBf16(src: Uint16Array, dst: Float32Array, slice = 1 << 20): void {
+    for (let off = 0; off < src.length; off += slice) {
+      const part = src.subarray(off, Math.min(src.length, off + slice));
+      const out = dst.subarray(off, off + part.length);
+      const c = this.staged16(part);
+      const body = part.length - (part.length % 8);
+      const direct = this.owns(out);
+      if (!direct && (this.staging === undefined || this.staging.length < part.length)) this.staging = this.alloc(Math.max(part.length, 1 << 20));
+      const d = direct ? out : (this.staging as Float32Array).subarray(0, part.length);
+      this.k.bf16dec(c.byteOffset, d.byteOffset, body / 8);
+      if (!direct) out.set(d.subarray(0, body));
+      const u = new Uint32Array(out.buffer, out.byteOffset, out.length);
+      for (let i = body; i < part.length; i += 1) u[i] = (part[i] as number) << 16;
+    }
   }
 
   /** A copy of `values` in the arena. */
@@ -45,7 +125,7 @@ export class FloatArena {
     return a;
   }
 
-  owns(a: Float32Array): boolean {
+  owns(a: Float32Array | Uint16Array): boolean {
     return a.buffer === this.memory.buffer;
   }
 
@@ -54,11 +134,7 @@ export class FloatArena {
    * g outside the arena is staged into it first (one memcpy per chunk).
    */
   accumulate(sum: Float32Array, offset: number, g: Float32Array, n: number): boolean {
-    if (!this.owns(g)) {
-      if (this.staging === undefined || this.staging.length < g.length) this.staging = this.alloc(Math.max(g.length, 1 << 20));
-      this.staging.set(g);
-      g = this.staging.subarray(0, g.length);
-    }
+    g = this.staged32(g);
     const len = g.length;
     const body = len - (len % 4);
     let probe = this.k.acc(sum.byteOffset + 4 * offset, g.byteOffset, body / 4, n);
@@ -96,6 +172,15 @@ export class FloatArena {
 const ARENAS = new WeakMap<ArrayBufferLike, FloatArena>();
 
 /**
+ * Room an aggregator over `n` floats takes in its arena: weights, momentum, the
+ * sum, the 16-bit weights of a bf16/fp16 broadcast, and chunk-sized staging.
+ * (Unused room costs address space, not memory: pages are touched on use.)
+ */
+export function aggregatorArenaFloats(n: number): number {
+  return 3 * n + Math.ceil(n / 2) + 4 * (1 << 20);
+}
+
+/**
  * An arena for `floats` floats, or undefined where it cannot be had (over 4 GiB,
  * or no WebAssembly SIMD): the callers then use plain arrays and the JS loops.
  */
@@ -116,6 +201,9 @@ export function arenaOf(...arrays: Float32Array[]): FloatArena | undefined {
 
 interface Kernels {
   acc(dst: number, src: number, n4: number, k: number): number;
+  accbf16(dst: number, src: number, n8: number, k: number): number;
+  bf16enc(src: number, dst: number, n8: number): void;
+  bf16dec(src: number, dst: number, n8: number): void;
   sgd(w: number, v: number, s: number, n4: number, lr: number, mu: number, wd: number, scale: number): void;
   avg(w: number, s: number, n4: number, scale: number): void;
 }
@@ -152,11 +240,36 @@ const lane = (l: number) => simd(0x1f, l);
 const add = simd(0xe4);
 const sub = simd(0xe5);
 const mul = simd(0xe6);
+const i32splat = simd(0x11);
+const and = simd(0x4e);
+const or = simd(0x50);
+const bitselect = simd(0x52);
+const gtS = simd(0x3b); // i32x4.gt_s
+const narrowU = simd(0x86); // i16x8.narrow_i32x4_u
+const extLowU = simd(0xa9); // i32x4.extend_low_i16x8_u
+const extHighU = simd(0xaa);
+const shl = simd(0xab); // i32x4.shl
+const shrU = simd(0xad); // i32x4.shr_u
+const iadd = simd(0xae); // i32x4.add
+const i32big = (v: number) => { // i32.const, signed LEB128
+  const out = [0x41];
+  let x = v | 0;
+  for (;;) {
+    const b = x & 0x7f;
+    x >>= 7;
+    if ((x === 0 && (b & 0x40) === 0) || (x === -1 && (b & 0x40) !== 0)) { out.push(b); return out; }
+    out.push(b | 0x80);
+  }
+};
+const i32v = (v: number) => [...i32big(v), ...i32splat];
 const F32ADD = [0x92];
-/** i += 1; each pointer += 16 */
-const advance = (i: number, ptrs: number[]) => [...ptrs.flatMap((p) => [...get(p), ...i32c(16), 0x6a, ...set(p)]), ...get(i), ...i32c(1), 0x6a, ...set(i)];
+/** i += 1; each pointer += its step (16 bytes unless given as [pointer, step]) */
+const advance = (i: number, ptrs: (number | [number, number])[]) => [
+  ...ptrs.flatMap((p) => { const [q, step] = typeof p === 'number' ? [p, 16] : p; return [...get(q), ...i32c(step), 0x6a, ...set(q)]; }),
+  ...get(i), ...i32c(1), 0x6a, ...set(i),
+];
 /** block { loop { if (i >= n) break; body; advance; continue } } */
-const forEach = (i: number, n: number, body: number[], ptrs: number[]) => [
+const forEach = (i: number, n: number, body: number[], ptrs: (number | [number, number])[]) => [
   0x02, 0x40, 0x03, 0x40, ...get(i), ...get(n), 0x4f, 0x0d, 1, ...body, ...advance(i, ptrs), 0x0c, 0, 0x0b, 0x0b,
 ];
 const fn = (locals: [number, number][], code: number[]) => {
@@ -192,18 +305,53 @@ function assemble(): Uint8Array<ArrayBuffer> {
     ...get(3), ...splat, ...set(5),
     ...forEach(4, 2, [...get(0), ...get(1), ...load, ...get(5), ...mul, ...store], [0, 1]),
   ]);
+  // accbf16(dst 0, src 1, n8 2, k 3) -> f32; locals: i 4, kv 5, probe 6, c 7, g 8, zero 9
+  const widen = (half: number[]) => [...get(7), ...half, ...i32c(16), ...shl, ...set(8)];
+  const accOne = (at: number) => [
+    ...get(0), ...get(0), ...load.slice(0, -1), at, ...get(8), ...get(5), ...mul, ...add, ...store.slice(0, -1), at,
+    ...get(6), ...get(8), ...get(9), ...mul, ...add, ...set(6),
+  ];
+  const accbf16 = fn([[1, I32], [5, V128]], [
+    ...get(3), ...splat, ...set(5),
+    ...forEach(4, 2, [
+      ...get(1), ...load, ...set(7),
+      ...widen(extLowU), ...accOne(0),
+      ...widen(extHighU), ...accOne(16),
+    ], [[0, 32], 1]),
+    ...get(6), ...lane(0), ...get(6), ...lane(1), ...F32ADD, ...get(6), ...lane(2), ...F32ADD, ...get(6), ...lane(3), ...F32ADD,
+  ]);
+  // bf16enc(src 0, dst 1, n8 2); locals: i 3, x 4; per 4 lanes of x: NaN ? (x >> 16) | 0x40 : (x + 0x7fff + ((x >> 16) & 1)) >> 16
+  const round = (at: number) => [
+    ...get(0), ...load.slice(0, -1), at, ...set(4),
+    ...get(4), ...i32c(16), ...shrU, ...i32v(0x40), ...or,
+    ...get(4), ...get(4), ...i32c(16), ...shrU, ...i32v(1), ...and, ...i32v(0x7fff), ...iadd, ...iadd, ...i32c(16), ...shrU,
+    ...get(4), ...i32v(0x7fffffff), ...and, ...i32v(0x7f800000), ...gtS,
+    ...bitselect,
+  ];
+  const bf16enc = fn([[1, I32], [1, V128]], [
+    ...forEach(3, 2, [...get(1), ...round(0), ...round(16), ...narrowU, ...store], [[0, 32], 1]),
+  ]);
+  // bf16dec(src 0, dst 1, n8 2); locals: i 3, c 4
+  const bf16dec = fn([[1, I32], [1, V128]], [
+    ...forEach(3, 2, [
+      ...get(0), ...load, ...set(4),
+      ...get(1), ...get(4), ...extLowU, ...i32c(16), ...shl, ...store,
+      ...get(1), ...get(4), ...extHighU, ...i32c(16), ...shl, ...store.slice(0, -1), 16,
+    ], [0, [1, 32]]),
+  ]);
   const types = [
     [0x60, ...vec([[I32], [I32], [I32], [F32]]), ...vec([[F32]])],
     [0x60, ...vec([[I32], [I32], [I32], [I32], [F32], [F32], [F32], [F32]]), ...vec([])],
     [0x60, ...vec([[I32], [I32], [I32], [F32]]), ...vec([])],
+    [0x60, ...vec([[I32], [I32], [I32]]), ...vec([])],
   ];
   const bytes = [
     0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
     ...section(1, vec(types)),
     ...section(2, vec([[...str('env'), ...str('memory'), 0x02, 0x00, 0x00]])),
-    ...section(3, vec([[0], [1], [2]])),
-    ...section(7, vec([[...str('acc'), 0x00, 0], [...str('sgd'), 0x00, 1], [...str('avg'), 0x00, 2]])),
-    ...section(10, vec([acc, sgd, avg])),
+    ...section(3, vec([[0], [1], [2], [0], [3], [3]])),
+    ...section(7, vec([[...str('acc'), 0x00, 0], [...str('sgd'), 0x00, 1], [...str('avg'), 0x00, 2], [...str('accbf16'), 0x00, 3], [...str('bf16enc'), 0x00, 4], [...str('bf16dec'), 0x00, 5]])),
+    ...section(10, vec([acc, sgd, avg, accbf16, bf16enc, bf16dec])),
   ];
   return new Uint8Array(bytes);
 }

@@ -163,15 +163,20 @@ export function floatsOf(data: Uint8Array, scratch?: Float32Array): Float32Array
  */
 export function valuesOf(data: Uint8Array, wire: WireFormat, scratch: Float32Array): Float32Array {
   if (wire === 'fp32') return floatsOf(data, scratch);
+  const codes = codesOf(data, wire, scratch.length);
+  const out = scratch.subarray(0, codes.length);
+  decode16(wire, codes, out);
+  return out;
+}
+
+/** A 16-bit chunk's codes: a zero-copy view when 2-byte aligned; at most `max` of them. */
+export function codesOf(data: Uint8Array, wire: 'bf16' | 'fp16', max: number): Uint16Array {
   if (data.byteLength % 2 !== 0) {
     throw new ProtocolError('VGG_ERR_FRAME_FIELD', `chunk data: expected a multiple of 2 bytes (${wire}), got ${data.byteLength}`);
   }
   const n = data.byteLength / 2;
-  if (n > scratch.length) throw new ProtocolError('VGG_ERR_LAYOUT', `chunk data: expected at most ${scratch.length} values, got ${n}`);
-  const codes = data.byteOffset % 2 === 0 ? new Uint16Array(data.buffer, data.byteOffset, n) : new Uint16Array(data.slice().buffer);
-  const out = scratch.subarray(0, n);
-  decode16(wire, codes, out);
-  return out;
+  if (n > max) throw new ProtocolError('VGG_ERR_LAYOUT', `chunk data: expected at most ${max} values, got ${n}`);
+  return data.byteOffset % 2 === 0 ? new Uint16Array(data.buffer, data.byteOffset, n) : new Uint16Array(data.slice().buffer);
 }
 
 /** Bytes of a value range (fp32 or 16-bit codes), without copying. */

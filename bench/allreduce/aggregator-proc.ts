@@ -13,9 +13,8 @@ import type { WireFormat } from '../../shared/half.ts';
 import { createLogger } from '../../shared/logger.ts';
 import { buildLayout } from '../../shared/param-layout.ts';
 import { parseShard, shardRange, sliceLayout } from '../../shared/shard.ts';
-import { tryArena } from '../../shared/simd.ts';
+import { aggregatorArenaFloats, tryArena } from '../../shared/simd.ts';
 import { DEFAULT_MODEL_CONFIG } from '../../shared/vgg-configs.ts';
-import { CHUNK_FLOATS } from '../../shared/wire-protocol.ts';
 
 const arg = (name: string, fallback: string) => (process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1] ?? fallback : fallback);
 const steps = Number(arg('--steps', '1'));
@@ -33,7 +32,7 @@ if (process.argv.includes('--follow')) {
 }
 
 const layout = buildLayout(DEFAULT_MODEL_CONFIG);
-const arena = tryArena(3 * layout.totalSize + 3 * CHUNK_FLOATS);
+const arena = tryArena(aggregatorArenaFloats(layout.totalSize));
 const weights = (arena?.alloc(layout.totalSize) ?? new Float32Array(layout.totalSize)).fill(0.01);
 const sgdOptions = { learningRate: 0.01, momentum: 0.9, weightDecay: 5e-4 };
 const velocity = arena?.alloc(layout.totalSize) ?? new Float32Array(layout.totalSize);

@@ -5,8 +5,8 @@ import type { WireFormat } from '../../shared/half.ts';
 import { createLogger } from '../../shared/logger.ts';
 import { buildLayout, type ParamLayout } from '../../shared/param-layout.ts';
 import { TINY_VGG_A } from '../../shared/vgg-configs.ts';
-import { FloatArena } from '../../shared/simd.ts';
-import { CHUNK_FLOATS, PROTOCOL_VERSION, decodeFrame, encode } from '../../shared/wire-protocol.ts';
+import { FloatArena, aggregatorArenaFloats } from '../../shared/simd.ts';
+import { PROTOCOL_VERSION, decodeFrame, encode } from '../../shared/wire-protocol.ts';
 import { AggregatorClient } from '../../worker/aggregator-client.ts';
 
 export const log = createLogger();
@@ -32,7 +32,7 @@ export interface Harness {
 /** `arena`: weights and momentum in a FloatArena, so the aggregator runs its SIMD loops. */
 export async function startAggregator(options: { layout?: ParamLayout; heartbeatTimeoutMs?: number; step?: number; wire?: WireFormat; arena?: boolean } = {}): Promise<Harness> {
   const layout = options.layout ?? buildLayout(TINY_VGG_A);
-  const arena = options.arena === true ? new FloatArena(3 * layout.totalSize + 3 * CHUNK_FLOATS) : undefined;
+  const arena = options.arena === true ? new FloatArena(aggregatorArenaFloats(layout.totalSize)) : undefined;
   const plain = Float32Array.from({ length: layout.totalSize }, (_, i) => ((i % 13) - 6) / 100);
   const weights = arena?.copyOf(plain) ?? plain;
   const commits: Contribution[][] = [];

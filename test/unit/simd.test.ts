@@ -1,6 +1,7 @@
 import { afterEach, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { FlatMomentumSgd } from '../../shared/flat-sgd.ts';
+import { decodeBf16, decodeBf16Scalar, encodeBf16, encodeBf16Scalar } from '../../shared/half.ts';
 import { buildLayout } from '../../shared/param-layout.ts';
 import { FloatArena, arenaOf } from '../../shared/simd.ts';
 import { TINY_VGG_A } from '../../shared/vgg-configs.ts';
@@ -67,11 +68,51 @@ describe('the SIMD kernels (FloatArena)', () => {
 let hs: Harness[] = [];
 afterEach(async () => { for (const h of hs) await h.close(); hs = []; });
 
+describe('bfloat16 conversions (SIMD)', () => {
+  test('encode and decode equal the scalar reference bit for bit: random bit patterns, ties, NaN, Inf, subnormals, any length', () => {
+    const specials = [0, 0x80000000, 0x7f800000, 0xff800000, 0x7fc00000, 0x7f800001, 0xffffffff, 0x3f808000, 0x3f818000, 0x3f80ffff, 0x7f7fffff, 0xff7fffff, 0x8000, 0x18000];
+    let seed = 12345;
+    const next = () => { seed = (Math.imul(seed, 1103515245) + 12345) >>> 0; return seed; };
+    for (const n of [(1 << 20) + 13, 71, 64]) {
+      const bits = Uint32Array.from({ length: n }, (_, i) => specials[i % 97] ?? (next() ^ (next() << 16)) >>> 0);
+      const f = new Float32Array(bits.buffer);
+      const fast = new Uint16Array(n);
+      const slow = new Uint16Array(n);
+      encodeBf16(f, fast);
+      encodeBf16Scalar(f, slow);
+      assert.deepEqual(fast, slow, `encode, ${n} values`);
+      const back = new Float32Array(n);
+      const ref = new Float32Array(n);
+      decodeBf16(fast, back);
+      decodeBf16Scalar(fast, ref);
+      assert.deepEqual(new Uint32Array(back.buffer), new Uint32Array(ref.buffer), `decode, ${n} values`);
+    }
+  });
+
+  test('the fused bf16 reduce equals decode-then-reduce, and finds NaN and Inf codes', () => {
+    const arena = new FloatArena(1 << 22);
+    const n = 1029;
+    const codes = Uint16Array.from({ length: n }, (_, i) => (i * 2654435761) & 0x7f7f);
+    const values = new Float32Array(n);
+    decodeBf16Scalar(codes, values);
+    const sum = arena.copyOf(wave(n + 5, 9));
+    const expected = sum.slice();
+    for (let i = 0; i < n; i += 1) expected[5 + i] = Math.fround((expected[5 + i] as number) + Math.fround(3 * (values[i] as number)));
+    assert.equal(arena.accumulateBf16(sum, 5, codes, 3), true);
+    assert.deepEqual(sum, expected);
+    for (const [at, code] of [[0, 0x7fc0], [1027, 0xff80], [500, 0x7f80]] as const) {
+      const bad = codes.slice();
+      bad[at] = code;
+      assert.equal(arena.accumulateBf16(arena.alloc(n), 0, bad, 1), false, `code ${code.toString(16)} at ${at}`);
+    }
+  });
+});
+
 describe('an aggregator on a FloatArena', () => {
-  test('a two-member step gives the weights of the plain-array aggregator', async () => {
+  for (const wire of ['fp32', 'bf16'] as const) test(`a two-member step (${wire} wire) gives the weights of the plain-array aggregator`, async () => {
     const results: Float32Array[] = [];
     for (const arena of [false, true]) {
-      const h = await startAggregator({ arena });
+      const h = await startAggregator({ arena, wire });
       hs.push(h);
       const n = h.layout.totalSize;
       const a = await h.member('a');
