@@ -82,30 +82,33 @@ describe('data parallelism is exact', () => {
     assert.notEqual(relativeDiff(ws, new Float32Array(ws.length).fill(0.001)), 0);
   });
 
-  test('--wire bf16 and fp16: a run moves 16-bit values end to end and trains', async (t) => {
-    // 640 images, 2 epochs of 20 steps, 1 worker; the only difference between the runs is the rounding on the wire.
-    // How much accuracy 16-bit costs is not bounded here: at this size the early training is chaotic (seeds 5-7 gave
-    // fp32 38-47%, bf16 19-41%, fp16 26-35% val top-1), so a bound needs a longer run: see docs/ROADMAP.md.
+  test('--wire bf16 and fp16 move 16-bit values end to end and cost no accuracy on Fashion-MNIST (bound: 2 points of val top-1)', async (t) => {
+    // 2,000 training and 500 test images, 3 epochs of 63 steps, 1 worker: deterministic for a seed, so the only
+    // difference between runs of one seed is the rounding on the wire. Two seeds for bf16 (the bound is on their
+    // mean: a single 500-image score moves by ~2 points from seed to seed); one for fp16.
     const wireData = tempDir('dist-wire');
-    await importFashionMnist({ out: wireData, trainLimit: 640, valLimit: 200 });
-    const common = { data: wireData, redis: redis.url, seed: '5', epochs: '2', batchSize: '32', lr: '0.02' };
+    await importFashionMnist({ out: wireData, trainLimit: 2000, valLimit: 500 });
+    const runs: [string, number][] = [['fp32', 5], ['bf16', 5], ['fp16', 5], ['fp32', 6], ['bf16', 6]];
     const results = new Map<string, { w: Float32Array; top1: number }>();
-    for (const wire of ['fp32', 'bf16', 'fp16']) {
-      const dir = tempDir(`ck-wire-${wire}`);
-      const { summary } = await runCluster(tinyRun({ ...common, run: `wire-${wire}`, wire, checkpointDir: dir }), 1);
-      const { missing, duplicates } = sampleCounts(await readLedger(redis.url, `wire-${wire}`, 1), 640);
+    for (const [wire, seed] of runs) {
+      const dir = tempDir(`ck-wire-${wire}-${seed}`);
+      const run = `wire-${wire}-${seed}`;
+      const { summary } = await runCluster(tinyRun({ data: wireData, redis: redis.url, seed: String(seed), epochs: '3', batchSize: '32', lr: '0.01', run, wire, checkpointDir: dir }), 1);
+      const { missing, duplicates } = sampleCounts(await readLedger(redis.url, run, 2), 2000);
       assert.deepEqual({ missing: missing.length, duplicates: duplicates.length }, { missing: 0, duplicates: 0 });
-      results.set(wire, { w: await weightsOf(dir), top1: summary.valTop1 });
+      results.set(`${wire}-${seed}`, { w: await weightsOf(dir), top1: summary.valTop1 });
+      t.diagnostic(`${wire}, seed ${seed}: val top-1 ${(100 * summary.valTop1).toFixed(1)}%`);
     }
-    const base = results.get('fp32');
-    assert.ok(base !== undefined);
-    for (const wire of ['bf16', 'fp16']) {
-      const r = results.get(wire);
-      assert.ok(r !== undefined);
-      const d = relativeDiff(r.w, base.w);
-      t.diagnostic(`${wire} vs fp32 after 40 steps: relative L2 weight difference ${d.toExponential(2)}, val top-1 ${r.top1} vs ${base.top1}`);
-      assert.ok(d > 0 && d < 0.5, `${wire}: the values were rounded, the run stayed on course (relative difference ${d})`);
-      assert.ok(r.top1 > 0.15, `${wire}: val top-1 ${r.top1} above chance (0.1)`);
+    const top1 = (k: string) => results.get(k)?.top1 ?? Number.NaN;
+    const fp32 = (top1('fp32-5') + top1('fp32-6')) / 2;
+    const bf16 = (top1('bf16-5') + top1('bf16-6')) / 2;
+    t.diagnostic(`mean val top-1 over seeds 5, 6: fp32 ${(100 * fp32).toFixed(1)}%, bf16 ${(100 * bf16).toFixed(1)}%; fp16 (seed 5) ${(100 * top1('fp16-5')).toFixed(1)}%`);
+    assert.ok(fp32 > 0.6, `the fp32 runs learned: ${fp32}`);
+    assert.ok(bf16 >= fp32 - 0.02, `bf16 costs at most 2 points: ${bf16} vs ${fp32}`);
+    assert.ok(top1('fp16-5') >= top1('fp32-5') - 0.02, `fp16 costs at most 2 points: ${top1('fp16-5')} vs ${top1('fp32-5')}`);
+    for (const k of ['bf16-5', 'fp16-5']) {
+      const d = relativeDiff(results.get(k)?.w as Float32Array, results.get('fp32-5')?.w as Float32Array);
+      assert.ok(d > 0, `${k}: the values were rounded on the wire (relative weight difference ${d})`);
     }
   });
 });
