@@ -82,7 +82,27 @@ export function encode(message: ClientMessage | ServerMessage | ShardMessage): B
  * decode as a zero-copy Float32Array view. Send the two parts as one WebSocket
  * message in two fragments (sendChunk). Decoding is plain msgpack.
  */
-export function chunkFrame(t: 'grad-chunk' | 'weights-chunk' | 'state-chunk', step: number, offset: number, floats: Float32Array | Uint16Array): [Buffer, Uint8Array] {
+export function chunkFrame(t: ChunkType, step: number, offset: number, floats: Float32Array | Uint16Array): [Buffer, Uint8Array] {
+  return [chunkHead(t, step, offset, floats.byteLength), bytesOf(floats)];
+}
+
+type ChunkType = 'grad-chunk' | 'weights-chunk' | 'state-chunk';
+
+/**
+ * A chunk as one buffer, its values written by `fill` into `body` (8-byte aligned):
+ * sent as a single-fragment message, which ws hands over without concatenating
+ * fragments, so the receiver copies the bytes once (out of the socket), not twice.
+ * Costs the sender one copy; workers use it for gradients, keeping the aggregator's receive path short.
+ */
+export function chunkMessage(t: ChunkType, step: number, offset: number, bodyBytes: number, fill: (body: Uint8Array) => void): Buffer {
+  const head = chunkHead(t, step, offset, bodyBytes);
+  const frame = Buffer.allocUnsafeSlow(head.length + bodyBytes);
+  head.copy(frame, 0);
+  fill(frame.subarray(head.length));
+  return frame;
+}
+
+function chunkHead(t: ChunkType, step: number, offset: number, byteLength: number): Buffer {
   const head = packr.pack({ t, step, offset, pad: '' });
   // head is a map of 4 entries ending with the empty fixstr; + key "data" (5 bytes) + bin32 header (5 bytes).
   const padLength = (8 - ((head.length + 10) % 8)) % 8;
@@ -98,8 +118,8 @@ export function chunkFrame(t: 'grad-chunk' | 'weights-chunk' | 'state-chunk', st
   out[i++] = 0xa4;
   i += out.write('data', i, 'latin1');
   out[i++] = 0xc6;
-  out.writeUInt32BE(floats.byteLength, i);
-  return [out, bytesOf(floats)];
+  out.writeUInt32BE(byteLength, i);
+  return out;
 }
 
 /** Sends a chunkFrame as one message in two fragments: the floats are not copied (the caller keeps them unchanged until sent). */

@@ -4,7 +4,7 @@ import type { Logger } from '../shared/logger.ts';
 import { WIRE_FORMATS, encode16, type WireFormat } from '../shared/half.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import {
-  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, decodeFrame, encode, field, sendChunk, valuesOf,
+  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkMessage, decodeFrame, encode, field, valuesOf,
   type BatchStats, type ClientMessage,
 } from '../shared/wire-protocol.ts';
 
@@ -49,7 +49,6 @@ export class AggregatorClient extends EventEmitter {
   modelHash = '';
   /** Values on the wire, from the welcome's run info (`--wire`). */
   wire: WireFormat = 'fp32';
-  private grad16?: Uint16Array;
   private scratch16?: Float32Array;
   private ws?: WebSocket;
   private lastSeen = 0;
@@ -241,17 +240,15 @@ export class AggregatorClient extends EventEmitter {
       if (ws === undefined) throw new ConnectionLost();
       while (ws.bufferedAmount > HIGH_WATER_BYTES) await new Promise((r) => setTimeout(r, 2));
       if (ws.readyState !== WebSocket.OPEN) throw new ConnectionLost();
-      // No copy of the values: `flat` (or its 16-bit codes) stays untouched until the step's weights arrive (all sent by then).
+      // One contiguous message per chunk (the values copied, or encoded, into it): see chunkMessage.
       const part = flat.subarray(offset, offset + CHUNK_FLOATS);
-      let body: Float32Array | Uint16Array = part;
-      if (this.wire !== 'fp32') {
-        if (this.grad16 === undefined || this.grad16.length !== flat.length) this.grad16 = new Uint16Array(flat.length);
-        body = this.grad16.subarray(offset, offset + part.length);
-        encode16(this.wire, part, body);
-      }
-      const frame = chunkFrame('grad-chunk', step, offset, body);
-      sendChunk(ws, frame);
-      this.options.metrics?.sentBytes.inc(frame[0].length + frame[1].length);
+      const wire = this.wire;
+      const frame = chunkMessage('grad-chunk', step, offset, part.length * (wire === 'fp32' ? 4 : 2), (body) => {
+        if (wire === 'fp32') new Float32Array(body.buffer, body.byteOffset, part.length).set(part);
+        else encode16(wire, part, new Uint16Array(body.buffer, body.byteOffset, part.length));
+      });
+      ws.send(frame);
+      this.options.metrics?.sentBytes.inc(frame.length);
     }
     this.send({ t: 'grad-end', step });
   }
