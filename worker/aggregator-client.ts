@@ -31,7 +31,9 @@ export class ConnectionLost extends Error {
   }
 }
 
+/** Backpressure: above the high watermark of queued bytes, wait until the socket drained to the low one. */
 const HIGH_WATER_BYTES = 64 * 1024 * 1024;
+const LOW_WATER_BYTES = 16 * 1024 * 1024;
 
 /**
  * The worker's end of the all-reduce: handshake, receiving weight versions,
@@ -238,7 +240,9 @@ export class AggregatorClient extends EventEmitter {
     for (let offset = 0; offset < flat.length; offset += CHUNK_FLOATS) {
       const ws = this.ws;
       if (ws === undefined) throw new ConnectionLost();
-      while (ws.bufferedAmount > HIGH_WATER_BYTES) await new Promise((r) => setTimeout(r, 2));
+      if (ws.bufferedAmount > HIGH_WATER_BYTES) {
+        while (ws.bufferedAmount > LOW_WATER_BYTES && ws.readyState === WebSocket.OPEN) await new Promise((r) => setTimeout(r, 1));
+      }
       if (ws.readyState !== WebSocket.OPEN) throw new ConnectionLost();
       // One contiguous message per chunk (the values copied, or encoded, into it): see chunkMessage.
       const part = flat.subarray(offset, offset + CHUNK_FLOATS);
