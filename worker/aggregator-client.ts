@@ -24,6 +24,25 @@ export interface ClientOptions {
   metrics?: Metrics;
 }
 
+/**
+ * The next of `names` that `source` emits and `filter` accepts; rejects with
+ * ConnectionLost on 'disconnected', or at once when it is not connected.
+ */
+export function nextEvent<T>(source: EventEmitter & { readonly connected: boolean }, names: string[], filter: (name: string, value: unknown) => boolean): Promise<{ name: string; value: T }> {
+  return new Promise((resolve, reject) => {
+    const handlers = new Map<string, (v: unknown) => void>();
+    const cleanup = () => { for (const [n, h] of handlers) source.off(n, h); source.off('disconnected', lost); };
+    const lost = () => { cleanup(); reject(new ConnectionLost()); };
+    for (const name of names) {
+      const h = (value: unknown) => { if (filter(name, value)) { cleanup(); resolve({ name, value: value as T }); } };
+      handlers.set(name, h);
+      source.on(name, h);
+    }
+    source.on('disconnected', lost);
+    if (!source.connected) lost();
+  });
+}
+
 /** Why a wait ended without the expected answer. */
 export class ConnectionLost extends Error {
   constructor() {
@@ -214,18 +233,7 @@ export class AggregatorClient extends EventEmitter {
 
   /** Resolves with the next event among `names` (or rejects when the connection drops). */
   next<T = unknown>(names: string[], filter: (name: string, value: unknown) => boolean = () => true): Promise<{ name: string; value: T }> {
-    return new Promise((resolve, reject) => {
-      const handlers = new Map<string, (v: unknown) => void>();
-      const cleanup = () => { for (const [n, h] of handlers) this.off(n, h); this.off('disconnected', lost); };
-      const lost = () => { cleanup(); reject(new ConnectionLost()); };
-      for (const name of names) {
-        const h = (value: unknown) => { if (filter(name, value)) { cleanup(); resolve({ name, value: value as T }); } };
-        handlers.set(name, h);
-        this.on(name, h);
-      }
-      this.on('disconnected', lost);
-      if (!this.connected) lost();
-    });
+    return nextEvent<T>(this, names, filter);
   }
 
   /** Waits until weights of at least `step` have arrived. */

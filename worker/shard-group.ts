@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { ProtocolError, field, type BatchStats, type ClientMessage } from '../shared/wire-protocol.ts';
-import { AggregatorClient, ConnectionLost, type ClientOptions } from './aggregator-client.ts';
+import { AggregatorClient, ConnectionLost, nextEvent, type ClientOptions } from './aggregator-client.ts';
 
 interface Part { client: AggregatorClient; lo: number; hi: number }
 
@@ -128,18 +128,7 @@ export class ShardGroup extends EventEmitter {
 
   /** Resolves with the next event among `names` (or rejects when a connection drops). */
   next<T = unknown>(names: string[], filter: (name: string, value: unknown) => boolean = () => true): Promise<{ name: string; value: T }> {
-    return new Promise((resolve, reject) => {
-      const handlers = new Map<string, (v: unknown) => void>();
-      const cleanup = () => { for (const [n, h] of handlers) this.off(n, h); this.off('disconnected', lost); };
-      const lost = () => { cleanup(); reject(new ConnectionLost()); };
-      for (const name of names) {
-        const h = (value: unknown) => { if (filter(name, value)) { cleanup(); resolve({ name, value: value as T }); } };
-        handlers.set(name, h);
-        this.on(name, h);
-      }
-      this.on('disconnected', lost);
-      if (!this.connected) lost();
-    });
+    return nextEvent<T>(this, names, filter);
   }
 
   /** Waits until every shard has sent weights of at least `step`, all of the same step. */
