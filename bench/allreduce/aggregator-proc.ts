@@ -11,7 +11,7 @@ import { ShardLeader } from '../../coordinator/shard-leader.ts';
 import { FlatMomentumSgd } from '../../shared/flat-sgd.ts';
 import type { WireFormat } from '../../shared/half.ts';
 import { createLogger } from '../../shared/logger.ts';
-import { buildLayout } from '../../shared/param-layout.ts';
+import { buildLayout, modelHash } from '../../shared/param-layout.ts';
 import { parseShard, shardRange, sliceLayout } from '../../shared/shard.ts';
 import { aggregatorArenaFloats, tryArena } from '../../shared/simd.ts';
 import { DEFAULT_MODEL_CONFIG } from '../../shared/vgg-configs.ts';
@@ -32,6 +32,8 @@ if (process.argv.includes('--follow')) {
 }
 
 const layout = buildLayout(DEFAULT_MODEL_CONFIG);
+// The real hash: a follower shard checks it against the model the leader names.
+const hash = modelHash(DEFAULT_MODEL_CONFIG, layout);
 const arena = tryArena(aggregatorArenaFloats(layout.totalSize));
 const weights = (arena?.alloc(layout.totalSize) ?? new Float32Array(layout.totalSize)).fill(0.01);
 const sgdOptions = { learningRate: 0.01, momentum: 0.9, weightDecay: 5e-4 };
@@ -39,12 +41,12 @@ const velocity = arena?.alloc(layout.totalSize) ?? new Float32Array(layout.total
 const own = shardRange(layout.totalSize, 0, shards);
 let agg!: Aggregator;
 const leader = shards === 1 ? undefined : new ShardLeader({
-  count: shards, token: 'bench', modelHash: 'bench', model: DEFAULT_MODEL_CONFIG, weights, velocity, sgd: sgdOptions, run: { run: 'bench', wire },
+  count: shards, token: 'bench', modelHash: hash, model: DEFAULT_MODEL_CONFIG, weights, velocity, sgd: sgdOptions, run: { run: 'bench', wire },
   heartbeatTimeoutMs: 30_000, log, onAllReady: () => agg.welcomeWaiting(), onHave: () => agg.commitWhenComplete(),
   onWorkerLost: (id) => agg.dropWorker(id), onShardLost: (i, reason) => { throw new Error(`shard ${i} lost: ${reason}`); },
 });
 agg = new Aggregator({
-  host: '127.0.0.1', port: 0, token: 'bench', modelHash: 'bench', step: 0, runInfo: { run: 'bench', wire }, wire, shardLeader: leader,
+  host: '127.0.0.1', port: 0, token: 'bench', modelHash: hash, step: 0, runInfo: { run: 'bench', wire }, wire, shardLeader: leader,
   weights: weights.subarray(own.lo, own.hi), sgd: new FlatMomentumSgd(sliceLayout(layout, own), sgdOptions, velocity.subarray(own.lo, own.hi)),
   jobStatus: () => 'pending', onMemberLost: () => {}, log,
   onCommit: async (step) => {

@@ -4,6 +4,8 @@
  * the time of each weights arrival (ms, performance.now()) as one JSON line.
  */
 import { createLogger } from '../../shared/logger.ts';
+import { modelHash } from '../../shared/param-layout.ts';
+import { DEFAULT_MODEL_CONFIG } from '../../shared/vgg-configs.ts';
 import { ShardGroup } from '../../worker/shard-group.ts';
 
 const arg = (name: string) => process.argv[process.argv.indexOf(name) + 1] ?? '';
@@ -15,7 +17,7 @@ const log = createLogger();
 log.level = 'warn';
 const client = new ShardGroup({ url: arg('--url'), token: 'bench', workerId: id, host: 'bench', gpu: null, backend: 'none', log });
 await client.connect();
-await client.ready('bench');
+await client.ready(modelHash(DEFAULT_MODEL_CONFIG));
 const grad = new Float32Array(Number(arg('--floats')) || 138_357_544).fill(1e-3);
 const arrivals: number[] = [];
 for (let step = 0; step < steps; step += 1) {
