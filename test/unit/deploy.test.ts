@@ -6,6 +6,7 @@ import type { Command } from 'commander';
 import { parseAllDocuments, parse } from 'yaml';
 import { buildProgram } from '../../cli/program.ts';
 import { RUN_OPTIONS, envName } from '../../coordinator/run-config.ts';
+import { parseShard } from '../../shared/shard.ts';
 
 const DEPLOY = path.resolve('deploy');
 type Obj = Record<string, unknown>;
@@ -105,6 +106,18 @@ describe('deploy/ agrees with the code', () => {
       assert.equal(new URL(env.VGG_COORDINATOR as string).hostname, 'coordinator');
     }
     assert.ok(((services.coordinator as Obj).ports as string[]).includes(`${cEnv.VGG_PORT}:${cEnv.VGG_PORT}`));
+    // The follower shard reaches the coordinator's aggregator and advertises the port it publishes.
+    const follower = services['aggregator-1'] as Obj;
+    const fEnv = composeEnv(follower);
+    assert.equal(portOf(fEnv.VGG_LEADER as string), Number(cEnv.VGG_PORT));
+    assert.equal(new URL(fEnv.VGG_LEADER as string).hostname, 'coordinator');
+    assert.equal(portOf(fEnv.VGG_ADVERTISE as string), Number(fEnv.VGG_PORT));
+    assert.equal(new URL(fEnv.VGG_ADVERTISE as string).hostname, 'aggregator-1');
+    assert.ok((follower.ports as string[]).includes(`${fEnv.VGG_PORT}:${fEnv.VGG_PORT}`));
+    assert.ok(((follower.secrets as string[]) ?? []).includes('vgg_token') && fEnv.VGG_TOKEN === undefined);
+    const shardArg = (follower.command as string[])[(follower.command as string[]).indexOf('--shard') + 1] as string;
+    assert.equal(cEnv.VGG_SHARDS, '${VGG_SHARDS:-1}', 'the coordinator runs 1 shard unless VGG_SHARDS says 2 (with the sharded profile)');
+    assert.equal(parseShard('--shard', shardArg).index, 1);
 
     const coord = container('Deployment', 'vgg-coordinator');
     const env = k8sEnv(coord);
