@@ -39,7 +39,7 @@ export interface CoordinatorHandle {
 }
 
 /** The run info every worker receives in `welcome`. */
-export interface RunInfo { run: string; redis: string; data: string; model: ModelConfig; augment: AugmentOptions; seed: number; evalQ: number; lockDurationMs: number; heartbeatTimeoutMs: number; wire: WireFormat }
+export interface RunInfo { run: string; redis: string; data: string; model: ModelConfig; augment: AugmentOptions; seed: number; evalQ: number; lockDurationMs: number; heartbeatTimeoutMs: number; wire: WireFormat; errorFeedback: boolean }
 
 /**
  * The coordinator of one run: indexes the data, holds the master weights in
@@ -233,7 +233,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
 
   const runInfo: RunInfo = {
     run: cfg.run, redis: cfg.redis, data: index.root, model, augment, seed: cfg.seed, evalQ: cfg.evalScale,
-    lockDurationMs: cfg.lockDurationMs, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs, wire: cfg.wire,
+    lockDurationMs: cfg.lockDurationMs, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs, wire: cfg.wire, errorFeedback: cfg.errorFeedback,
   };
   // With --shards K this aggregator is shard 0: it updates [0, hi) and decides each step for all.
   const own = shardRange(layout.totalSize, 0, cfg.shards);

@@ -56,6 +56,8 @@ export interface RunConfig {
   wire: WireFormat;
   /** Aggregator shards: the coordinator is shard 0, `aggregator start --shard i/K` the others. */
   shards: number;
+  /** Workers carry each step's 16-bit rounding error into the next step's gradient (--wire bf16|fp16). */
+  errorFeedback: boolean;
   /** Prometheus /metrics and /healthz: bind address and port (0: off). */
   metricsHost: string;
   metricsPort: number;
@@ -110,6 +112,7 @@ export const RUN_OPTIONS: Spec[] = [
   { key: 'warmStart', flag: '--warm-start', parse: str('--warm-start'), description: 'start from the first four convs and the FC layers of a checkpoint of config A' },
   { key: 'initFrom', flag: '--init-from', parse: str('--init-from'), description: 'fine-tune: all weights from a checkpoint of the same model (fresh momentum)' },
   { key: 'wire', flag: '--wire', parse: choiceOption('--wire', WIRE_FORMATS), description: 'gradients and weights on the wire: fp32, bf16 or fp16 (fp32 master weights either way)' },
+  { key: 'errorFeedback', flag: '--error-feedback', parse: bool('--error-feedback'), description: 'with --wire bf16|fp16: workers add what rounding dropped from a gradient to the next one (error feedback)' },
   { key: 'shards', flag: '--shards', parse: intOption('--shards', 1, 64), description: 'aggregator shards K, split by bytes: the coordinator is shard 0; start `aggregator start --shard i/K` for i = 1..K-1' },
   { key: 'metricsHost', flag: '--metrics-host', parse: str('--metrics-host'), description: 'bind address of /metrics and /healthz' },
   { key: 'metricsPort', flag: '--metrics-port', parse: intOption('--metrics-port', 0, 65535), description: 'port of /metrics and /healthz (0: off)' },
@@ -124,7 +127,7 @@ export const PAPER_DEFAULTS: RunConfig = {
   // The paper subtracts the mean only (with its small N(0, 1e-2) init); with the default He init,
   // 0-255 inputs diverge at lr 0.01, so we also divide by the std. `--normalize mean --init paper` is the paper's.
   normalize: 'mean-std', checkpointDir: '', checkpointEvery: 0, keep: 3, resume: false, minWorkers: 1, trainLimit: 0,
-  valLimit: 0, lockDurationMs: 30000, heartbeatTimeoutMs: 30000, warmStart: '', initFrom: '', wire: 'fp32', shards: 1, metricsHost: '127.0.0.1', metricsPort: 0,
+  valLimit: 0, lockDurationMs: 30000, heartbeatTimeoutMs: 30000, warmStart: '', initFrom: '', wire: 'fp32', shards: 1, errorFeedback: false, metricsHost: '127.0.0.1', metricsPort: 0,
 };
 
 /** Defaults without --data: a small VGG-A on the built-in 32x32 dataset, minutes on a CPU. */

@@ -108,6 +108,42 @@ export function decodeFp16(src: Uint16Array, dst: Float32Array): void {
   for (let i = 0; i < src.length; i += 1) dst[i] = t[src[i] as number] as number;
 }
 
+/**
+ * Error feedback for a 16-bit wire: what rounding dropped from one step's
+ * gradient is added to the next one's, so the rounding error does not
+ * accumulate over steps (the sum of what was sent stays within one rounding of
+ * the sum of the true gradients).
+ */
+export class ErrorFeedback {
+  readonly wire: 'bf16' | 'fp16';
+  readonly residual: Float32Array;
+  private readonly codes = new Uint16Array(1 << 16);
+  private readonly back = new Float32Array(1 << 16);
+
+  constructor(wire: 'bf16' | 'fp16', n: number) {
+    this.wire = wire;
+    this.residual = new Float32Array(n);
+  }
+
+  /**
+   * g <- g + residual, in place; residual <- g - round16(g). Call once per
+   * gradient (not per resend of it): the wire then carries round16(g) exactly.
+   */
+  compensate(g: Float32Array): void {
+    if (g.length !== this.residual.length) throw new RangeError(`error feedback: expected ${this.residual.length} values, got ${g.length}`);
+    const r = this.residual;
+    for (let off = 0; off < g.length; off += this.codes.length) {
+      const part = g.subarray(off, Math.min(g.length, off + this.codes.length));
+      for (let i = 0; i < part.length; i += 1) part[i] = (part[i] as number) + (r[off + i] as number);
+      const codes = this.codes.subarray(0, part.length);
+      const back = this.back.subarray(0, part.length);
+      encode16(this.wire, part, codes);
+      decode16(this.wire, codes, back);
+      for (let i = 0; i < part.length; i += 1) r[off + i] = (part[i] as number) - (back[i] as number);
+    }
+  }
+}
+
 export function encode16(wire: 'bf16' | 'fp16', src: Float32Array, dst: Uint16Array): void {
   if (wire === 'bf16') encodeBf16(src, dst);
   else encodeFp16(src, dst);

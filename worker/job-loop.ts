@@ -6,6 +6,7 @@ import type { RunInfo } from '../coordinator/coordinator.ts';
 import type { RunState, WorkerHeartbeat } from '../coordinator/run-state.ts';
 import type { Logger } from '../shared/logger.ts';
 import { createMetrics, serveMetrics } from '../shared/metrics.ts';
+import { ErrorFeedback } from '../shared/half.ts';
 import { modelHash } from '../shared/param-layout.ts';
 import { connectRedis } from '../shared/redis-connection.ts';
 import { runKeys, type EvalJobData, type EvalJobResult, type TrainJobData } from '../shared/redis-keys.ts';
@@ -81,6 +82,8 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
   const trainW = bull(keys.trainQueue);
   const evalW = bull(keys.evalQueue);
   const flat = new Float32Array(vgg.layout.totalSize);
+  const wire = run.wire ?? 'fp32';
+  const feedback = run.errorFeedback === true && wire !== 'fp32' ? new ErrorFeedback(wire, flat.length) : undefined;
   let jobs = 0;
   let stopping = false;
   let rate: number | null = null;
@@ -159,6 +162,8 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
       else flat.fill(0, e.offset, e.offset + e.size);
     }
     tf.dispose([...r.grads.values()]);
+    // Once per gradient: a resend of this step carries the same (already compensated) values.
+    feedback?.compensate(flat);
     prefetch();
     const stats = { samples: r.samples, loss: r.loss, top1: r.top1, top5: r.top5, skipped: batch.skipped.length };
     // Send, and again whenever a lost member aborts the step, until the new weights arrive.

@@ -1,6 +1,6 @@
-import { test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { decode16, decodeFp16, encode16, encodeFp16 } from '../../shared/half.ts';
+import { ErrorFeedback, decode16, decodeFp16, encode16, encodeFp16 } from '../../shared/half.ts';
 import { Rng } from '../../shared/rng.ts';
 
 /** x through the 16-bit format and back. */
@@ -36,4 +36,45 @@ test('bf16: rounds to nearest even within 2^-8 relative, keeps the fp32 range, N
   const t = roundTrip('bf16', Float32Array.of(1 + 2 ** -8, 1 + 3 * 2 ** -8, Number.NaN, -Infinity, 3e38));
   assert.deepEqual(Array.from(t.subarray(0, 4)), [1, 1 + 2 ** -6, Number.NaN, -Infinity]);
   assert.ok(Math.abs((t[4] as number) - 3e38) / 3e38 < 2 ** -8);
+});
+
+describe('error feedback on a 16-bit wire', () => {
+  for (const wire of ['bf16', 'fp16'] as const) {
+    test(`${wire}: what was sent over 64 steps sums to the true gradients within one rounding; without it the error grows`, () => {
+      const n = 1000;
+      // Values a 16-bit format cannot hold, the same every step (the worst case for plain rounding: its error repeats).
+      const g = Float32Array.from({ length: n }, (_, i) => (1 + (i % 97) / 1000) * 1e-3 * (i % 2 === 0 ? 1 : -1));
+      const ef = new ErrorFeedback(wire, n);
+      const sentWith = new Float64Array(n);
+      const sentWithout = new Float64Array(n);
+      const codes = new Uint16Array(n);
+      const back = new Float32Array(n);
+      const steps = 64;
+      for (let s = 0; s < steps; s += 1) {
+        const x = g.slice();
+        ef.compensate(x);
+        encode16(wire, x, codes);
+        decode16(wire, codes, back);
+        for (let i = 0; i < n; i += 1) sentWith[i] = (sentWith[i] as number) + (back[i] as number);
+        encode16(wire, g, codes);
+        decode16(wire, codes, back);
+        for (let i = 0; i < n; i += 1) sentWithout[i] = (sentWithout[i] as number) + (back[i] as number);
+      }
+      let worstWith = 0;
+      let worstWithout = 0;
+      for (let i = 0; i < n; i += 1) {
+        const truth = steps * (g[i] as number);
+        worstWith = Math.max(worstWith, Math.abs((sentWith[i] as number) - truth) / Math.abs(g[i] as number));
+        worstWithout = Math.max(worstWithout, Math.abs((sentWithout[i] as number) - truth) / Math.abs(g[i] as number));
+      }
+      // One rounding of one gradient is at most 2^-8 (bf16) or 2^-11 (fp16) of it; the residual holds it.
+      const ulp = wire === 'bf16' ? 2 ** -8 : 2 ** -11;
+      assert.ok(worstWith <= 1.01 * ulp, `${wire} with feedback: off by ${worstWith} of one gradient after ${steps} steps`);
+      assert.ok(worstWithout > 8 * ulp, `${wire} without feedback: off by ${worstWithout} (expected to grow with the steps)`);
+    });
+  }
+
+  test('a gradient of another length is refused', () => {
+    assert.throws(() => new ErrorFeedback('bf16', 4).compensate(new Float32Array(5)), /expected 4 values, got 5/);
+  });
 });
