@@ -1,12 +1,12 @@
-import { timingSafeEqual } from 'node:crypto';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { Logger } from '../shared/logger.ts';
-import type { FlatMomentumSgd } from '../shared/flat-sgd.ts';
-import { encode16, encodeBf16Scalar, type WireFormat } from '../shared/half.ts';
+import { FlatMomentumSgd } from '../shared/flat-sgd.ts';
+import { encode16, type WireFormat } from '../shared/half.ts';
+import { sliceLayout } from '../shared/shard.ts';
 import { arenaOf, type FloatArena } from '../shared/simd.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import {
-  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, codesOf, decodeFrame, encode, field, sendChunk, valuesOf,
+  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, codesOf, decodeFrame, encode, field, sameSecret, sendChunk, valuesOf,
   type BatchStats, type ServerMessage,
 } from '../shared/wire-protocol.ts';
 import { shardTicket, type ShardLeader } from './shard-leader.ts';
@@ -64,8 +64,9 @@ export interface AggregatorOptions {
   /** Values on the wire (gradients in, weights out); master weights and momentum stay fp32. @defaultValue 'fp32' */
   wire?: WireFormat;
   /**
-   * This is shard 0 of K (`--shards K`): `weights` and `sgd` cover its own range only; the
-   * follower shards connect here, and the step's membership, aborts and commits are decided here.
+   * This is shard 0 of K (`--shards K`): `weights` and `sgd` cover the whole vector, this
+   * aggregator reduces and updates shard 0's range of it; the follower shards connect here,
+   * and the step's membership, aborts and commits are decided here.
    */
   shardLeader?: ShardLeader;
   /** This is a follower shard: `weights` and `sgd` cover its range; the leader decides each step. */
@@ -105,6 +106,9 @@ export class Aggregator {
   learningRate: number;
   private server?: WebSocketServer;
   private nextId = 1;
+  /** The master weights and SGD this aggregator updates: all of them, or shard 0's range. */
+  private readonly weights: Float32Array;
+  private readonly sgd: FlatMomentumSgd;
   private readonly sum: Float32Array;
   /** Where the weights and momentum live, if in a FloatArena: the sum and scratch go there too (SIMD loops). */
   private readonly arena?: FloatArena;
@@ -132,12 +136,16 @@ export class Aggregator {
     this.options = options;
     this.step = options.step;
     this.learningRate = options.sgd.options.learningRate;
-    this.arena = arenaOf(options.weights, options.sgd.velocity);
+    const own = options.shardLeader?.attach(this, options.weights, options.sgd.velocity);
+    const { sgd } = options;
+    this.weights = own === undefined ? options.weights : options.weights.subarray(own.lo, own.hi);
+    this.sgd = own === undefined ? sgd : new FlatMomentumSgd(sliceLayout(sgd.layout, own), sgd.options, sgd.velocity.subarray(own.lo, own.hi));
+    this.arena = arenaOf(this.weights, this.sgd.velocity);
     const floats = (n: number) => this.arena?.alloc(n) ?? new Float32Array(n);
-    this.sum = floats(options.weights.length);
+    this.sum = floats(this.weights.length);
     this.wire = options.wire ?? 'fp32';
     this.scratch = floats(this.wire === 'fp32' ? 0 : CHUNK_FLOATS);
-    if (this.wire !== 'fp32') this.weights16 = this.arena?.alloc16(options.weights.length) ?? new Uint16Array(options.weights.length);
+    if (this.wire !== 'fp32') this.weights16 = this.arena?.alloc16(this.weights.length) ?? new Uint16Array(this.weights.length);
   }
 
   async start(): Promise<number> {
@@ -162,7 +170,7 @@ export class Aggregator {
 
   setLearningRate(lr: number): void {
     this.learningRate = lr;
-    this.options.sgd.options.learningRate = lr;
+    this.sgd.options.learningRate = lr;
   }
 
   /** Members silent for longer than `timeout` are removed; the others are pinged. */
@@ -202,9 +210,7 @@ export class Aggregator {
         const msg = decodeFrame(raw);
         if (shardLink !== undefined) { shardLink(msg); return; }
         if (member === undefined) {
-          const leader = this.options.shardLeader;
-          if (leader !== undefined) leader.step = this.step;
-          shardLink = leader?.accept(ws, msg);
+          shardLink = this.options.shardLeader?.accept(ws, msg);
           if (shardLink === undefined) member = this.hello(ws, msg, remote);
           return;
         }
@@ -240,9 +246,7 @@ export class Aggregator {
       throw new ProtocolError('VGG_ERR_PROTOCOL_VERSION', `hello.protocol: expected ${PROTOCOL_VERSION}, got ${protocol}`);
     }
     if (typeof msg.token !== 'string') throw new ProtocolError('VGG_ERR_AUTH', 'hello.token: expected the run token, got none');
-    const token = Buffer.from(msg.token);
-    const want = Buffer.from(this.options.token);
-    if (token.length !== want.length || !timingSafeEqual(token, want)) {
+    if (!sameSecret(msg.token, this.options.token)) {
       throw new ProtocolError('VGG_ERR_AUTH', 'hello.token: expected the run token, got a wrong or missing one');
     }
     const member: Member = {
@@ -411,9 +415,7 @@ export class Aggregator {
 
   /** Follower: only a gradient with the leader's ticket for (step, worker, job) is admitted. */
   private checkTicket(m: Member, msg: Record<string, unknown>, step: number, jobId: string): void {
-    const ticket = Buffer.from(typeof msg.ticket === 'string' ? msg.ticket : '');
-    const want = Buffer.from(shardTicket((this.options.follower as FollowerHooks).secret, step, m.workerId, jobId));
-    if (ticket.length !== want.length || !timingSafeEqual(ticket, want)) {
+    if (!sameSecret(msg.ticket, shardTicket((this.options.follower as FollowerHooks).secret, step, m.workerId, jobId))) {
       throw new ProtocolError('VGG_ERR_AUTH', `grad-begin.ticket: expected the leader's ticket for job ${jobId} at step ${step}, got a wrong or missing one`);
     }
   }
@@ -470,7 +472,7 @@ export class Aggregator {
       const contributions = [...this.done.values()];
       await this.drained();
       this.options.shardLeader?.commit(this.step, this.attempt, contributions.map((c) => c.jobId), this.totalSamples, this.learningRate);
-      if (this.totalSamples > 0) this.options.sgd.apply(this.options.weights, this.sum, 1 / this.totalSamples);
+      if (this.totalSamples > 0) this.sgd.apply(this.weights, this.sum, 1 / this.totalSamples);
       this.step += 1;
       this.attempt = 0;
       this.pendingCommit = undefined;
@@ -536,13 +538,10 @@ export class Aggregator {
    */
   private sendWeights(targets: Member[]): void {
     if (targets.length === 0) return;
-    let w: Float32Array | Uint16Array = this.options.weights;
+    let w: Float32Array | Uint16Array = this.weights;
     if (this.weights16 !== undefined && this.wire !== 'fp32') {
       // Re-encoded per broadcast; the sockets have drained the previous one (see drained()).
-      if (this.weights16Step !== this.step) {
-        if (this.arena !== undefined && this.wire === 'bf16') this.arena.encodeBf16(this.options.weights, this.weights16, encodeBf16Scalar);
-        else encode16(this.wire, this.options.weights, this.weights16);
-      }
+      if (this.weights16Step !== this.step) encode16(this.wire, this.weights, this.weights16);
       this.weights16Step = this.step;
       w = this.weights16;
     }

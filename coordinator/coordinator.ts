@@ -17,7 +17,6 @@ import { estimateRgbStats, type AugmentOptions } from '../worker/data/image-pipe
 import { initFromCheckpoint, warmStartFromCheckpoint } from '../worker/model/warm-start.ts';
 import { buildVgg, disposeVgg, readFlat } from '../worker/model/vgg-model.ts';
 import { checkedWeights, loadCheckpoint, modelTopology, saveCheckpoint } from '../worker/train/checkpoint.ts';
-import { shardRange, sliceLayout } from '../shared/shard.ts';
 import { aggregatorArenaFloats, tryArena } from '../shared/simd.ts';
 import { Aggregator, type Contribution, type Member } from './aggregator.ts';
 import { ShardLeader } from './shard-leader.ts';
@@ -75,8 +74,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
   const topology = modelTopology(vgg);
   // Master weights, momentum and the aggregator's sum in one FloatArena: the reduce and SGD loops run as SIMD.
   const arena = tryArena(aggregatorArenaFloats(layout.totalSize));
-  const initial = readFlat(vgg);
-  const weights = arena?.copyOf(initial) ?? initial;
+  const weights = readFlat(vgg, arena?.alloc(layout.totalSize));
   disposeVgg(vgg);
 
   const keys = runKeys(cfg.run);
@@ -235,21 +233,13 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
     run: cfg.run, redis: cfg.redis, data: index.root, model, augment, seed: cfg.seed, evalQ: cfg.evalScale,
     lockDurationMs: cfg.lockDurationMs, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs, wire: cfg.wire, errorFeedback: cfg.errorFeedback,
   };
-  // With --shards K this aggregator is shard 0: it updates [0, hi) and decides each step for all.
-  const own = shardRange(layout.totalSize, 0, cfg.shards);
+  // With --shards K this aggregator is shard 0: it updates its range and decides each step for all.
   const leader = cfg.shards === 1 ? undefined : new ShardLeader({
-    count: cfg.shards, token: cfg.token, modelHash: hash, model, weights, velocity: sgd.velocity,
-    sgd: { momentum: cfg.momentum, weightDecay: cfg.weightDecay }, run: { run: cfg.run, wire: cfg.wire, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs },
-    heartbeatTimeoutMs: cfg.heartbeatTimeoutMs, log,
-    onAllReady: () => aggregator.welcomeWaiting(),
-    onHave: () => aggregator.commitWhenComplete(),
-    onWorkerLost: (workerId) => aggregator.dropWorker(workerId),
+    count: cfg.shards, model,
     onShardLost: (index, reason) => fail(new Error(`aggregator shard ${index}/${cfg.shards} lost (${reason}): its range of the weights is gone; restart it and this coordinator with --resume`)),
   });
   const aggregator = new Aggregator({
-    host: cfg.host, port: cfg.port, token: cfg.token, modelHash: hash, step, shardLeader: leader,
-    weights: leader === undefined ? weights : weights.subarray(own.lo, own.hi),
-    sgd: leader === undefined ? sgd : new FlatMomentumSgd(sliceLayout(layout, own), sgd.options, sgd.velocity.subarray(own.lo, own.hi)),
+    host: cfg.host, port: cfg.port, token: cfg.token, modelHash: hash, step, shardLeader: leader, weights, sgd,
     runInfo: runInfo as unknown as Record<string, unknown>,
     jobStatus: (jobId) => {
       const p = plan.positions.get(jobId);

@@ -6,11 +6,9 @@ import { buildLayout, modelHash } from '../shared/param-layout.ts';
 import { sliceLayout, type ShardSpec } from '../shared/shard.ts';
 import { aggregatorArenaFloats, tryArena } from '../shared/simd.ts';
 import type { ModelConfig } from '../shared/vgg-configs.ts';
-import {
-  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, decodeFrame, encode, field, floatsOf, sendChunk,
-  type ShardMessage,
-} from '../shared/wire-protocol.ts';
+import { MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, decodeFrame, encode, field, type ShardMessage } from '../shared/wire-protocol.ts';
 import { Aggregator } from './aggregator.ts';
+import { RangeStateReceiver, sendRangeState } from './shard-state.ts';
 
 export interface FollowerOptions {
   /** The coordinator's aggregator URL (shard 0). */
@@ -99,16 +97,11 @@ export async function startFollower(o: FollowerOptions): Promise<FollowerHandle>
         case 'abort':
           aggregator.leaderAbort(field<number>(msg, 'step', 'int'), field<number>(msg, 'attempt', 'int'));
           return;
-        case 'state-request': {
-          // Weights then momentum of the range, straight from the arrays: nothing changes them until the bytes are out.
-          const state = [weights, sgd.velocity];
-          for (let k = 0; k < 2; k += 1) {
-            for (let off = 0; off < n; off += CHUNK_FLOATS) sendChunk(ws, chunkFrame('state-chunk', aggregator.step, k * n + off, (state[k] as Float32Array).subarray(off, off + CHUNK_FLOATS)));
-          }
-          send({ t: 'state-end', step: aggregator.step, floats: 2 * n });
+        case 'state-request':
+          // Straight from the arrays: the next leader frame (a commit) is not handled until the bytes are out.
+          sendRangeState(ws, aggregator.step, weights, sgd.velocity);
           while (ws.readyState === WebSocket.OPEN && ws.bufferedAmount > 0) await new Promise((r) => setTimeout(r, 1));
           return;
-        }
         default:
           throw new ProtocolError('VGG_ERR_UNKNOWN_TYPE', `leader frame.t: expected commit, abort or state-request, got ${JSON.stringify(msg.t)}`);
       }
@@ -160,7 +153,7 @@ function connectLeader(o: FollowerOptions): Promise<{ ws: WebSocket; init: Init 
     const ws = new WebSocket(o.leader, { maxPayload: MAX_PAYLOAD_BYTES, perMessageDeflate: false });
     let init: Omit<Init, 'state'> | undefined;
     let state: Float32Array | undefined;
-    let next = 0;
+    let receiver: RangeStateReceiver | undefined;
     const fail = (err: Error) => { ws.removeAllListeners('message'); ws.terminate(); reject(err); };
     ws.on('error', (err) => fail(err));
     ws.on('close', () => reject(new Error('closed before shard-init')));
@@ -179,18 +172,16 @@ function connectLeader(o: FollowerOptions): Promise<{ ws: WebSocket; init: Init 
           };
           // Weights and momentum, then the aggregator's sum and scratch, in one FloatArena (SIMD loops).
           state = tryArena(aggregatorArenaFloats(hi - lo))?.alloc(2 * (hi - lo)) ?? new Float32Array(2 * (hi - lo));
+          receiver = new RangeStateReceiver(state.subarray(0, hi - lo), state.subarray(hi - lo));
           return;
         }
-        if (init === undefined || state === undefined) throw new ProtocolError('VGG_ERR_HANDSHAKE', `leader: expected shard-init first, got ${JSON.stringify(msg.t)}`);
+        if (init === undefined || state === undefined || receiver === undefined) throw new ProtocolError('VGG_ERR_HANDSHAKE', `leader: expected shard-init first, got ${JSON.stringify(msg.t)}`);
         if (msg.t === 'state-chunk') {
-          const values = floatsOf(field<Uint8Array>(msg, 'data', 'bytes'));
-          if (msg.offset !== next || next + values.length > state.length) throw new ProtocolError('VGG_ERR_LAYOUT', `state-chunk: expected offset ${next} within ${state.length}, got ${String(msg.offset)} + ${values.length}`);
-          state.set(values, next);
-          next += values.length;
+          receiver.chunk(msg);
           return;
         }
         if (msg.t === 'state-end') {
-          if (next !== state.length) throw new ProtocolError('VGG_ERR_LAYOUT', `state-end: expected ${state.length} floats, got ${next}`);
+          receiver.end();
           ws.removeAllListeners('message');
           ws.removeAllListeners('close');
           ws.removeAllListeners('error');

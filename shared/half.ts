@@ -4,7 +4,7 @@
  * aggregator decodes into fp32 and keeps master weights and momentum in fp32.
  */
 
-import { FloatArena, tryArena } from './simd.ts';
+import { FloatArena, arenaOf, tryArena } from './simd.ts';
 
 export const WIRE_FORMATS = ['fp32', 'bf16', 'fp16'] as const;
 export type WireFormat = (typeof WIRE_FORMATS)[number];
@@ -23,15 +23,21 @@ const simdHelper = (): FloatArena | undefined => {
   return helper ?? undefined;
 };
 
+/**
+ * The arena for a SIMD conversion of `n` values whose fp32 side is `floats`: the one
+ * it lives in (no staging), else the shared helper; none for a few values.
+ */
+const simdFor = (floats: Float32Array, n: number): FloatArena | undefined => (n >= 64 ? arenaOf(floats) ?? simdHelper() : undefined);
+
 /** bfloat16: the top 16 bits of the fp32, rounded to nearest even; NaN stays NaN. SIMD where it can. */
 export function encodeBf16(src: Float32Array, dst: Uint16Array): void {
-  const arena = src.length >= 64 ? simdHelper() : undefined;
+  const arena = simdFor(src, src.length);
   if (arena !== undefined) arena.encodeBf16(src, dst, encodeBf16Scalar);
   else encodeBf16Scalar(src, dst);
 }
 
 export function decodeBf16(src: Uint16Array, dst: Float32Array): void {
-  const arena = src.length >= 64 ? simdHelper() : undefined;
+  const arena = simdFor(dst, src.length);
   if (arena !== undefined) arena.decodeBf16(src, dst);
   else decodeBf16Scalar(src, dst);
 }

@@ -50,18 +50,30 @@ export class FloatArena {
   /** A chunk's worth of 16-bit codes staged into the arena. */
   private staging16?: Uint16Array;
 
-  private staged16(codes: Uint16Array): Uint16Array {
-    if (codes.buffer === this.memory.buffer) return codes;
-    if (this.staging16 === undefined || this.staging16.length < codes.length) this.staging16 = this.alloc16(Math.max(codes.length, 1 << 20));
-    this.staging16.set(codes);
-    return this.staging16.subarray(0, codes.length);
+  /** `n` floats of staging room in the arena (grown to at least a chunk, kept for the next call). */
+  private scratch32(n: number): Float32Array {
+    if (this.staging === undefined || this.staging.length < n) this.staging = this.alloc(Math.max(n, 1 << 20));
+    return this.staging.subarray(0, n);
   }
 
+  private scratch16(n: number): Uint16Array {
+    if (this.staging16 === undefined || this.staging16.length < n) this.staging16 = this.alloc16(Math.max(n, 1 << 20));
+    return this.staging16.subarray(0, n);
+  }
+
+  /** `values` themselves if they live in the arena, else a copy in its staging room. */
   private staged32(values: Float32Array): Float32Array {
     if (this.owns(values)) return values;
-    if (this.staging === undefined || this.staging.length < values.length) this.staging = this.alloc(Math.max(values.length, 1 << 20));
-    this.staging.set(values);
-    return this.staging.subarray(0, values.length);
+    const s = this.scratch32(values.length);
+    s.set(values);
+    return s;
+  }
+
+  private staged16(codes: Uint16Array): Uint16Array {
+    if (this.owns(codes)) return codes;
+    const s = this.scratch16(codes.length);
+    s.set(codes);
+    return s;
   }
 
   /** sum[offset + i] += n * bf16(codes[i]); false when a code is NaN or Inf. */
@@ -92,9 +104,8 @@ export class FloatArena {
       const out = dst.subarray(off, off + part.length);
       const s = this.staged32(part);
       const body = part.length - (part.length % 8);
-      const direct = out.buffer === this.memory.buffer;
-      if (!direct && (this.staging16 === undefined || this.staging16.length < part.length)) this.staging16 = this.alloc16(Math.max(part.length, 1 << 20));
-      const d = direct ? out : (this.staging16 as Uint16Array).subarray(0, part.length);
+      const direct = this.owns(out);
+      const d = direct ? out : this.scratch16(part.length);
       this.k.bf16enc(s.byteOffset, d.byteOffset, body / 8);
       if (!direct) out.set(d.subarray(0, body));
       tail(part.subarray(body), out.subarray(body));
@@ -109,8 +120,7 @@ export class FloatArena {
       const c = this.staged16(part);
       const body = part.length - (part.length % 8);
       const direct = this.owns(out);
-      if (!direct && (this.staging === undefined || this.staging.length < part.length)) this.staging = this.alloc(Math.max(part.length, 1 << 20));
-      const d = direct ? out : (this.staging as Float32Array).subarray(0, part.length);
+      const d = direct ? out : this.scratch32(part.length);
       this.k.bf16dec(c.byteOffset, d.byteOffset, body / 8);
       if (!direct) out.set(d.subarray(0, body));
       const u = new Uint32Array(out.buffer, out.byteOffset, out.length);

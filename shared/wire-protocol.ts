@@ -1,3 +1,4 @@
+import { timingSafeEqual } from 'node:crypto';
 import { Packr } from 'msgpackr';
 import { VggError } from './errors.ts';
 import { decode16, type WireFormat } from './half.ts';
@@ -148,6 +149,13 @@ function describe(v: unknown): string {
   if (Array.isArray(v)) return `an array of ${v.length}`;
   if (v instanceof Uint8Array) return `${v.length} bytes`;
   return typeof v === 'object' ? `an object with keys ${Object.keys(v as object).join(',')}` : `${typeof v} ${JSON.stringify(v)}`;
+}
+
+/** Whether `given` is the string `expected`, compared in constant time (tokens, tickets). */
+export function sameSecret(given: unknown, expected: string): boolean {
+  const a = Buffer.from(typeof given === 'string' ? given : '');
+  const b = Buffer.from(expected);
+  return a.length === b.length && timingSafeEqual(a, b);
 }
 
 /** Field checks used by both ends' message validators. */

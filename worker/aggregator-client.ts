@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import WebSocket from 'ws';
 import type { Logger } from '../shared/logger.ts';
-import { WIRE_FORMATS, encode16, type WireFormat } from '../shared/half.ts';
+import { WIRE_FORMATS, encode16, wireBytes, type WireFormat } from '../shared/half.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import {
   CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkMessage, decodeFrame, encode, field, valuesOf,
@@ -75,8 +75,6 @@ export class AggregatorClient extends EventEmitter {
   private lastSeen = 0;
   private incoming?: { step: number; buf: Float32Array; next: number };
   private stopped = false;
-  /** Bumped on every (re)connect: a send that started on an older connection is void. */
-  generation = 0;
   /** The current step's attempt (0 after `joined`, then the last `resend`'s) and the ticket of the `joined`. */
   attempt = 0;
   ticket?: string;
@@ -133,7 +131,6 @@ export class AggregatorClient extends EventEmitter {
             if (!(WIRE_FORMATS as readonly unknown[]).includes(wire)) throw new ProtocolError('VGG_ERR_FRAME_FIELD', `welcome.run.wire: expected one of ${WIRE_FORMATS.join(', ')}, got ${JSON.stringify(wire)}`);
             this.wire = wire as WireFormat;
             welcomed = true;
-            this.generation += 1;
             silence = this.watchSilence(ws, Number(this.run.heartbeatTimeoutMs) || 30_000);
             this.emit('welcome', this.run);
             resolve();
@@ -255,7 +252,7 @@ export class AggregatorClient extends EventEmitter {
       // One contiguous message per chunk (the values copied, or encoded, into it): see chunkMessage.
       const part = flat.subarray(offset, offset + CHUNK_FLOATS);
       const wire = this.wire;
-      const frame = chunkMessage('grad-chunk', step, offset, part.length * (wire === 'fp32' ? 4 : 2), (body) => {
+      const frame = chunkMessage('grad-chunk', step, offset, part.length * wireBytes(wire), (body) => {
         if (wire === 'fp32') new Float32Array(body.buffer, body.byteOffset, part.length).set(part);
         else encode16(wire, part, new Uint16Array(body.buffer, body.byteOffset, part.length));
       });

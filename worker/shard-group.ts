@@ -45,7 +45,8 @@ export class ShardGroup extends EventEmitter {
     await this.leader.connect(giveUp);
     const list = this.leader.run?.shards;
     if (list === undefined) {
-      this.parts = [{ client: this.leader, lo: 0, hi: -1 }];
+      // One aggregator: the whole vector (subarray and the range clamp to its length).
+      this.parts = [{ client: this.leader, lo: 0, hi: Number.POSITIVE_INFINITY }];
       return;
     }
     const shards = parseShards(list);
@@ -116,7 +117,6 @@ export class ShardGroup extends EventEmitter {
 
   /** floats [start, end) of the complete weights, copied out of the shards' buffers. */
   read(start: number, end: number): Float32Array {
-    if (this.parts.length === 1) return (this.leader.weights as Float32Array).slice(start, end);
     const out = new Float32Array(end - start);
     for (const { client, lo, hi } of this.parts) {
       const a = Math.max(start, lo);
@@ -140,7 +140,7 @@ export class ShardGroup extends EventEmitter {
   /** Each shard's range of the gradient, in parallel, with the step's attempt and ticket from shard 0. */
   async sendGradient(step: number, jobId: string, sampleIds: number[], stats: BatchStats, flat: Float32Array): Promise<void> {
     const admit = { attempt: this.leader.attempt, ...(this.leader.ticket === undefined ? {} : { ticket: this.leader.ticket }) };
-    await Promise.all(this.parts.map(({ client, lo, hi }) => client.sendGradient(step, jobId, sampleIds, stats, hi < 0 ? flat : flat.subarray(lo, hi), admit)));
+    await Promise.all(this.parts.map(({ client, lo, hi }) => client.sendGradient(step, jobId, sampleIds, stats, flat.subarray(lo, hi), admit)));
   }
 
   terminate(): void {

@@ -12,7 +12,7 @@ import { FlatMomentumSgd } from '../../shared/flat-sgd.ts';
 import type { WireFormat } from '../../shared/half.ts';
 import { createLogger } from '../../shared/logger.ts';
 import { buildLayout, modelHash } from '../../shared/param-layout.ts';
-import { parseShard, shardRange, sliceLayout } from '../../shared/shard.ts';
+import { parseShard } from '../../shared/shard.ts';
 import { aggregatorArenaFloats, tryArena } from '../../shared/simd.ts';
 import { DEFAULT_MODEL_CONFIG } from '../../shared/vgg-configs.ts';
 
@@ -38,16 +38,12 @@ const arena = tryArena(aggregatorArenaFloats(layout.totalSize));
 const weights = (arena?.alloc(layout.totalSize) ?? new Float32Array(layout.totalSize)).fill(0.01);
 const sgdOptions = { learningRate: 0.01, momentum: 0.9, weightDecay: 5e-4 };
 const velocity = arena?.alloc(layout.totalSize) ?? new Float32Array(layout.totalSize);
-const own = shardRange(layout.totalSize, 0, shards);
-let agg!: Aggregator;
 const leader = shards === 1 ? undefined : new ShardLeader({
-  count: shards, token: 'bench', modelHash: hash, model: DEFAULT_MODEL_CONFIG, weights, velocity, sgd: sgdOptions, run: { run: 'bench', wire },
-  heartbeatTimeoutMs: 30_000, log, onAllReady: () => agg.welcomeWaiting(), onHave: () => agg.commitWhenComplete(),
-  onWorkerLost: (id) => agg.dropWorker(id), onShardLost: (i, reason) => { throw new Error(`shard ${i} lost: ${reason}`); },
+  count: shards, model: DEFAULT_MODEL_CONFIG, onShardLost: (i, reason) => { throw new Error(`shard ${i} lost: ${reason}`); },
 });
-agg = new Aggregator({
+const agg: Aggregator = new Aggregator({
   host: '127.0.0.1', port: 0, token: 'bench', modelHash: hash, step: 0, runInfo: { run: 'bench', wire }, wire, shardLeader: leader,
-  weights: weights.subarray(own.lo, own.hi), sgd: new FlatMomentumSgd(sliceLayout(layout, own), sgdOptions, velocity.subarray(own.lo, own.hi)),
+  weights, sgd: new FlatMomentumSgd(layout, sgdOptions, velocity),
   jobStatus: () => 'pending', onMemberLost: () => {}, log,
   onCommit: async (step) => {
     if (step < steps) return;

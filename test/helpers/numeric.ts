@@ -1,3 +1,6 @@
+/** n deterministic values in [-1, 1], different for each seed. */
+export const wave = (n: number, seed: number): Float32Array => Float32Array.from({ length: n }, (_, i) => Math.sin(seed * 7919 + i * 0.37));
+
 /** Largest absolute difference over the largest magnitude of `b`: a scale-aware max-norm error. */
 export function maxRelativeError(a: Float32Array, b: Float32Array): number {
   let diff = 0;

@@ -10,6 +10,7 @@ import { TINY_VGG_A, resolveModelConfig } from '../../shared/vgg-configs.ts';
 import { PROTOCOL_VERSION } from '../../shared/wire-protocol.ts';
 import { ShardGroup } from '../../worker/shard-group.ts';
 import { RawPeer, SGD, frame, hello, log, stats } from '../helpers/aggregator-harness.ts';
+import { wave } from '../helpers/numeric.ts';
 
 describe('shard ranges', () => {
   test('K ranges split the bytes evenly, contiguous from 0 to the end, 64-byte aligned inside', () => {
@@ -36,7 +37,7 @@ describe('shard ranges', () => {
   test('momentum SGD over the sliced layouts equals it over the whole vector, bit for bit', () => {
     const layout = buildLayout({ ...TINY_VGG_A, batchNorm: true });
     const n = layout.totalSize;
-    const rand = (seed: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(seed * 7919 + i * 0.37));
+    const rand = (seed: number) => wave(n, seed);
     const w = rand(1);
     const g = rand(2);
     const whole = new FlatMomentumSgd(layout, SGD, rand(3));
@@ -74,17 +75,10 @@ async function startPair(): Promise<Pair> {
   const hash = modelHash(TINY_VGG_A, layout);
   const weights = Float32Array.from({ length: layout.totalSize }, (_, i) => ((i % 13) - 6) / 100);
   const velocity = new Float32Array(layout.totalSize);
-  const own = shardRange(layout.totalSize, 0, 2);
-  let agg!: Aggregator;
-  const leader = new ShardLeader({
-    count: 2, token: 'secret', modelHash: hash, model: TINY_VGG_A, weights, velocity, sgd: { momentum: SGD.momentum, weightDecay: 0 },
-    run: { run: 't', wire: 'fp32' }, heartbeatTimeoutMs: 30_000, log,
-    onAllReady: () => agg.welcomeWaiting(), onHave: () => agg.commitWhenComplete(), onWorkerLost: (id) => agg.dropWorker(id),
-    onShardLost: () => {},
-  });
-  agg = new Aggregator({
+  const leader = new ShardLeader({ count: 2, model: TINY_VGG_A, onShardLost: () => {} });
+  const agg = new Aggregator({
     host: '127.0.0.1', port: 0, token: 'secret', modelHash: hash, step: 0, runInfo: { run: 't', wire: 'fp32' }, shardLeader: leader,
-    weights: weights.subarray(own.lo, own.hi), sgd: new FlatMomentumSgd(sliceLayout(layout, own), { ...SGD, weightDecay: 0 }, velocity.subarray(own.lo, own.hi)),
+    weights, sgd: new FlatMomentumSgd(layout, { ...SGD, weightDecay: 0 }, velocity),
     jobStatus: (id) => (id.startsWith('job') ? 'pending' : 'unknown'), onCommit: async () => {}, onMemberLost: () => {}, log,
   });
   const port = await agg.start();

@@ -6,8 +6,8 @@ import { buildLayout } from '../../shared/param-layout.ts';
 import { FloatArena, arenaOf } from '../../shared/simd.ts';
 import { TINY_VGG_A } from '../../shared/vgg-configs.ts';
 import { SGD, join, startAggregator, stats, type Harness } from '../helpers/aggregator-harness.ts';
+import { wave } from '../helpers/numeric.ts';
 
-const wave = (n: number, seed: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(seed * 7919 + i * 0.37));
 
 /** Largest |a - b| relative to max(1, |b|). */
 function worst(a: Float32Array, b: Float32Array): number {
