@@ -8,10 +8,11 @@
  * efficiency for N up to 64 workers over 25 and 100 GbE with K aggregator shards.
  * Last line: one JSON object.
  *
- * The model (without overlap of communication and compute, which we do not do yet; a second
- * table projects it with the overlap of issue 5's design, calibrated on an H200: the classifier's
- * gradients, 89% of the bytes, are complete 1 ms into the backward, and the conv body's backward
- * runs 57% of the fp32 step after that (docs/measurements/h200-vgg16-overlap.json)):
+ * Measured with and without overlap (`--overlap false,true`): with it, each worker sends the
+ * classifier's gradients (fc6-fc8, 89% of the bytes) 43% into the simulated compute and the conv
+ * body's at its end, as the worker does; an H200 has the classifier's gradients complete 1 ms into
+ * the backward and runs the body's backward for 57% of the fp32 step after that
+ * (docs/measurements/h200-vgg16-overlap.json). The model, a table without and one with overlap:
  *   step(N) = compute + wire(N) + cpu(N)
  *   wire(N) = max(2 P / B (a worker's link: P out, P in, one after the other),
  *                 N P / (K B) (a shard's link, each direction; full duplex))
@@ -20,16 +21,16 @@
  *   c_reduce, c_update = measured ns per byte of our reduce-on-arrival and SGD loops.
  *   with overlap: step(N) = compute + comm - min(0.89 comm, 0.57 compute), comm = wire + cpu.
  *
- *   npm run bench:scaling [-- --workers 1,2,4 --compute-ms 290 --steps 3 --shards 1,2]
+ *   npm run bench:scaling [-- --workers 1,2,4 --compute-ms 290 --steps 3 --shards 1,2 --overlap false,true]
  */
-import { Command } from 'commander';
+import { Command, InvalidArgumentError } from 'commander';
 import { FlatMomentumSgd } from '../shared/flat-sgd.ts';
 import { intListOption, intOption } from '../shared/option-parsers.ts';
 import { buildLayout } from '../shared/param-layout.ts';
 import { FloatArena, aggregatorArenaFloats } from '../shared/simd.ts';
 import { DEFAULT_MODEL_CONFIG } from '../shared/vgg-configs.ts';
 import { CHUNK_FLOATS } from '../shared/wire-protocol.ts';
-import { VGG16_FLOATS, runOurs } from './allreduce/cluster.ts';
+import { VGG16_FLOATS, WINDOW_FRACTION, runOurs } from './allreduce/cluster.ts';
 
 const o = new Command('bench:scaling')
   .option('--workers <list>', 'worker counts measured here', intListOption('--workers'), [1, 2, 4])
@@ -37,8 +38,13 @@ const o = new Command('bench:scaling')
   .option('--steps <n>', 'timed steps per point (after one warm-up)', intOption('--steps', 1), 3)
   .option('--wire <w>', 'wire format of the measured runs', 'fp32')
   .option('--shards <list>', 'aggregator shard counts K of the measured runs', intListOption('--shards'), [1])
+  .option('--overlap <list>', 'measure without (false) and/or with (true) the classifier sent during the backward', (v: string) => {
+    const list = v.split(',').map((x) => x.trim());
+    if (list.some((x) => x !== 'true' && x !== 'false')) throw new InvalidArgumentError(`expected a list of true/false, got ${JSON.stringify(v)}`);
+    return list.map((x) => x === 'true');
+  }, [false, true])
   .parse(process.argv)
-  .opts<{ workers: number[]; computeMs: number; steps: number; wire: string; shards: number[] }>();
+  .opts<{ workers: number[]; computeMs: number; steps: number; wire: string; shards: number[]; overlap: boolean[] }>();
 
 // Calibration: our per-byte CPU costs, measured here on the aggregator's real loops (138M floats in a
 // FloatArena: SIMD; each 4 MiB chunk staged in from outside the arena, as from a socket).
@@ -60,12 +66,12 @@ const cUpdate = (updateMs * 1e6) / (n * 4);
 process.stdout.write(`calibration: reduce ${reduceMs.toFixed(0)} ms, SGD update ${updateMs.toFixed(0)} ms per 138M floats (${cReduce.toFixed(2)}, ${cUpdate.toFixed(2)} ns/byte)\n`);
 
 // Measured here: one machine, loopback, N worker processes.
-const measured: { workers: number; shards: number; stepMs: number; efficiency: number }[] = [];
-for (const shards of o.shards) for (const workers of o.workers) {
-  const r = await runOurs({ workers, steps: o.steps, wire: o.wire, computeMs: o.computeMs, shards });
+const measured: { workers: number; shards: number; overlap: boolean; stepMs: number; efficiency: number }[] = [];
+for (const overlap of o.overlap) for (const shards of o.shards) for (const workers of o.workers) {
+  const r = await runOurs({ workers, steps: o.steps, wire: o.wire, computeMs: o.computeMs, shards, overlap });
   const efficiency = o.computeMs / r.stepMs;
-  measured.push({ workers, shards, stepMs: Math.round(r.stepMs), efficiency: Number(efficiency.toFixed(3)) });
-  process.stdout.write(`measured, ${workers} worker(s), ${shards} shard(s), ${o.wire}, compute ${o.computeMs} ms: step ${r.stepMs.toFixed(0)} ms, efficiency ${(100 * efficiency).toFixed(1)}%\n`);
+  measured.push({ workers, shards, overlap, stepMs: Math.round(r.stepMs), efficiency: Number(efficiency.toFixed(3)) });
+  process.stdout.write(`measured, ${workers} worker(s), ${shards} shard(s), ${o.wire}, ${overlap ? 'overlap' : 'no overlap'}, compute ${o.computeMs} ms: step ${r.stepMs.toFixed(0)} ms, efficiency ${(100 * efficiency).toFixed(1)}%\n`);
 }
 process.stdout.write('(every process shares this machine\'s 2 cores and one memory bus: the measured figures are a floor, not a cluster)\n');
 
@@ -77,7 +83,6 @@ const overlapRows: string[] = [];
 const overlapProjections: typeof projections = [];
 // H200, fp32, batch 64 (docs/measurements/h200-vgg16-overlap.json): classifier bytes / all bytes, body backward after them / step.
 const CLASSIFIER_FRACTION = 494_571_424 / 553_430_176;
-const WINDOW_FRACTION = 54.88 / 96.44;
 for (const [link, bytesPerSec] of Object.entries(links)) {
   for (const wire of ['fp32', 'bf16']) {
     const P = n * (wire === 'fp32' ? 4 : 2);
@@ -103,6 +108,6 @@ for (const [link, bytesPerSec] of Object.entries(links)) {
     }
   }
 }
-process.stdout.write(`\nprojected efficiency, compute ${o.computeMs} ms/step, no overlap (what we do; N = 4 8 16 32 64):\n${rows.join('\n')}\n`);
-process.stdout.write(`\nprojected with the overlap of the classifier's gradients with the body's backward (designed, not built):\n${overlapRows.join('\n')}\n`);
+process.stdout.write(`\nprojected efficiency, compute ${o.computeMs} ms/step, no overlap (N = 4 8 16 32 64):\n${rows.join('\n')}\n`);
+process.stdout.write(`\nprojected with the classifier's gradients sent during the body's backward (what the worker does):\n${overlapRows.join('\n')}\n`);
 process.stdout.write(`${JSON.stringify({ bench: 'scaling', computeMs: o.computeMs, wire: o.wire, calibration: { reduceMs, updateMs, cReduceNsPerByte: cReduce, cUpdateNsPerByte: cUpdate }, measured, projections, overlapProjections })}\n`);

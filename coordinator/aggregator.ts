@@ -23,7 +23,12 @@ export interface Member {
   active: boolean;
   jobId?: string;
   lockToken?: string;
-  receiving?: { jobId: string; sampleIds: number[]; stats: BatchStats; next: number };
+  /**
+   * The gradient coming in: floats [split, total) in order, then [0, split) (the classifier's
+   * gradients are ready first and sit at the end of the layout; split 0: plain order).
+   * `next` is the offset the next chunk must start at; `wrapped` once [split, total) is in.
+   */
+  receiving?: { jobId: string; sampleIds: number[]; stats: BatchStats; next: number; split: number; wrapped: boolean };
   discarding: boolean;
   /** Sent a matching model hash; gets weights and may join steps. */
   ready: boolean;
@@ -54,9 +59,9 @@ export interface AggregatorOptions {
   log: Logger;
   /**
    * A member silent (no frame, no pong) for this long is removed from the step,
-   * as if its socket had closed; pings go out every third of it. A worker
-   * answers pings between tensor ops, so this must exceed the longest single
-   * op of a step. @defaultValue 30000
+   * as if its socket had closed; pings go out every third of it. A worker's
+   * transport thread answers them while its main thread computes; a worker
+   * process that hangs or dies stops answering. @defaultValue 30000
    */
   heartbeatTimeoutMs?: number;
   /** Bytes in and out and rejected frames are counted here when given. */
@@ -314,7 +319,8 @@ export class Aggregator {
           throw new ProtocolError('VGG_ERR_DUPLICATE_JOB', `join.jobId: expected a pending job, got ${jobId} (${heldByOther ? 'held by another member' : status})`);
         }
         Object.assign(m, { active: true, jobId, lockToken });
-        this.send(m.ws, { t: 'joined', step, ticket: this.options.shardLeader?.ticket(step, m.workerId, jobId) });
+        // The step may have been aborted already: its gradient must carry the current attempt.
+        this.send(m.ws, { t: 'joined', step, attempt: this.attempt, ticket: this.options.shardLeader?.ticket(step, m.workerId, jobId) });
         return;
       }
       case 'idle': {
@@ -353,7 +359,9 @@ export class Aggregator {
         const total = field<number>(msg, 'totalFloats', 'int');
         if (total !== this.sum.length) throw new ProtocolError('VGG_ERR_LAYOUT', `grad-begin.totalFloats: expected ${this.sum.length}, got ${total}`);
         const sampleIds = field<number[]>(msg, 'sampleIds', 'int[]');
-        m.receiving = { jobId, sampleIds, stats: checkStats(field<Record<string, unknown>>(msg, 'stats', 'object'), sampleIds.length), next: 0 };
+        const split = msg.split === undefined ? 0 : field<number>(msg, 'split', 'int');
+        if (split >= total) throw new ProtocolError('VGG_ERR_LAYOUT', `grad-begin.split: expected 0..${total - 1}, got ${split}`);
+        m.receiving = { jobId, sampleIds, stats: checkStats(field<Record<string, unknown>>(msg, 'stats', 'object'), sampleIds.length), next: split, split, wrapped: split === 0 };
         m.discarding = false;
         return;
       }
@@ -370,10 +378,12 @@ export class Aggregator {
         const g = codes === undefined ? valuesOf(raw, this.wire, this.scratch) : undefined;
         const length = codes?.length ?? (g as Float32Array).length;
         if (offset !== r.next) throw new ProtocolError('VGG_ERR_LAYOUT', `grad-chunk.offset: expected ${r.next}, got ${offset}`);
-        if (offset + length > this.sum.length) {
-          throw new ProtocolError('VGG_ERR_LAYOUT', `grad-chunk at ${offset}: expected at most ${this.sum.length - offset} floats (layout of ${this.sum.length}), got ${length}`);
+        const limit = r.wrapped ? (r.split === 0 ? this.sum.length : r.split) : this.sum.length;
+        if (offset + length > limit) {
+          throw new ProtocolError('VGG_ERR_LAYOUT', `grad-chunk at ${offset}: expected at most ${limit - offset} floats (layout of ${this.sum.length}${r.split === 0 ? '' : `, split at ${r.split}`}), got ${length}`);
         }
         r.next = offset + length;
+        if (!r.wrapped && r.next === this.sum.length) Object.assign(r, { next: 0, wrapped: true });
         const n = r.stats.samples;
         const finite = codes !== undefined ? (this.arena as FloatArena).accumulateBf16(this.sum, offset, codes, n)
           : this.arena !== undefined ? this.arena.accumulate(this.sum, offset, g as Float32Array, n) : accumulate(this.sum, offset, g as Float32Array, n);
@@ -393,8 +403,10 @@ export class Aggregator {
         const r = m.receiving;
         const endStep = field<number>(msg, 'step', 'int');
         if (r !== undefined && endStep !== this.step) throw new ProtocolError('VGG_ERR_STEP_MISMATCH', `grad-end.step: expected ${this.step}, got ${endStep}`);
-        if (r === undefined || r.next !== this.sum.length) {
-          throw new ProtocolError('VGG_ERR_LAYOUT', `grad-end: expected ${this.sum.length} floats, got ${r?.next ?? 0}`);
+        const complete = r !== undefined && r.wrapped && r.next === (r.split === 0 ? this.sum.length : r.split);
+        if (!complete) {
+          const got = r === undefined ? 0 : r.split === 0 ? r.next : r.wrapped ? this.sum.length - r.split + r.next : r.next - r.split;
+          throw new ProtocolError('VGG_ERR_LAYOUT', `grad-end: expected ${this.sum.length} floats, got ${got}`);
         }
         m.receiving = undefined;
         this.totalSamples += r.stats.samples;
@@ -511,9 +523,13 @@ export class Aggregator {
     this.commitWhenComplete();
   }
 
-  /** Drops the step's sum because `culprit`'s part of it is void; every other contributor resends. */
+  /**
+   * Drops the step's sum because `culprit`'s part of it is void; every other member of the
+   * step is told the new attempt: contributors resend, and one that joined but has not sent
+   * yet sends as that attempt (with the old one its gradient would be dropped as void).
+   */
   private abortStep(culprit: Member): void {
-    const resenders = [...this.members.values()].filter((o) => o !== culprit && (o.receiving !== undefined || this.done.has(o.id) || this.inShardedStep(o)));
+    const resenders = [...this.members.values()].filter((o) => o !== culprit && (o.receiving !== undefined || this.done.has(o.id) || o.jobId !== undefined));
     this.resetStep();
     this.attempt += 1;
     this.options.shardLeader?.abort(this.step, this.attempt);

@@ -134,12 +134,13 @@ export class ErrorFeedback {
   /**
    * g <- g + residual, in place; residual <- g - round16(g). Call once per
    * gradient (not per resend of it): the wire then carries round16(g) exactly.
+   * Elementwise, so a gradient may be compensated in parts: [lo, hi) here.
    */
-  compensate(g: Float32Array): void {
+  compensate(g: Float32Array, lo = 0, hi = g.length): void {
     if (g.length !== this.residual.length) throw new RangeError(`error feedback: expected ${this.residual.length} values, got ${g.length}`);
     const r = this.residual;
-    for (let off = 0; off < g.length; off += this.codes.length) {
-      const part = g.subarray(off, Math.min(g.length, off + this.codes.length));
+    for (let off = lo; off < hi; off += this.codes.length) {
+      const part = g.subarray(off, Math.min(hi, off + this.codes.length));
       for (let i = 0; i < part.length; i += 1) part[i] = (part[i] as number) + (r[off + i] as number);
       const codes = this.codes.subarray(0, part.length);
       const back = this.back.subarray(0, part.length);

@@ -26,8 +26,10 @@ export type ClientMessage =
   /**
    * `attempt`: the step's attempt (0, then the number of the last `resend`); `ticket`: the
    * leader's from `joined`. Both only matter to follower shards (`aggregator start --shard`).
+   * `split` (default 0): the chunks cover [split, totalFloats) in order, then [0, split), so the
+   * classifier's gradients (ready first, at the end of the layout) can go out first.
    */
-  | { t: 'grad-begin'; step: number; jobId: string; sampleIds: number[]; stats: BatchStats; totalFloats: number; attempt?: number; ticket?: string }
+  | { t: 'grad-begin'; step: number; jobId: string; sampleIds: number[]; stats: BatchStats; totalFloats: number; attempt?: number; ticket?: string; split?: number }
   | { t: 'grad-chunk'; step: number; offset: number; data: Uint8Array }
   | { t: 'grad-end'; step: number };
 
@@ -41,7 +43,7 @@ export type ServerMessage =
   /** A member was lost mid-step: send your gradient for `step` again, as attempt `attempt`. */
   | { t: 'resend'; step: number; attempt: number }
   /** Accepted: you are expected in `step`; with shards, `ticket` admits the gradient at the followers. */
-  | { t: 'joined'; step: number; ticket?: string }
+  | { t: 'joined'; step: number; attempt: number; ticket?: string }
   | { t: 'error'; code: string; message: string };
 
 /**
@@ -204,7 +206,11 @@ export function codesOf(data: Uint8Array, wire: 'bf16' | 'fp16', max: number): U
   }
   const n = data.byteLength / 2;
   if (n > max) throw new ProtocolError('VGG_ERR_LAYOUT', `chunk data: expected at most ${max} values, got ${n}`);
-  return data.byteOffset % 2 === 0 ? new Uint16Array(data.buffer, data.byteOffset, n) : new Uint16Array(data.slice().buffer);
+  if (data.byteOffset % 2 === 0) return new Uint16Array(data.buffer, data.byteOffset, n);
+  // A copy (not data.slice(): on a Node Buffer that is a view of the whole, maybe odd-sized, receive buffer).
+  const out = new Uint16Array(n);
+  new Uint8Array(out.buffer).set(data);
+  return out;
 }
 
 /** Bytes of a value range (fp32 or 16-bit codes), without copying. */

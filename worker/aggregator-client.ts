@@ -43,6 +43,9 @@ export function nextEvent<T>(source: EventEmitter & { readonly connected: boolea
   });
 }
 
+/** A gradient sent in two parts: [at, end) at once, [0, at) when `body` resolves. */
+export interface GradientSplit { at: number; body: Promise<void> }
+
 /** Why a wait ended without the expected answer. */
 export class ConnectionLost extends Error {
   constructor() {
@@ -196,7 +199,7 @@ export class AggregatorClient extends EventEmitter {
         this.emit('resend', msg.step);
         return;
       case 'joined':
-        this.attempt = 0;
+        this.attempt = typeof msg.attempt === 'number' ? msg.attempt : 0;
         this.ticket = typeof msg.ticket === 'string' ? msg.ticket : undefined;
         this.emit('reply', msg);
         return;
@@ -213,6 +216,18 @@ export class AggregatorClient extends EventEmitter {
   }
 
   /** Reuses the previous weights buffer for the next version: no allocation per step. */
+  /** Hands over the newest weights (the client no longer touches them; a later version gets a new buffer). */
+  takeWeights(): Float32Array | undefined {
+    const w = this.weights;
+    this.weights = undefined;
+    return w;
+  }
+
+  /** A buffer handed over before, free again: the next weights version is received into it. */
+  recycle(buf: Float32Array): void {
+    if (this.spare === undefined || this.spare.length === 0) this.spare = buf;
+  }
+
   private scratch(n: number): Float32Array {
     const s = this.spare;
     this.spare = undefined;
@@ -239,10 +254,25 @@ export class AggregatorClient extends EventEmitter {
     await this.next(['weights'], (_n, s) => (s as number) >= step);
   }
 
-  /** Streams a flat gradient in chunks with backpressure. */
-  async sendGradient(step: number, jobId: string, sampleIds: number[], stats: BatchStats, flat: Float32Array, admit: { attempt?: number; ticket?: string } = {}): Promise<void> {
-    this.send({ t: 'grad-begin', step, jobId, sampleIds, stats, totalFloats: flat.length, ...admit });
-    for (let offset = 0; offset < flat.length; offset += CHUNK_FLOATS) {
+  /**
+   * Streams a flat gradient in chunks with backpressure. With `split`, floats [split.at, end)
+   * go first and [0, split.at) once `split.body` resolves (the classifier's gradients, at the
+   * end of the layout, are on the wire while the conv body's are still being computed).
+   */
+  async sendGradient(step: number, jobId: string, sampleIds: number[], stats: BatchStats, flat: Float32Array, admit: { attempt?: number; ticket?: string } = {},
+    split?: GradientSplit): Promise<void> {
+    const at = split?.at ?? 0;
+    this.send({ t: 'grad-begin', step, jobId, sampleIds, stats, totalFloats: flat.length, ...admit, ...(at > 0 ? { split: at } : {}) });
+    await this.sendRange(step, flat, at, flat.length);
+    if (at > 0) {
+      await split?.body;
+      await this.sendRange(step, flat, 0, at);
+    }
+    this.send({ t: 'grad-end', step });
+  }
+
+  private async sendRange(step: number, flat: Float32Array, lo: number, hi: number): Promise<void> {
+    for (let offset = lo; offset < hi; offset += CHUNK_FLOATS) {
       const ws = this.ws;
       if (ws === undefined) throw new ConnectionLost();
       if (ws.bufferedAmount > HIGH_WATER_BYTES) {
@@ -250,7 +280,7 @@ export class AggregatorClient extends EventEmitter {
       }
       if (ws.readyState !== WebSocket.OPEN) throw new ConnectionLost();
       // One contiguous message per chunk (the values copied, or encoded, into it): see chunkMessage.
-      const part = flat.subarray(offset, offset + CHUNK_FLOATS);
+      const part = flat.subarray(offset, Math.min(hi, offset + CHUNK_FLOATS));
       const wire = this.wire;
       const frame = chunkMessage('grad-chunk', step, offset, part.length * wireBytes(wire), (body) => {
         if (wire === 'fp32') new Float32Array(body.buffer, body.byteOffset, part.length).set(part);
@@ -259,7 +289,6 @@ export class AggregatorClient extends EventEmitter {
       ws.send(frame);
       this.options.metrics?.sentBytes.inc(frame.length);
     }
-    this.send({ t: 'grad-end', step });
   }
 
   close(): void {

@@ -10,9 +10,9 @@ import { ErrorFeedback } from '../shared/half.ts';
 import { modelHash } from '../shared/param-layout.ts';
 import { connectRedis } from '../shared/redis-connection.ts';
 import { runKeys, type EvalJobData, type EvalJobResult, type TrainJobData } from '../shared/redis-keys.ts';
-import { ProtocolError } from '../shared/wire-protocol.ts';
-import { ConnectionLost } from './aggregator-client.ts';
-import { ShardGroup } from './shard-group.ts';
+import { ProtocolError, type BatchStats } from '../shared/wire-protocol.ts';
+import { ConnectionLost, type GradientSplit } from './aggregator-client.ts';
+import { Transport } from './transport.ts';
 import { selectBackend, type BackendChoice } from './backend.ts';
 import { loadBatch, type BatchItem, type LoadedBatch } from './data/image-pipeline.ts';
 import { indexDataset } from '../coordinator/dataset-index.ts';
@@ -49,7 +49,8 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
   const log = o.log.child({ workerId, gpu: o.gpu });
   const backend = await selectBackend({ backend: o.backend, gpu: o.gpu ?? undefined, log });
   const metrics = o.metrics === undefined ? undefined : createMetrics({ role: 'worker', worker_id: workerId, gpu: String(o.gpu ?? '') });
-  const client = new ShardGroup({ url: o.coordinator, token: o.token, workerId, host: hostname(), gpu: o.gpu, backend: backend.name, log, metrics });
+  // The sockets live on a transport thread: gradients stream while this thread computes.
+  const client = new Transport({ client: { url: o.coordinator, token: o.token, workerId, host: hostname(), gpu: o.gpu, backend: backend.name }, log, metrics });
   const metricsServer = metrics === undefined || o.metrics === undefined ? undefined
     : await serveMetrics(metrics, { ...o.metrics, healthy: () => client.connected, log });
   await client.connect();
@@ -81,7 +82,12 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
   };
   const trainW = bull(keys.trainQueue);
   const evalW = bull(keys.evalQueue);
-  const flat = new Float32Array(vgg.layout.totalSize);
+  const flat = client.allocateGradient(vgg.layout.totalSize);
+  // The classifier (fc6-fc8, the end of the layout; 89% of VGG-16's floats): its gradients are final
+  // first in the backward pass and go on the wire while the conv body's are being computed.
+  const head = vgg.layout.entries.slice(vgg.layout.entries.findIndex((e) => e.layer === 'fc6'));
+  const headAt = head[0]?.offset ?? 0;
+  const headNames = new Set(head.map((e) => e.name));
   const wire = run.wire ?? 'fp32';
   const feedback = run.errorFeedback === true && wire !== 'fp32' ? new ErrorFeedback(wire, flat.length) : undefined;
   let jobs = 0;
@@ -145,7 +151,8 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
       client.send({ t: 'join', step, jobId, lockToken: token });
       const { value } = await reply;
       if (value.t === 'joined') break;
-      if (value.t === 'stale') { await client.waitForWeights(value.step ?? step + 1); continue; }
+      // (During a commit the aggregator still answers with the step being committed: wait for the next.)
+      if (value.t === 'stale') { await client.waitForWeights(Math.max(value.step ?? 0, step + 1)); continue; }
       log.warn({ jobId, reply: value }, 'join refused; job given up');
       throw new JobAbandoned();
     }
@@ -154,29 +161,65 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
     const t0 = performance.now();
     const batch = await (loaded ?? trainBatch(job));
     for (const s of batch.skipped) log.warn({ path: s.path, error: s.error }, 'image skipped');
-    const r = computeGradients(vgg, batch.images, batch.labels);
+    let stats: BatchStats = { samples: 0, loss: 0, top1: 0, top5: 0, skipped: batch.skipped.length };
+    // One try at sending the gradient: the outcome (new weights, a resend, a refusal) and the send itself.
+    const attempt = (split?: GradientSplit) => {
+      const outcome = client.next(['weights', 'resend', 'reply'],
+        (name, v) => name === 'resend' || (name === 'weights' && (v as number) > step) || (name === 'reply' && (v as { t?: string }).t === 'error'));
+      const sending = client.sendGradient(step, jobId, batch.ids, stats, split);
+      outcome.catch(() => {});
+      sending.catch(() => {});
+      return { outcome, sending };
+    };
+    let current: ReturnType<typeof attempt> | undefined;
+    let releaseBody!: () => void;
+    let failBody!: (e: Error) => void;
+    const body = new Promise<void>((resolve, reject) => { releaseBody = resolve; failBody = reject; });
+    body.catch(() => {});
+    let early = 0;
+    let r: ReturnType<typeof computeGradients>;
+    try {
+      r = computeGradients(vgg, batch.images, batch.labels, {
+        names: headNames,
+        forward: (f) => { stats = { samples: f.samples, loss: f.loss, top1: f.top1, top5: f.top5, skipped: batch.skipped.length }; },
+        ready: (name, g) => {
+          const e = vgg.layout.byName.get(name);
+          if (e === undefined) return;
+          flat.set(g.dataSync() as Float32Array, e.offset);
+          early += 1;
+          if (early !== headNames.size || !client.connected) return;
+          // Once per gradient (a resend of this step carries the same, already compensated, values).
+          feedback?.compensate(flat, headAt, flat.length);
+          current = attempt({ at: headAt, body });
+        },
+      });
+    } catch (err) {
+      failBody(err as Error);
+      throw err;
+    }
     const t1 = performance.now();
     for (const e of vgg.layout.entries) {
+      if (current !== undefined && headNames.has(e.name)) continue;
       const g = e.trainable ? r.grads.get(e.name) : vgg.variables.get(e.name)?.read();
       if (g !== undefined) flat.set(g.dataSync() as Float32Array, e.offset);
       else flat.fill(0, e.offset, e.offset + e.size);
     }
     tf.dispose([...r.grads.values()]);
-    // Once per gradient: a resend of this step carries the same (already compensated) values.
-    feedback?.compensate(flat);
+    stats = { samples: r.samples, loss: r.loss, top1: r.top1, top5: r.top5, skipped: batch.skipped.length };
+    feedback?.compensate(flat, 0, current === undefined ? flat.length : headAt);
+    releaseBody();
     prefetch();
-    const stats = { samples: r.samples, loss: r.loss, top1: r.top1, top5: r.top5, skipped: batch.skipped.length };
-    // Send, and again whenever a lost member aborts the step, until the new weights arrive.
+    // Send (the classifier is on its way already), and again whenever a lost member aborts the step, until the new weights arrive.
+    current ??= attempt();
     for (;;) {
-      const outcome = client.next(['weights', 'resend', 'reply'],
-        (name, v) => name === 'resend' || (name === 'weights' && (v as number) > step) || (name === 'reply' && (v as { t?: string }).t === 'error'));
-      await client.sendGradient(step, jobId, batch.ids, stats, flat);
-      const { name, value } = await outcome;
+      await current.sending;
+      const { name, value } = await current.outcome;
       if (name === 'weights') break;
       if (name === 'reply') {
         log.warn({ jobId, reply: value }, 'gradient refused; job given up');
         throw new JobAbandoned();
       }
+      current = attempt();
     }
     const t2 = performance.now();
     rate = (r.samples * 1000) / (t2 - t0);
@@ -273,7 +316,7 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
     await prefetching.catch(() => {});
     await releasePrefetched();
     await redis.hdel(keys.workers, workerId).catch(() => {});
-    client.close();
+    await client.close();
     await Promise.allSettled([trainW.close(), evalW.close()]);
     for (const c of connections) c.disconnect();
     await metricsServer?.close();

@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { ProtocolError, field, type BatchStats, type ClientMessage } from '../shared/wire-protocol.ts';
-import { AggregatorClient, ConnectionLost, nextEvent, type ClientOptions } from './aggregator-client.ts';
+import { AggregatorClient, ConnectionLost, nextEvent, type ClientOptions, type GradientSplit } from './aggregator-client.ts';
 
 interface Part { client: AggregatorClient; lo: number; hi: number }
 
@@ -115,6 +115,16 @@ export class ShardGroup extends EventEmitter {
     this.leader.send(msg);
   }
 
+  /** Each shard's newest weights and its range, handed over (see AggregatorClient.takeWeights). */
+  takeWeights(): { lo: number; hi: number; weights?: Float32Array }[] {
+    return this.parts.map(({ client, lo, hi }) => ({ lo, hi, weights: client.takeWeights() }));
+  }
+
+  /** Buffers handed over by takeWeights, free again, in the same shard order. */
+  recycle(buffers: (Float32Array | undefined)[]): void {
+    buffers.forEach((b, i) => { if (b !== undefined) this.parts[i]?.client.recycle(b); });
+  }
+
   /** floats [start, end) of the complete weights, copied out of the shards' buffers. */
   read(start: number, end: number): Float32Array {
     const out = new Float32Array(end - start);
@@ -137,10 +147,23 @@ export class ShardGroup extends EventEmitter {
     await this.next(['weights'], (_n, s) => (s as number) >= step);
   }
 
-  /** Each shard's range of the gradient, in parallel, with the step's attempt and ticket from shard 0. */
-  async sendGradient(step: number, jobId: string, sampleIds: number[], stats: BatchStats, flat: Float32Array): Promise<void> {
+  /**
+   * Each shard's range of the gradient, in parallel, with the step's attempt and ticket from
+   * shard 0. With `split`, [split.at, end) first: a shard whose range lies above it sends at
+   * once, one below it once `split.body` resolves, one across it in two parts.
+   */
+  async sendGradient(step: number, jobId: string, sampleIds: number[], stats: BatchStats, flat: Float32Array, split?: GradientSplit): Promise<void> {
     const admit = { attempt: this.leader.attempt, ...(this.leader.ticket === undefined ? {} : { ticket: this.leader.ticket }) };
-    await Promise.all(this.parts.map(({ client, lo, hi }) => client.sendGradient(step, jobId, sampleIds, stats, flat.subarray(lo, hi), admit)));
+    await Promise.all(this.parts.map(async ({ client, lo, hi }) => {
+      const range = flat.subarray(lo, hi);
+      const end = lo + range.length;
+      if (split === undefined || split.at <= lo) return client.sendGradient(step, jobId, sampleIds, stats, range, admit);
+      if (split.at >= end) {
+        await split.body;
+        return client.sendGradient(step, jobId, sampleIds, stats, range, admit);
+      }
+      return client.sendGradient(step, jobId, sampleIds, stats, range, admit, { at: split.at - lo, body: split.body });
+    }));
   }
 
   terminate(): void {

@@ -7,6 +7,8 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 
 export const VGG16_FLOATS = 138_357_544;
+/** H200, VGG-16 fp32 batch 64 (docs/measurements/h200-vgg16-overlap.json): the conv body's backward after the classifier's gradients are final, over the step. */
+export const WINDOW_FRACTION = 54.88 / 96.44;
 const here = path.dirname(new URL(import.meta.url).pathname);
 
 export const median = (xs: number[]): number => {
@@ -37,8 +39,11 @@ const node = (script: string, args: string[], onLine?: (l: string) => void) =>
 
 export interface OursResult { stepMs: number; steps: number[]; peakRssBytes: number; followerPeakRssBytes: number }
 
-/** `steps` timed steps (after one warm-up) of `workers` workers through `shards` aggregator processes (default 1). */
-export async function runOurs(o: { workers: number; steps: number; wire: string; computeMs?: number; shards?: number }): Promise<OursResult> {
+/**
+ * `steps` timed steps (after one warm-up) of `workers` workers through `shards` aggregator processes (default 1);
+ * `overlap`: the workers send the classifier's gradients before the simulated compute ends (worker-proc.ts).
+ */
+export async function runOurs(o: { workers: number; steps: number; wire: string; computeMs?: number; shards?: number; overlap?: boolean }): Promise<OursResult> {
   const shards = o.shards ?? 1;
   let resolvePort!: (p: number) => void;
   const port = new Promise<number>((r) => { resolvePort = r; });
@@ -55,7 +60,7 @@ export async function runOurs(o: { workers: number; steps: number; wire: string;
     if (m.peakRssBytes !== undefined) followerPeak = Math.max(followerPeak, m.peakRssBytes);
   }).done);
   const outs = await Promise.all(Array.from({ length: o.workers }, (_, i) => node('worker-proc.ts',
-    ['--url', url, '--steps', String(o.steps + 1), '--id', String(i), '--compute-ms', String(o.computeMs ?? 0)]).done));
+    ['--url', url, '--steps', String(o.steps + 1), '--id', String(i), '--compute-ms', String(o.computeMs ?? 0), ...(o.overlap === true ? ['--overlap'] : [])]).done));
   await agg.done;
   await Promise.all(followers);
   const arrivals = outs.map((s) => (JSON.parse(s.trim().split('\n').at(-1) ?? '{}') as { arrivals: number[] }).arrivals);

@@ -1,34 +1,50 @@
 /**
- * bench:allreduce and bench:scaling helper: one worker process. Joins each step with a
+ * bench:allreduce and bench:scaling helper: one worker process, with the worker's own
+ * transport (a thread owning the sockets, worker/transport.ts). Joins each step with a
  * 138,357,544-float gradient, streams it, waits for the new weights; prints
  * the time of each weights arrival (ms, performance.now()) as one JSON line.
+ * `--compute-ms C`: a GPU's compute time per step, simulated by waiting (a GPU leaves the
+ * CPU free for communication). `--overlap`: the classifier's gradients (fc6-fc8) go out
+ * when a real backward pass would have them, (1 - WINDOW_FRACTION) C into the step, and the
+ * conv body's at C, as the worker does (docs/measurements/h200-vgg16-overlap.json).
  */
 import { createLogger } from '../../shared/logger.ts';
-import { modelHash } from '../../shared/param-layout.ts';
+import { buildLayout, modelHash } from '../../shared/param-layout.ts';
 import { DEFAULT_MODEL_CONFIG } from '../../shared/vgg-configs.ts';
-import { ShardGroup } from '../../worker/shard-group.ts';
+import { Transport } from '../../worker/transport.ts';
+import { WINDOW_FRACTION } from './cluster.ts';
 
 const arg = (name: string) => process.argv[process.argv.indexOf(name) + 1] ?? '';
 const steps = Number(arg('--steps'));
 const id = arg('--id');
-// A GPU's compute time per step, simulated by waiting (a GPU leaves the CPU free for communication).
 const computeMs = process.argv.includes('--compute-ms') ? Number(arg('--compute-ms')) : 0;
+const overlap = process.argv.includes('--overlap');
 const log = createLogger();
 log.level = 'warn';
-const client = new ShardGroup({ url: arg('--url'), token: 'bench', workerId: id, host: 'bench', gpu: null, backend: 'none', log });
+const layout = buildLayout(DEFAULT_MODEL_CONFIG);
+const client = new Transport({ client: { url: arg('--url'), token: 'bench', workerId: id, host: 'bench', gpu: null, backend: 'none' }, log });
 await client.connect();
 await client.ready(modelHash(DEFAULT_MODEL_CONFIG));
-const grad = new Float32Array(Number(arg('--floats')) || 138_357_544).fill(1e-3);
+const floats = Number(arg('--floats')) || layout.totalSize;
+client.allocateGradient(floats).fill(1e-3);
+const at = floats === layout.totalSize ? layout.byName.get('fc6/kernel')?.offset ?? 0 : 0;
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const arrivals: number[] = [];
 for (let step = 0; step < steps; step += 1) {
   const joined = client.next<{ t: string }>(['reply']);
   client.send({ t: 'join', step, jobId: `w${id}-s${step}`, lockToken: 'x' });
   if ((await joined).value.t !== 'joined') throw new Error(`join of step ${step} refused`);
-  if (computeMs > 0) await new Promise((r) => setTimeout(r, computeMs));
   const next = client.next(['weights'], (_n, s) => (s as number) === step + 1);
-  await client.sendGradient(step, `w${id}-s${step}`, [step], { samples: 1, loss: 0, top1: 0, top5: 0, skipped: 0 }, grad);
+  const stats = { samples: 1, loss: 0, top1: 0, top5: 0, skipped: 0 };
+  if (overlap && computeMs > 0) {
+    await sleep(computeMs * (1 - WINDOW_FRACTION));
+    await client.sendGradient(step, `w${id}-s${step}`, [step], stats, { at, body: sleep(computeMs * WINDOW_FRACTION) });
+  } else {
+    if (computeMs > 0) await sleep(computeMs);
+    await client.sendGradient(step, `w${id}-s${step}`, [step], stats);
+  }
   await next;
   arrivals.push(performance.now());
 }
 process.stdout.write(`${JSON.stringify({ id, arrivals })}\n`);
-client.close();
+await client.close();

@@ -8,6 +8,7 @@ import { TINY_VGG_A } from '../../shared/vgg-configs.ts';
 import { FloatArena, aggregatorArenaFloats } from '../../shared/simd.ts';
 import { PROTOCOL_VERSION, decodeFrame, encode } from '../../shared/wire-protocol.ts';
 import { AggregatorClient } from '../../worker/aggregator-client.ts';
+import { ShardGroup } from '../../worker/shard-group.ts';
 
 export const log = createLogger();
 log.level = 'silent';
@@ -26,6 +27,8 @@ export interface Harness {
   lost: Member[];
   /** An honest member that finished the handshake and holds the weights. */
   member(id: string): Promise<AggregatorClient>;
+  /** The same as the worker runs it: a ShardGroup (sends each gradient with the step's attempt). */
+  group(id: string): Promise<ShardGroup>;
   close(): Promise<void>;
 }
 
@@ -37,7 +40,7 @@ export async function startAggregator(options: { layout?: ParamLayout; heartbeat
   const weights = arena?.copyOf(plain) ?? plain;
   const commits: Contribution[][] = [];
   const lost: Member[] = [];
-  const clients: AggregatorClient[] = [];
+  const clients: (AggregatorClient | ShardGroup)[] = [];
   const agg = new Aggregator({
     host: '127.0.0.1', port: 0, token: 'secret', modelHash: 'hash-1', weights, step: options.step ?? 0, runInfo: { run: 't', wire: options.wire ?? 'fp32' }, wire: options.wire,
     sgd: new FlatMomentumSgd(layout, SGD, arena?.alloc(layout.totalSize)),
@@ -57,6 +60,13 @@ export async function startAggregator(options: { layout?: ParamLayout; heartbeat
       await w;
       return c;
     },
+    async group(id) {
+      const g = new ShardGroup({ url: `ws://127.0.0.1:${port}`, token: 'secret', workerId: id, host: 'h', gpu: null, backend: 'cpu', log });
+      clients.push(g);
+      await g.connect();
+      await g.ready('hash-1');
+      return g;
+    },
     async close() {
       for (const c of clients) c.close();
       await agg.close();
@@ -72,7 +82,7 @@ export const frame = (msg: Record<string, unknown>): Buffer => encode(msg as nev
 export const stats = (samples: number) => ({ samples, loss: 1, top1: 0, top5: 0, skipped: 0 });
 
 /** Joins `jobId` at the client's weights step; resolves with the reply type. */
-export async function join(c: AggregatorClient, jobId: string): Promise<string> {
+export async function join(c: AggregatorClient | ShardGroup, jobId: string): Promise<string> {
   const reply = c.next<{ t: string }>(['reply']);
   c.send({ t: 'join', step: c.weightsStep, jobId, lockToken: 'tok' });
   return (await reply).value.t;

@@ -59,6 +59,66 @@ describe('synchronous steps', () => {
     }
   });
 
+  test('after an abort, a member that joined before it but had not sent, and one that joins after it, send as the new attempt and the step commits', { timeout: 30000 }, async () => {
+    // The churn test's rare hang: both kept attempt 0, the aggregator dropped their gradients as an old attempt's, and the step waited forever.
+    h = await startAggregator();
+    const { layout, commits } = h;
+    const a = await h.group('a');
+    const b = await h.group('b');
+    assert.equal(await join(a, 'job-1'), 'joined');
+    assert.equal(await join(b, 'job-2'), 'joined');
+    await a.sendGradient(0, 'job-1', [1], stats(1), new Float32Array(layout.totalSize).fill(1));
+    const lost = new Promise<void>((resolve) => { const t = setInterval(() => { if (h?.lost.length === 1) { clearInterval(t); resolve(); } }, 5); });
+    a.terminate();
+    await lost;
+    assert.equal(h.agg.attempt, 1, 'a had contributed: its loss aborted the attempt');
+    const c = await h.group('c');
+    assert.equal(await join(c, 'job-3'), 'joined');
+    const next = b.next(['weights'], (_n, s) => (s as number) === 1);
+    await b.sendGradient(0, 'job-2', [2], stats(1), new Float32Array(layout.totalSize).fill(2));
+    await c.sendGradient(0, 'job-3', [3], stats(1), new Float32Array(layout.totalSize).fill(3));
+    await next;
+    assert.deepEqual(commits.at(-1)?.map((x) => x.jobId).sort(), ['job-2', 'job-3']);
+  });
+
+  test('a gradient split at the classifier: its head arrives while the body is still pending, and the update equals the unsplit one bit for bit', async () => {
+    const run = async (split: boolean): Promise<Float32Array> => {
+      const hh = await startAggregator();
+      try {
+        const { layout } = hh;
+        const a = await hh.group('a');
+        const b = await hh.group('b');
+        assert.equal(await join(a, 'job-1'), 'joined');
+        assert.equal(await join(b, 'job-2'), 'joined');
+        const ga = Float32Array.from({ length: layout.totalSize }, (_, i) => Math.sin(i) / 10);
+        const gb = Float32Array.from({ length: layout.totalSize }, (_, i) => Math.cos(i) / 10);
+        const at = layout.byName.get('fc6/kernel')?.offset ?? 0;
+        let release!: () => void;
+        const body = new Promise<void>((r) => { release = r; });
+        const next = a.next(['weights'], (_n, s) => (s as number) === 1);
+        const sending = a.sendGradient(0, 'job-1', [1, 2], stats(2), ga, split ? { at, body } : undefined);
+        if (split) {
+          // The head [at, end) is in before the body is released: the aggregator waits at offset 0 of the second part.
+          const member = () => [...hh.agg.members.values()].find((m) => m.workerId === 'a');
+          for (let k = 0; !(member()?.receiving?.wrapped === true && member()?.receiving?.next === 0); k += 1) {
+            if (k > 2000) throw new Error(`head part not received: ${JSON.stringify(member()?.receiving)}`);
+            await new Promise((r) => setTimeout(r, 5));
+          }
+        }
+        release();
+        await sending;
+        await b.sendGradient(0, 'job-2', [3], stats(1), gb);
+        await next;
+        return hh.weights.slice();
+      } finally {
+        await hh.close();
+      }
+    };
+    const plain = await run(false);
+    const split = await run(true);
+    assert.equal(Buffer.compare(Buffer.from(plain.buffer), Buffer.from(split.buffer)), 0);
+  });
+
   test('a silent member (no close, no pong) is removed after the heartbeat timeout and the step commits without it', async () => {
     h = await startAggregator({ heartbeatTimeoutMs: 300 });
     const a = await h.member('a');
@@ -160,6 +220,13 @@ describe('frames after the handshake are validated before they touch state', () 
       'grad-begin.stats.loss: expected a finite number, got Infinity', false],
     ['a chunk at an offset outside the layout', (n) => [joinH, begin(n), chunk(n + 10, bytes(g(4)))],
       'VGG_ERR_LAYOUT', 'grad-chunk.offset: expected 0, got', true],
+    ['a split outside the layout', (n) => [joinH, begin(n, { split: n })], 'VGG_ERR_LAYOUT', 'grad-begin.split: expected 0..', true],
+    ['a split gradient that starts at 0', (n) => [joinH, begin(n, { split: 8 }), chunk(0, bytes(g(8)))],
+      'VGG_ERR_LAYOUT', 'grad-chunk.offset: expected 8, got 0', true],
+    ['a chunk across the split', (n) => [joinH, begin(n, { split: 8 }), chunk(8, bytes(g(n - 8))), chunk(0, bytes(g(10)))],
+      'VGG_ERR_LAYOUT', 'grad-chunk at 0: expected at most 8 floats', true],
+    ['a split gradient ended after its first part', (n) => [joinH, begin(n, { split: 8 }), chunk(8, bytes(g(n - 8))), end],
+      'VGG_ERR_LAYOUT', /^grad-end: expected (\d+) floats, got (?!\1$)\d+$/, true],
     ['a chunk longer than the layout', (n) => [joinH, begin(n), chunk(0, bytes(g(n + 3)))],
       'VGG_ERR_LAYOUT', 'grad-chunk at 0: expected at most', true],
     ['a chunk whose bytes are not whole floats', (n) => [joinH, begin(n), chunk(0, new Uint8Array(7))],

@@ -2,6 +2,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ErrorFeedback, decode16, decodeFp16, encode16, encodeFp16 } from '../../shared/half.ts';
 import { Rng } from '../../shared/rng.ts';
+import { codesOf } from '../../shared/wire-protocol.ts';
 
 /** x through the 16-bit format and back. */
 function roundTrip(wire: 'bf16' | 'fp16', x: Float32Array): Float32Array {
@@ -77,4 +78,13 @@ describe('error feedback on a 16-bit wire', () => {
   test('a gradient of another length is refused', () => {
     assert.throws(() => new ErrorFeedback('bf16', 4).compensate(new Float32Array(5)), /expected 4 values, got 5/);
   });
+});
+
+test('16-bit chunk data at an odd offset of an odd-sized receive buffer (a Node Buffer) is copied, not misread', () => {
+  const codes = Uint16Array.from([1, 0x3f80, 0xbf80, 65535, 7]);
+  const whole = Buffer.alloc(1 + codes.byteLength + 2); // odd total size, data at byte 1
+  Buffer.from(codes.buffer).copy(whole, 1);
+  const data = whole.subarray(1, 1 + codes.byteLength);
+  assert.deepEqual([...codesOf(data, 'bf16', 16)], [...codes]);
+  assert.throws(() => codesOf(data, 'bf16', 4), /expected at most 4 values, got 5/);
 });

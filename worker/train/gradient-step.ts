@@ -37,10 +37,41 @@ export function topKCorrect(logits: tf.Tensor2D, labels: tf.Tensor1D): { top1: n
 }
 
 /**
+ * Called during the backward pass with a parameter's complete gradient, as soon as
+ * backpropagation has produced it (the tensor belongs to the pass: copy, do not dispose).
+ */
+export type GradientReady = (name: string, grad: tf.Tensor) => void;
+
+/**
+ * Reads of the parameters in `names` go through an identity whose gradient function hands
+ * the incoming gradient to `ready`: backpropagation reaches it once every use of the
+ * parameter is differentiated, i.e. the parameter's gradient is final. For VGG's classifier
+ * (used once each) that is before any conv layer's backward has run.
+ */
+function hookReads(vgg: VggModel, names: Iterable<string>, ready: GradientReady): () => void {
+  const restore: (() => void)[] = [];
+  for (const name of names) {
+    const v = vgg.variables.get(name);
+    if (v === undefined) throw new ShapeError(`gradient hook on ${name}: expected a parameter of the model, got none`);
+    const read = v.read;
+    const identity = tf.customGrad((x, _save) => ({
+      value: (x as tf.Tensor).clone(),
+      gradFunc: (dy) => { ready(name, dy as tf.Tensor); return dy; },
+    }));
+    v.read = () => identity(read.call(v)) as tf.Variable;
+    restore.push(() => { v.read = read; });
+  }
+  return () => { for (const r of restore) r(); };
+}
+
+/**
  * Forward and backward pass of one batch (training mode: dropout on, BN
  * batch statistics). Returns the gradient of the mean loss; applies nothing.
+ * `early`: parameters whose gradients are handed to `early.ready` during the backward pass,
+ * and the loss and hit counts handed to `early.forward` before it.
  */
-export function computeGradients(vgg: VggModel, images: Float32Array, labels: Int32Array): StepResult {
+export function computeGradients(vgg: VggModel, images: Float32Array, labels: Int32Array,
+  early?: { names: Iterable<string>; ready: GradientReady; forward?: (r: Omit<StepResult, 'grads'>) => void }): StepResult {
   const n = checkBatch(vgg, images, labels);
   if (n === 0) return { loss: 0, grads: new Map(), top1: 0, top5: 0, samples: 0 };
   const side = vgg.config.inputSize;
@@ -50,11 +81,19 @@ export function computeGradients(vgg: VggModel, images: Float32Array, labels: In
   const { value, grads } = tf.tidy(() => {
     const x = tf.tensor4d(images, [n, side, side, 3]);
     const y = tf.tensor1d(labels, 'int32');
-    return tf.variableGrads(() => {
-      const logits = vgg.model.apply(x, { training: true }) as tf.Tensor2D;
-      top = topKCorrect(logits, y);
-      return tf.losses.softmaxCrossEntropy(tf.oneHot(y, vgg.config.numClasses), logits) as tf.Scalar;
-    }, vars);
+    const unhook = early === undefined ? undefined : hookReads(vgg, early.names, early.ready);
+    try {
+      return tf.variableGrads(() => {
+        const logits = vgg.model.apply(x, { training: true }) as tf.Tensor2D;
+        top = topKCorrect(logits, y);
+        const loss = tf.losses.softmaxCrossEntropy(tf.oneHot(y, vgg.config.numClasses), logits) as tf.Scalar;
+        // The batch's figures before the backward pass (a gradient sent early carries them).
+        early?.forward?.({ loss: loss.dataSync()[0] ?? NaN, ...top, samples: n });
+        return loss;
+      }, vars);
+    } finally {
+      unhook?.();
+    }
   });
   const loss = value.dataSync()[0] ?? NaN;
   value.dispose();

@@ -1,0 +1,114 @@
+/**
+ * The transport thread: owns the worker's WebSockets (a ShardGroup) so that
+ * gradients stream, weights arrive and pings are answered while the main thread
+ * is busy computing (tfjs kernels run synchronously there, and tfjs-node's
+ * data() blocks). Talks to worker/transport.ts over the thread's port; the
+ * gradient is read from the SharedArrayBuffer the main thread writes it into;
+ * each weights version is handed over (transferred), and its buffer comes back
+ * when the main thread is done with it.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { createLogger } from '../shared/logger.ts';
+import type { Metrics } from '../shared/metrics.ts';
+import { ProtocolError, type BatchStats, type ClientMessage } from '../shared/wire-protocol.ts';
+import { ShardGroup } from './shard-group.ts';
+import type { FromThread, ToThread, TransportInit } from './transport.ts';
+
+const port = parentPort;
+if (port === null) throw new Error('transport-thread: expected to run in a worker thread');
+const init = workerData as TransportInit;
+const log = createLogger(init.logBindings);
+// Bytes in and out, reported with every message (the metrics registry lives on the main thread).
+const bytes = { sent: 0, received: 0 };
+const counter = (key: 'sent' | 'received') => ({ inc: (n = 1) => { bytes[key] += n; } });
+const metrics = { sentBytes: counter('sent'), receivedBytes: counter('received') } as unknown as Metrics;
+const group = new ShardGroup({ ...init.client, log, metrics });
+let flat: Float32Array<ArrayBufferLike> = new Float32Array(0);
+
+const post = (msg: FromThread, transfer: ArrayBuffer[] = []) => {
+  port.postMessage({ ...msg, sent: bytes.sent, received: bytes.received }, transfer);
+  bytes.sent = 0;
+  bytes.received = 0;
+};
+
+group.on('weights', (step: number) => {
+  const parts = group.takeWeights();
+  const transfer = parts.flatMap((p) => (p.weights === undefined ? [] : [p.weights.buffer as ArrayBuffer]));
+  post({ op: 'weights', step, learningRate: group.learningRate, parts }, transfer);
+});
+group.on('resend', (step: number) => post({ op: 'event', name: 'resend', value: step }));
+group.on('reply', (msg: unknown) => post({ op: 'event', name: 'reply', value: msg }));
+group.on('disconnected', () => post({ op: 'event', name: 'disconnected', value: null }));
+
+const giveUps = new Map<number, (v: boolean) => void>();
+let nextAsk = 1;
+const askGiveUp = (call: number) => () => new Promise<boolean>((resolve) => {
+  const id = nextAsk++;
+  giveUps.set(id, resolve);
+  post({ op: 'give-up?', id, call });
+});
+/** Resolves when the main thread says the gradient's body is written (per sendGradient call). */
+const bodies = new Map<number, () => void>();
+
+/** A send waiting for a body that will not come (the connection is being dropped) fails on the closed socket instead. */
+const releaseBodies = () => { for (const release of bodies.values()) release(); };
+
+async function call(id: number, method: string, args: unknown[]): Promise<unknown> {
+  switch (method) {
+    case 'connect':
+      await group.connect(askGiveUp(id));
+      return { run: group.run, shards: group.shards };
+    case 'ready':
+      await group.ready(args[0] as string);
+      return null;
+    case 'sendGradient': {
+      const [step, jobId, sampleIds, stats, at] = args as [number, string, number[], BatchStats, number | null];
+      const body = at === null ? undefined : new Promise<void>((resolve) => bodies.set(id, resolve));
+      try {
+        await group.sendGradient(step, jobId, sampleIds, stats, flat, at === null ? undefined : { at, body: body as Promise<void> });
+      } finally {
+        bodies.delete(id);
+      }
+      return null;
+    }
+    default:
+      throw new Error(`transport-thread: unknown call ${method}`);
+  }
+}
+
+port.on('message', (msg: ToThread) => {
+  switch (msg.op) {
+    case 'call':
+      call(msg.id, msg.method, msg.args).then(
+        (value) => post({ op: 'result', id: msg.id, ok: true, value }),
+        (err: Error & { code?: string }) => post({ op: 'result', id: msg.id, ok: false, error: { name: err.constructor.name, code: err instanceof ProtocolError ? err.code : undefined, message: err.message } }),
+      );
+      return;
+    case 'body':
+      bodies.get(msg.id)?.();
+      return;
+    case 'gradient':
+      flat = new Float32Array(msg.buffer);
+      return;
+    case 'give-up':
+      giveUps.get(msg.id)?.(msg.value);
+      giveUps.delete(msg.id);
+      return;
+    case 'send':
+      // A frame for a dropped connection is lost with it; the main thread hears 'disconnected'.
+      try { group.send(msg.msg as ClientMessage); } catch { /* not connected */ }
+      return;
+    case 'recycle':
+      group.recycle(msg.buffers);
+      return;
+    case 'terminate':
+      group.terminate();
+      releaseBodies();
+      return;
+    case 'close':
+      group.close();
+      releaseBodies();
+      port.close();
+      return;
+  }
+});

@@ -1,0 +1,205 @@
+import { EventEmitter } from 'node:events';
+import { Worker } from 'node:worker_threads';
+import type { Logger } from '../shared/logger.ts';
+import type { Metrics } from '../shared/metrics.ts';
+import { ProtocolError, type BatchStats, type ClientMessage } from '../shared/wire-protocol.ts';
+import { ConnectionLost, nextEvent } from './aggregator-client.ts';
+
+/** What the transport thread is started with (structured-cloneable). */
+export interface TransportInit {
+  client: { url: string; token: string; workerId: string; host: string; gpu: number | null; backend: string; backoffMs?: number; maxBackoffMs?: number };
+  logBindings: Record<string, unknown>;
+}
+
+interface Part { lo: number; hi: number; weights?: Float32Array }
+
+export type ToThread =
+  | { op: 'call'; id: number; method: 'connect' | 'ready' | 'sendGradient'; args: unknown[] }
+  | { op: 'body'; id: number }
+  | { op: 'gradient'; buffer: SharedArrayBuffer }
+  | { op: 'give-up'; id: number; value: boolean }
+  | { op: 'send'; msg: ClientMessage }
+  | { op: 'recycle'; buffers: (Float32Array | undefined)[] }
+  | { op: 'terminate' }
+  | { op: 'close' };
+
+export type FromThread =
+  | { op: 'result'; id: number; ok: boolean; value?: unknown; error?: { name: string; code?: string; message: string } }
+  | { op: 'weights'; step: number; learningRate: number; parts: Part[] }
+  | { op: 'event'; name: 'resend' | 'reply' | 'disconnected'; value: unknown }
+  | { op: 'give-up?'; id: number; call: number };
+
+/**
+ * The worker's link to the aggregator shards, run on a transport thread
+ * (worker/transport-thread.ts) so that communication goes on while this thread
+ * computes: the same surface and events as ShardGroup ('weights', 'resend',
+ * 'reply', 'disconnected'). The gradient lives in `gradient` (shared memory);
+ * sendGradient with a split streams [at, end) at once and the rest when told
+ * the body is written, the overlap of issue 5.
+ */
+export class Transport extends EventEmitter {
+  /** Write gradients here (shared with the transport thread; see allocateGradient); sendGradient sends from it. */
+  gradient: Float32Array<ArrayBufferLike> = new Float32Array(0);
+  run?: Record<string, unknown>;
+  learningRate = 0;
+  weightsStep = -1;
+  shards = 0;
+  private isConnected = false;
+  private parts: Part[] = [];
+  private readonly thread: Worker;
+  private nextCall = 1;
+  private readonly calls = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; giveUp?: () => Promise<boolean> }>();
+  private readonly metrics?: Metrics;
+  private exited = false;
+
+  constructor(o: { client: TransportInit['client']; log: Logger; metrics?: Metrics }) {
+    super();
+    this.metrics = o.metrics;
+    const init: TransportInit = { client: o.client, logBindings: o.log.bindings() };
+    // tsx's loader is registered per thread: the bootstrap registers it, then loads the thread's module.
+    const tsx = import.meta.resolve('tsx/esm/api');
+    const bootstrap = `import(${JSON.stringify(tsx)}).then((t) => { t.register(); return import(${JSON.stringify(new URL('./transport-thread.ts', import.meta.url).href)}); })`;
+    this.thread = new Worker(bootstrap, { eval: true, workerData: init });
+    this.thread.on('message', (m: FromThread & { sent: number; received: number }) => this.onMessage(m));
+    this.thread.on('error', (err) => {
+      o.log.error({ err: err.message }, 'transport thread failed');
+      this.fail(err);
+    });
+    this.thread.on('exit', () => { this.exited = true; this.fail(new ConnectionLost()); });
+  }
+
+  /** The gradient buffer, `floats` long, in memory both threads see (once the model is known). */
+  allocateGradient(floats: number): Float32Array<ArrayBufferLike> {
+    const buffer = new SharedArrayBuffer(floats * 4);
+    this.gradient = new Float32Array(buffer);
+    this.post({ op: 'gradient', buffer });
+    return this.gradient;
+  }
+
+  get connected(): boolean {
+    return this.isConnected;
+  }
+
+  private fail(err: Error): void {
+    for (const c of this.calls.values()) c.reject(err);
+    this.calls.clear();
+    if (this.isConnected) {
+      this.isConnected = false;
+      this.emit('disconnected');
+    }
+  }
+
+  private onMessage(m: FromThread & { sent: number; received: number }): void {
+    if (m.sent > 0) this.metrics?.sentBytes.inc(m.sent);
+    if (m.received > 0) this.metrics?.receivedBytes.inc(m.received);
+    switch (m.op) {
+      case 'result': {
+        const c = this.calls.get(m.id);
+        this.calls.delete(m.id);
+        if (c === undefined) return;
+        if (m.ok) { c.resolve(m.value); return; }
+        const e = m.error ?? { name: 'Error', message: 'unknown' };
+        c.reject(e.name === 'ConnectionLost' ? new ConnectionLost() : e.code !== undefined ? new ProtocolError(e.code, e.message) : new Error(e.message));
+        return;
+      }
+      case 'give-up?': {
+        const ask = this.calls.get(m.call)?.giveUp ?? (async () => true);
+        void ask().catch(() => true).then((value) => this.post({ op: 'give-up', id: m.id, value }));
+        return;
+      }
+      case 'weights': {
+        // The previous version's buffers go back to be received into again.
+        const old = this.parts.map((p) => p.weights);
+        this.parts = m.parts;
+        this.learningRate = m.learningRate;
+        this.weightsStep = m.step;
+        if (old.some((b) => b !== undefined)) this.post({ op: 'recycle', buffers: old }, old.flatMap((b) => (b === undefined ? [] : [b.buffer as ArrayBuffer])));
+        this.emit('weights', m.step);
+        return;
+      }
+      case 'event':
+        if (m.name === 'disconnected') {
+          if (!this.isConnected) return;
+          this.isConnected = false;
+        }
+        this.emit(m.name, m.value);
+    }
+  }
+
+  private post(msg: ToThread, transfer: ArrayBuffer[] = []): void {
+    if (!this.exited) this.thread.postMessage(msg, transfer);
+  }
+
+  private call<T>(method: 'connect' | 'ready' | 'sendGradient', args: unknown[], giveUp?: () => Promise<boolean>): { id: number; done: Promise<T> } {
+    const id = this.nextCall++;
+    const done = new Promise<T>((resolve, reject) => {
+      if (this.exited) { reject(new ConnectionLost()); return; }
+      this.calls.set(id, { resolve: resolve as (v: unknown) => void, reject, giveUp });
+    });
+    this.post({ op: 'call', id, method, args });
+    return { id, done };
+  }
+
+  /** Connects to shard 0 and the followers it names, retrying until `giveUp` says so (ShardGroup.connect). */
+  async connect(giveUp: () => Promise<boolean> = async () => false): Promise<void> {
+    const r = await this.call<{ run: Record<string, unknown>; shards: number }>('connect', [], giveUp).done;
+    this.run = r.run;
+    this.shards = r.shards;
+    this.weightsStep = -1;
+    this.isConnected = true;
+  }
+
+  async ready(modelHash: string): Promise<void> {
+    await this.call('ready', [modelHash]).done;
+  }
+
+  /** Control messages (join, idle) go to shard 0; thrown at once when not connected. */
+  send(msg: ClientMessage): void {
+    if (!this.isConnected) throw new ConnectionLost();
+    this.post({ op: 'send', msg });
+  }
+
+  next<T = unknown>(names: string[], filter: (name: string, value: unknown) => boolean = () => true): Promise<{ name: string; value: T }> {
+    return nextEvent<T>(this, names, filter);
+  }
+
+  async waitForWeights(step: number): Promise<void> {
+    if (this.weightsStep >= step) return;
+    await this.next(['weights'], (_n, s) => (s as number) >= step);
+  }
+
+  /** floats [start, end) of the newest complete weights. */
+  read(start: number, end: number): Float32Array {
+    const out = new Float32Array(end - start);
+    for (const { lo, hi, weights } of this.parts) {
+      if (weights === undefined) throw new ConnectionLost();
+      const a = Math.max(start, lo);
+      const b = Math.min(end, hi, lo + weights.length);
+      if (a < b) out.set(weights.subarray(a - lo, b - lo), a - start);
+    }
+    return out;
+  }
+
+  /**
+   * Sends `this.gradient` (every shard its range). With `split`, [split.at, end) goes at once
+   * and the rest when `split.body` resolves: write the body's floats before resolving it.
+   */
+  async sendGradient(step: number, jobId: string, sampleIds: number[], stats: BatchStats, split?: { at: number; body: Promise<void> }): Promise<void> {
+    const { id, done } = this.call('sendGradient', [step, jobId, sampleIds, stats, split?.at ?? null]);
+    split?.body.then(() => this.post({ op: 'body', id }), () => this.post({ op: 'terminate' }));
+    await done;
+  }
+
+  /** Drops every connection (the aggregator takes this worker out of the step). */
+  terminate(): void {
+    this.post({ op: 'terminate' });
+    this.fail(new ConnectionLost());
+  }
+
+  /** Leaves cleanly and stops the thread. */
+  async close(): Promise<void> {
+    this.post({ op: 'close' });
+    this.isConnected = false;
+    if (!this.exited) await new Promise<void>((resolve) => this.thread.once('exit', () => resolve()));
+  }
+}
