@@ -65,7 +65,8 @@ export class Transport extends EventEmitter {
       o.log.error({ err: err.message }, 'transport thread failed');
       this.fail(err);
     });
-    this.thread.on('exit', () => { this.exited = true; this.fail(new ConnectionLost()); });
+    // Not a lost connection: without its thread the worker cannot talk at all (the job loop's failure count then ends it).
+    this.thread.on('exit', () => { this.exited = true; this.fail(new Error('the transport thread exited')); });
   }
 
   /** The gradient buffer, `floats` long, in memory both threads see (once the model is known). */
@@ -133,7 +134,7 @@ export class Transport extends EventEmitter {
   private call<T>(method: 'connect' | 'ready' | 'sendGradient', args: unknown[], giveUp?: () => Promise<boolean>): { id: number; done: Promise<T> } {
     const id = this.nextCall++;
     const done = new Promise<T>((resolve, reject) => {
-      if (this.exited) { reject(new ConnectionLost()); return; }
+      if (this.exited) { reject(new Error('the transport thread exited')); return; }
       this.calls.set(id, { resolve: resolve as (v: unknown) => void, reject, giveUp });
     });
     this.post({ op: 'call', id, method, args });
@@ -196,10 +197,14 @@ export class Transport extends EventEmitter {
     this.fail(new ConnectionLost());
   }
 
-  /** Leaves cleanly and stops the thread. */
+  /** Leaves cleanly and stops the thread (at once if the close handshakes take over 2 s). */
   async close(): Promise<void> {
     this.post({ op: 'close' });
     this.isConnected = false;
-    if (!this.exited) await new Promise<void>((resolve) => this.thread.once('exit', () => resolve()));
+    if (this.exited) return;
+    const exit = new Promise<void>((resolve) => this.thread.once('exit', () => resolve()));
+    const timer = setTimeout(() => { void this.thread.terminate(); }, 2000);
+    await exit;
+    clearTimeout(timer);
   }
 }

@@ -137,6 +137,31 @@ describe('deploy/ agrees with the code', () => {
     for (const probe of [worker.readinessProbe, worker.livenessProbe]) assert.equal(((probe as Obj).httpGet as Obj).port, Number(wEnv.VGG_METRICS_PORT));
     assert.equal((worker.resources?.limits as Obj)['nvidia.com/gpu'], 1);
     assert.equal(portOf(configMap.VGG_REDIS as string), ((byName('Service', 'vgg-redis').spec as { ports: { port: number }[] }).ports[0] as { port: number }).port);
+
+    // Every follower shard i/K of the k8s manifests: K is the coordinator's VGG_SHARDS, i runs 1..K-1 once
+    // each; it reaches the coordinator's Service and advertises its own Service's name and port.
+    const followers = k8sKind('Deployment').filter((d) => (d.metadata as Obj).name !== 'vgg-coordinator');
+    assert.equal(followers.length, Number(env.VGG_SHARDS) - 1, 'one follower Deployment per shard beyond the coordinator');
+    const indices = followers.map((d) => {
+      const name = (d.metadata as Obj).name as string;
+      const c = podSpec(d).containers[0] as Container;
+      const fEnv = k8sEnv(c);
+      assert.deepEqual(c.args, ['aggregator', 'start'], name);
+      const shard = parseShard('VGG_SHARD', fEnv.VGG_SHARD as string);
+      assert.equal(shard.count, Number(env.VGG_SHARDS), `${name}: K`);
+      const leader = new URL(fEnv.VGG_LEADER as string);
+      assert.equal(leader.hostname, 'vgg-coordinator');
+      assert.equal(Number(leader.port), agg?.port);
+      const advertise = new URL(fEnv.VGG_ADVERTISE as string);
+      const fSvc = byName('Service', advertise.hostname).spec as { ports: { port: number; targetPort: number }[]; selector: Obj };
+      assert.equal(fSvc.ports[0]?.port, Number(advertise.port), `${name}: advertised port is its Service's`);
+      assert.equal(fSvc.ports[0]?.targetPort, Number(fEnv.VGG_PORT));
+      assert.ok(c.ports?.some((p) => p.containerPort === Number(fEnv.VGG_PORT)));
+      assert.deepEqual(fSvc.selector, ((((d.spec as Obj).template as Obj).metadata as Obj).labels));
+      assert.equal(fEnv.VGG_TOKEN, 'secret:vgg-train-token/token', `${name}: token from the Secret`);
+      return shard.index;
+    });
+    assert.deepEqual(indices.sort(), Array.from({ length: Number(env.VGG_SHARDS) - 1 }, (_, i) => i + 1));
   });
 
   test('secrets resolve, the token is never a literal in a pod, data and checkpoint paths are mounted', () => {

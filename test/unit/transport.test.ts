@@ -1,0 +1,47 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { ConnectionLost } from '../../worker/aggregator-client.ts';
+import { Transport } from '../../worker/transport.ts';
+import { log, startAggregator, stats } from '../helpers/aggregator-harness.ts';
+
+test('the transport thread: handshake, a split gradient whose head streams before its body is written, weights for every step read on the main thread', async (t) => {
+  const h = await startAggregator();
+  const tr = new Transport({ client: { url: `ws://127.0.0.1:${h.port}`, token: 'secret', workerId: 'tw', host: 'h', gpu: null, backend: 'cpu' }, log });
+  t.after(async () => { await tr.close(); await h.close(); });
+  await tr.connect();
+  await tr.ready('hash-1');
+  assert.equal(tr.weightsStep, 0);
+  assert.deepEqual(tr.read(0, h.layout.totalSize), h.weights, 'the initial weights, read from the buffer the thread handed over');
+  const g = tr.allocateGradient(h.layout.totalSize);
+  const at = h.layout.byName.get('fc6/kernel')?.offset ?? 0;
+  for (let step = 0; step < 3; step += 1) {
+    const joined = tr.next<{ t: string }>(['reply']);
+    tr.send({ t: 'join', step, jobId: `job-${step}`, lockToken: 'tok' });
+    assert.equal((await joined).value.t, 'joined');
+    // Only the head is written when the send starts; the body is written after the aggregator has the head.
+    g.fill(0);
+    g.fill(0.5, at);
+    let release!: () => void;
+    const body = new Promise<void>((r) => { release = r; });
+    const next = tr.next(['weights'], (_n, s) => (s as number) === step + 1);
+    const sending = tr.sendGradient(step, `job-${step}`, [step], stats(1), { at, body });
+    const member = () => [...h.agg.members.values()].find((m) => m.workerId === 'tw');
+    for (let k = 0; !(member()?.receiving?.wrapped === true); k += 1) {
+      if (k > 2000) throw new Error('the head did not arrive before the body was released');
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    g.fill(0.25, 0, at);
+    release();
+    await sending;
+    await next;
+    assert.equal(tr.weightsStep, step + 1);
+    assert.deepEqual(tr.read(0, h.layout.totalSize), h.weights, `weights of step ${step + 1}`);
+  }
+  const sum = h.commits.flat().length;
+  assert.equal(sum, 3);
+  // A dropped connection is reported as such, and later sends fail the same way.
+  const lost = tr.next(['weights']);
+  tr.terminate();
+  await assert.rejects(lost, ConnectionLost);
+  assert.throws(() => tr.send({ t: 'idle', step: 3 }), ConnectionLost);
+});
