@@ -4,11 +4,11 @@ import { ConfigError } from '../shared/errors.ts';
 import { createLogger } from '../shared/logger.ts';
 import { choiceOption, intOption, tokenFromEnv } from '../shared/option-parsers.ts';
 import { BACKEND_CHOICES, type BackendChoice } from '../worker/backend.ts';
-import { runWorker } from '../worker/job-loop.ts';
+import { OVERLAP_CHOICES, runWorker, type OverlapChoice } from '../worker/job-loop.ts';
 
 interface WorkerFlags {
   coordinator: string; token?: string; gpu?: number; gpus?: string; backend?: BackendChoice; data?: string; redis?: string;
-  metricsHost: string; metricsPort: number;
+  metricsHost: string; metricsPort: number; overlap: OverlapChoice;
 }
 
 function parseGpus(value: string): number[] {
@@ -28,6 +28,8 @@ export function registerWorkerCommands(program: Command): void {
     .option('--backend <name>', `compute backend: ${BACKEND_CHOICES.join(', ')}`, choiceOption('--backend', BACKEND_CHOICES))
     .option('--data <dir>', 'dataset root on this node, if not the coordinator\'s path')
     .option('--redis <url>', 'Redis URL, if not the coordinator\'s')
+    .option('--overlap <mode>', `send the classifier's gradients during the backward pass: ${OVERLAP_CHOICES.join(', ')} (auto: on a GPU) (env VGG_OVERLAP)`,
+      choiceOption('--overlap', OVERLAP_CHOICES), process.env.VGG_OVERLAP === undefined ? 'auto' : choiceOption('VGG_OVERLAP', OVERLAP_CHOICES)(process.env.VGG_OVERLAP))
     .option('--metrics-host <addr>', 'bind address of /metrics and /healthz (env VGG_METRICS_HOST)', process.env.VGG_METRICS_HOST ?? '127.0.0.1')
     .option('--metrics-port <n>', 'port of /metrics and /healthz, 0: off; with --gpus, GPU i of the list uses port + i (env VGG_METRICS_PORT)',
       intOption('--metrics-port', 0, 65535), process.env.VGG_METRICS_PORT === undefined ? 0 : intOption('VGG_METRICS_PORT', 0, 65535)(process.env.VGG_METRICS_PORT))
@@ -50,7 +52,7 @@ export function registerWorkerCommands(program: Command): void {
       const log = createLogger({ role: 'worker' });
       const w = await runWorker({
         coordinator: f.coordinator, token: f.token ?? tokenFromEnv(), gpu: f.gpu ?? null, backend: f.backend,
-        data: f.data, redis: f.redis, log, metrics: f.metricsPort > 0 ? { host: f.metricsHost, port: f.metricsPort } : undefined,
+        data: f.data, redis: f.redis, log, metrics: f.metricsPort > 0 ? { host: f.metricsHost, port: f.metricsPort } : undefined, overlap: f.overlap,
       });
       // SIGTERM: finish the job in flight, then leave cleanly.
       process.once('SIGTERM', () => w.stop());

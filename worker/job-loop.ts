@@ -32,7 +32,16 @@ export interface WorkerOptions {
   log: Logger;
   /** Serve /metrics and /healthz here (loopback unless told otherwise). */
   metrics?: { host: string; port: number };
+  /**
+   * Send the classifier's gradients while the conv body's backward runs. `auto`: when the
+   * model computes on a GPU (tfjs-node-gpu), where the CPU is free to send; on a CPU backend
+   * the cores are busy computing and the early bytes only compete with it. @defaultValue 'auto'
+   */
+  overlap?: OverlapChoice;
 }
+
+export const OVERLAP_CHOICES = ['auto', 'on', 'off'] as const;
+export type OverlapChoice = (typeof OVERLAP_CHOICES)[number];
 
 /** Why a train job was given up. */
 class JobAbandoned extends Error {}
@@ -88,6 +97,8 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
   const head = vgg.layout.entries.slice(vgg.layout.entries.findIndex((e) => e.layer === 'fc6'));
   const headAt = head[0]?.offset ?? 0;
   const headNames = new Set(head.map((e) => e.name));
+  const overlap = o.overlap === 'on' || ((o.overlap ?? 'auto') === 'auto' && backend.detail === '@tensorflow/tfjs-node-gpu');
+  log.info({ overlap, backend: backend.detail }, overlap ? 'classifier gradients go out during the backward pass' : 'gradients go out after the backward pass');
   const wire = run.wire ?? 'fp32';
   const feedback = run.errorFeedback === true && wire !== 'fp32' ? new ErrorFeedback(wire, flat.length) : undefined;
   let jobs = 0;
@@ -179,7 +190,7 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
     let early = 0;
     let r: ReturnType<typeof computeGradients>;
     try {
-      r = computeGradients(vgg, batch.images, batch.labels, {
+      r = computeGradients(vgg, batch.images, batch.labels, !overlap ? undefined : {
         names: headNames,
         forward: (f) => { stats = { samples: f.samples, loss: f.loss, top1: f.top1, top5: f.top5, skipped: batch.skipped.length }; },
         ready: (name, g) => {

@@ -29,7 +29,8 @@ async function weightsOf(dir: string): Promise<Float32Array> {
 /** One run: in-process coordinator, `workers` real worker processes. */
 async function runCluster(cfg: RunConfig, workers: number): Promise<{ summary: RunSummary; procs: Proc[] }> {
   const coordinator = await startCoordinator(cfg, log);
-  const procs = Array.from({ length: workers }, () => spawnWorker(coordinator.port, cfg.redis));
+  // The classifier's gradients sent during the backward pass (a GPU worker's default): the results must not change.
+  const procs = Array.from({ length: workers }, () => spawnWorker(coordinator.port, cfg.redis, 'test-token', ['--overlap', 'on']));
   try {
     const summary = await coordinator.done;
     await Promise.all(procs.map((p) => p.exited));

@@ -35,7 +35,8 @@ async function checkpointFile(dir: string, name: string): Promise<Float32Array> 
 async function runSharded(cfg: RunConfig, workers: number): Promise<{ summary: RunSummary; followers: Proc[] }> {
   const coordinator = await startCoordinator(cfg, log);
   const followers = Array.from({ length: cfg.shards - 1 }, (_, i) => follower(coordinator.port, `${i + 1}/${cfg.shards}`));
-  const ws = Array.from({ length: workers }, () => spawnWorker(coordinator.port, cfg.redis));
+  // The early classifier part splits across shards (fc6 is cut): every shard sees [split, end) then [0, split) of its range, or one part.
+  const ws = Array.from({ length: workers }, () => spawnWorker(coordinator.port, cfg.redis, 'test-token', ['--overlap', 'on']));
   procs.push(...ws);
   try {
     const summary = await coordinator.done;
