@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ConnectionLost } from '../../worker/aggregator-client.ts';
 import { Transport } from '../../worker/transport.ts';
-import { log, startAggregator, stats } from '../helpers/aggregator-harness.ts';
+import { SGD, join, log, startAggregator, stats } from '../helpers/aggregator-harness.ts';
 
 test('the transport thread: handshake, a split gradient whose head streams before its body is written, weights for every step read on the main thread', async (t) => {
   const h = await startAggregator();
@@ -44,4 +44,48 @@ test('the transport thread: handshake, a split gradient whose head streams befor
   tr.terminate();
   await assert.rejects(lost, ConnectionLost);
   assert.throws(() => tr.send({ t: 'idle', step: 3 }), ConnectionLost);
+});
+
+test('a split gradient cut by an abort (another member lost mid-gradient) is resent whole and the update is exactly the survivors\'', async (t) => {
+  const h = await startAggregator();
+  h.agg.options.sgd.options.weightDecay = 0;
+  const tr = new Transport({ client: { url: `ws://127.0.0.1:${h.port}`, token: 'secret', workerId: 'tw', host: 'h', gpu: null, backend: 'cpu' }, log });
+  t.after(async () => { await tr.close(); await h.close(); });
+  await tr.connect();
+  await tr.ready('hash-1');
+  const n = h.layout.totalSize;
+  const g = tr.allocateGradient(n);
+  const at = h.layout.byName.get('fc6/kernel')?.offset ?? 0;
+  const b = await h.group('b');
+  assert.equal(await join(b, 'job-b'), 'joined');
+  const joined = tr.next<{ t: string }>(['reply']);
+  tr.send({ t: 'join', step: 0, jobId: 'job-t', lockToken: 'tok' });
+  assert.equal((await joined).value.t, 'joined');
+  // b's whole gradient is in the sum; then the transport's head part arrives, and b is lost before its body.
+  await b.sendGradient(0, 'job-b', [9], stats(1), new Float32Array(n).fill(100));
+  const expected = Float32Array.from({ length: n }, (_, i) => ((i % 7) - 3) / 50);
+  g.set(expected.subarray(at), at);
+  let release!: () => void;
+  const body = new Promise<void>((r) => { release = r; });
+  const outcome = tr.next(['weights', 'resend'], (name, v) => name === 'resend' || (v as number) === 1);
+  const sending = tr.sendGradient(0, 'job-t', [1, 2], stats(2), { at, body });
+  const member = () => [...h.agg.members.values()].find((m) => m.workerId === 'tw');
+  for (let k = 0; member()?.receiving?.wrapped !== true; k += 1) {
+    if (k > 2000) throw new Error('head not received');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  b.terminate();
+  assert.equal((await outcome).name, 'resend');
+  g.set(expected.subarray(0, at), 0);
+  release();
+  await sending;
+  const next = tr.next(['weights'], (_n, s) => (s as number) === 1);
+  await tr.sendGradient(0, 'job-t', [1, 2], stats(2));
+  await next;
+  assert.deepEqual(h.commits.at(-1)?.map((c) => c.jobId), ['job-t']);
+  // One momentum step from zero velocity: w1 = w0 - lr * g (the mean over t's 2 samples is g itself).
+  const w = tr.read(0, n);
+  let worst = 0;
+  for (let i = 0; i < n; i += 1) worst = Math.max(worst, Math.abs((w[i] as number) - Math.fround((h.initial[i] as number) - Math.fround(SGD.learningRate * (expected[i] as number)))));
+  assert.ok(worst < 1e-6, `largest difference from the survivor-only update: ${worst}`);
 });
