@@ -36,7 +36,9 @@ group.on('weights', (step: number) => {
   const transfer = parts.flatMap((p) => (p.weights === undefined ? [] : [p.weights.buffer as ArrayBuffer]));
   post({ op: 'weights', step, learningRate: group.learningRate, parts }, transfer);
 });
-group.on('resend', (step: number) => post({ op: 'event', name: 'resend', value: step }));
+// With the attempt it asks for (the client has taken it already): the main thread drops a resend
+// that a send started after it already carries.
+group.on('resend', (step: number) => post({ op: 'resend', step, attempt: group.leader.attempt }));
 group.on('reply', (msg: unknown) => post({ op: 'event', name: 'reply', value: msg }));
 group.on('disconnected', () => post({ op: 'event', name: 'disconnected', value: null }));
 
@@ -64,6 +66,8 @@ async function call(id: number, method: string, args: unknown[]): Promise<unknow
     case 'sendGradient': {
       const [step, jobId, sampleIds, stats, at] = args as [number, string, number[], BatchStats, number | null];
       const body = at === null ? undefined : new Promise<void>((resolve) => bodies.set(id, resolve));
+      // Posted before any resend this send has to answer (ShardGroup.sendGradient reads the attempt synchronously).
+      post({ op: 'started', step, attempt: group.leader.attempt });
       try {
         await group.sendGradient(step, jobId, sampleIds, stats, flat, at === null ? undefined : { at, body: body as Promise<void> });
       } finally {

@@ -26,7 +26,9 @@ export type ToThread =
 export type FromThread =
   | { op: 'result'; id: number; ok: boolean; value?: unknown; error?: { name: string; code?: string; message: string } }
   | { op: 'weights'; step: number; learningRate: number; parts: Part[] }
-  | { op: 'event'; name: 'resend' | 'reply' | 'disconnected'; value: unknown }
+  | { op: 'event'; name: 'reply' | 'disconnected'; value: unknown }
+  | { op: 'resend'; step: number; attempt: number }
+  | { op: 'started'; step: number; attempt: number }
   | { op: 'give-up?'; id: number; call: number };
 
 /**
@@ -51,6 +53,8 @@ export class Transport extends EventEmitter {
   private readonly calls = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; giveUp?: () => Promise<boolean> }>();
   private readonly metrics?: Metrics;
   private exited = false;
+  /** The step and attempt of the last gradient send the thread started. */
+  private sent?: { step: number; attempt: number };
 
   constructor(o: { client: TransportInit['client']; log: Logger; metrics?: Metrics }) {
     super();
@@ -118,6 +122,14 @@ export class Transport extends EventEmitter {
         this.emit('weights', m.step);
         return;
       }
+      case 'started':
+        this.sent = { step: m.step, attempt: m.attempt };
+        return;
+      case 'resend':
+        // A resend the thread took before it started the current send is answered by that send
+        // already (it went out as the new attempt): only a later attempt means "send again".
+        if (this.sent?.step === m.step && m.attempt > this.sent.attempt) this.emit('resend', m.step);
+        return;
       case 'event':
         if (m.name === 'disconnected') {
           if (!this.isConnected) return;

@@ -89,3 +89,36 @@ test('a split gradient cut by an abort (another member lost mid-gradient) is res
   for (let i = 0; i < n; i += 1) worst = Math.max(worst, Math.abs((w[i] as number) - Math.fround((h.initial[i] as number) - Math.fround(SGD.learningRate * (expected[i] as number)))));
   assert.ok(worst < 1e-6, `largest difference from the survivor-only update: ${worst}`);
 });
+
+test('a resend the thread took before the send started is not answered twice (the send already carries its attempt)', async (t) => {
+  const h = await startAggregator();
+  const tr = new Transport({ client: { url: `ws://127.0.0.1:${h.port}`, token: 'secret', workerId: 'tw', host: 'h', gpu: null, backend: 'cpu' }, log });
+  t.after(async () => { await tr.close(); await h.close(); });
+  await tr.connect();
+  await tr.ready('hash-1');
+  const n = h.layout.totalSize;
+  const g = tr.allocateGradient(n).fill(0.5);
+  const b = await h.group('b');
+  assert.equal(await join(b, 'job-b'), 'joined');
+  const joined = tr.next<{ t: string }>(['reply']);
+  tr.send({ t: 'join', step: 0, jobId: 'job-t', lockToken: 'tok' });
+  assert.equal((await joined).value.t, 'joined');
+  await b.sendGradient(0, 'job-b', [9], stats(1), new Float32Array(n).fill(100));
+  // Resumed in the microtask right after the aggregator aborted the step and sent the resend, before any other event here.
+  const aborted = new Promise<void>((resolve) => {
+    const onLost = h.agg.options.onMemberLost;
+    h.agg.options.onMemberLost = (m) => { onLost(m); resolve(); };
+  });
+  b.terminate();
+  await aborted;
+  assert.equal(h.agg.attempt, 1);
+  // This thread busy (as when computing) while the transport thread takes the resend; then the send starts.
+  const until = performance.now() + 200;
+  while (performance.now() < until) { /* computing */ }
+  const outcome = tr.next(['weights', 'resend'], (name, v) => name === 'resend' || (v as number) === 1);
+  await tr.sendGradient(0, 'job-t', [1], stats(1));
+  assert.equal((await outcome).name, 'weights', 'committed with the one send, no second one');
+  assert.deepEqual(h.commits.at(-1)?.map((c) => c.jobId), ['job-t']);
+  assert.equal(h.agg.rejected.get('VGG_ERR_DUPLICATE_GRADIENT') ?? 0, 0);
+  assert.equal(g.length, n);
+});
