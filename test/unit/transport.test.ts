@@ -46,23 +46,32 @@ test('the transport thread: handshake, a split gradient whose head streams befor
   assert.throws(() => tr.send({ t: 'idle', step: 3 }), ConnectionLost);
 });
 
-test('a split gradient cut by an abort (another member lost mid-gradient) is resent whole and the update is exactly the survivors\'', async (t) => {
+/**
+ * A harness aggregator, a transport `tw` and a ShardGroup member `b`, both joined to step 0,
+ * b's whole gradient (100s) already in the sum: the scene of a step b is about to be lost from.
+ */
+async function twoMembers(t: { after: (f: () => Promise<void>) => void }) {
   const h = await startAggregator();
-  h.agg.options.sgd.options.weightDecay = 0;
   const tr = new Transport({ client: { url: `ws://127.0.0.1:${h.port}`, token: 'secret', workerId: 'tw', host: 'h', gpu: null, backend: 'cpu' }, log });
   t.after(async () => { await tr.close(); await h.close(); });
   await tr.connect();
   await tr.ready('hash-1');
   const n = h.layout.totalSize;
   const g = tr.allocateGradient(n);
-  const at = h.layout.byName.get('fc6/kernel')?.offset ?? 0;
   const b = await h.group('b');
   assert.equal(await join(b, 'job-b'), 'joined');
   const joined = tr.next<{ t: string }>(['reply']);
   tr.send({ t: 'join', step: 0, jobId: 'job-t', lockToken: 'tok' });
   assert.equal((await joined).value.t, 'joined');
-  // b's whole gradient is in the sum; then the transport's head part arrives, and b is lost before its body.
   await b.sendGradient(0, 'job-b', [9], stats(1), new Float32Array(n).fill(100));
+  return { h, tr, n, g, b };
+}
+
+test('a split gradient cut by an abort (another member lost mid-gradient) is resent whole and the update is exactly the survivors\'', async (t) => {
+  const { h, tr, n, g, b } = await twoMembers(t);
+  h.agg.options.sgd.options.weightDecay = 0;
+  const at = h.layout.byName.get('fc6/kernel')?.offset ?? 0;
+  // b's whole gradient is in the sum; then the transport's head part arrives, and b is lost before its body.
   const expected = Float32Array.from({ length: n }, (_, i) => ((i % 7) - 3) / 50);
   g.set(expected.subarray(at), at);
   let release!: () => void;
@@ -91,19 +100,8 @@ test('a split gradient cut by an abort (another member lost mid-gradient) is res
 });
 
 test('a resend the thread took before the send started is not answered twice (the send already carries its attempt)', async (t) => {
-  const h = await startAggregator();
-  const tr = new Transport({ client: { url: `ws://127.0.0.1:${h.port}`, token: 'secret', workerId: 'tw', host: 'h', gpu: null, backend: 'cpu' }, log });
-  t.after(async () => { await tr.close(); await h.close(); });
-  await tr.connect();
-  await tr.ready('hash-1');
-  const n = h.layout.totalSize;
-  const g = tr.allocateGradient(n).fill(0.5);
-  const b = await h.group('b');
-  assert.equal(await join(b, 'job-b'), 'joined');
-  const joined = tr.next<{ t: string }>(['reply']);
-  tr.send({ t: 'join', step: 0, jobId: 'job-t', lockToken: 'tok' });
-  assert.equal((await joined).value.t, 'joined');
-  await b.sendGradient(0, 'job-b', [9], stats(1), new Float32Array(n).fill(100));
+  const { h, tr, n, g, b } = await twoMembers(t);
+  g.fill(0.5);
   // Resumed in the microtask right after the aggregator aborted the step and sent the resend, before any other event here.
   const aborted = new Promise<void>((resolve) => {
     const onLost = h.agg.options.onMemberLost;
