@@ -5,36 +5,21 @@ gradient on the GPU. Prints one JSON line; writes it to $OUT/vgg16_step.json.
 
     /usr/bin/python3 bench/gpu/vgg16_step.py
 """
-import json, os, time
 import torch
-import torch.nn as nn
 
-from vgg16_model import vgg16
+from vgg16_model import emit, ms_per_call, setup
 
 def bench(mode, batch=64, warmup=8, iters=25):
-    torch.backends.cuda.matmul.allow_tf32 = mode != 'fp32'
-    torch.backends.cudnn.allow_tf32 = mode != 'fp32'
-    torch.backends.cudnn.benchmark = True
-    m = vgg16().cuda()
+    m, x, y, loss_fn = setup(mode, batch)
     params = sum(p.numel() for p in m.parameters())
     opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    x = torch.randn(batch, 3, 224, 224, device='cuda')
-    y = torch.randint(0, 1000, (batch,), device='cuda')
-    loss_fn = nn.CrossEntropyLoss()
     def step():
         opt.zero_grad(set_to_none=True)
         with torch.autocast('cuda', dtype=torch.bfloat16, enabled=mode == 'bf16'):
             loss = loss_fn(m(x), y)
         loss.backward()
         opt.step()
-    for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(iters):
-        step()
-    torch.cuda.synchronize()
-    ms = (time.perf_counter() - t) * 1000 / iters
+    ms = ms_per_call(step, warmup, iters)
     del m, opt
     torch.cuda.empty_cache()
     return {'mode': mode, 'batch': batch, 'stepMs': round(ms, 2), 'imagesPerSec': round(batch * 1000 / ms, 1), 'params': params}
@@ -42,20 +27,9 @@ def bench(mode, batch=64, warmup=8, iters=25):
 def reduce_bench(n=138_357_544, workers=4, iters=20):
     acc = torch.zeros(n, device='cuda')
     g = torch.randn(n, device='cuda')
-    for _ in range(3):
-        acc.add_(g)
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(iters):
-        acc.add_(g)
-    torch.cuda.synchronize()
-    ms = (time.perf_counter() - t) * 1000 / iters
+    ms = ms_per_call(lambda: acc.add_(g), 3, iters)
     return {'floats': n, 'addMsPerGradient': round(ms, 3), 'GBps': round(3 * 4 * n / ms / 1e6, 1)}
 
 out = {'device': torch.cuda.get_device_name(0), 'torch': torch.__version__, 'cuda': torch.version.cuda,
        'steps': [bench('fp32'), bench('tf32'), bench('bf16')], 'reduce': reduce_bench()}
-line = json.dumps(out)
-print(line)
-if os.environ.get('OUT'):
-    with open(os.path.join(os.environ['OUT'], 'vgg16_step.json'), 'w') as f:
-        f.write(line + '\n')
+emit(out, 'vgg16_step.json')
