@@ -378,7 +378,7 @@ export class Aggregator {
         const g = codes === undefined ? valuesOf(raw, this.wire, this.scratch) : undefined;
         const length = codes?.length ?? (g as Float32Array).length;
         if (offset !== r.next) throw new ProtocolError('VGG_ERR_LAYOUT', `grad-chunk.offset: expected ${r.next}, got ${offset}`);
-        const limit = r.wrapped ? (r.split === 0 ? this.sum.length : r.split) : this.sum.length;
+        const limit = r.wrapped ? this.lastRunEnd(r) : this.sum.length;
         if (offset + length > limit) {
           throw new ProtocolError('VGG_ERR_LAYOUT', `grad-chunk at ${offset}: expected at most ${limit - offset} floats (layout of ${this.sum.length}${r.split === 0 ? '' : `, split at ${r.split}`}), got ${length}`);
         }
@@ -403,7 +403,7 @@ export class Aggregator {
         const r = m.receiving;
         const endStep = field<number>(msg, 'step', 'int');
         if (r !== undefined && endStep !== this.step) throw new ProtocolError('VGG_ERR_STEP_MISMATCH', `grad-end.step: expected ${this.step}, got ${endStep}`);
-        const complete = r !== undefined && r.wrapped && r.next === (r.split === 0 ? this.sum.length : r.split);
+        const complete = r !== undefined && r.wrapped && r.next === this.lastRunEnd(r);
         if (!complete) {
           const got = r === undefined ? 0 : r.split === 0 ? r.next : r.wrapped ? this.sum.length - r.split + r.next : r.next - r.split;
           throw new ProtocolError('VGG_ERR_LAYOUT', `grad-end: expected ${this.sum.length} floats, got ${got}`);
@@ -418,6 +418,11 @@ export class Aggregator {
       default:
         throw new ProtocolError('VGG_ERR_UNKNOWN_TYPE', `frame.t: expected ready, join, idle, grad-begin, grad-chunk or grad-end, got ${JSON.stringify(msg.t)}`);
     }
+  }
+
+  /** Where a gradient's last run of chunks ends: the split, or the layout's end for an unsplit gradient. */
+  private lastRunEnd(r: { split: number }): number {
+    return r.split === 0 ? this.sum.length : r.split;
   }
 
   /** Leader with shards: `m` joined this step, so part of its gradient may be at a follower already. */

@@ -43,6 +43,12 @@ export function nextEvent<T>(source: EventEmitter & { readonly connected: boolea
   });
 }
 
+/** Resolves once `source` holds weights of at least `step` (its 'weights' events carry the step). */
+export async function weightsOf(source: EventEmitter & { readonly connected: boolean; readonly weightsStep: number }, step: number): Promise<void> {
+  if (source.weightsStep >= step) return;
+  await nextEvent(source, ['weights'], (_n, s) => (s as number) >= step);
+}
+
 /** A gradient sent in two parts: [at, end) at once, [0, at) when `body` resolves. */
 export interface GradientSplit { at: number; body: Promise<void> }
 
@@ -215,7 +221,6 @@ export class AggregatorClient extends EventEmitter {
     return this.scratch16;
   }
 
-  /** Reuses the previous weights buffer for the next version: no allocation per step. */
   /** Hands over the newest weights (the client no longer touches them; a later version gets a new buffer). */
   takeWeights(): Float32Array | undefined {
     const w = this.weights;
@@ -228,6 +233,7 @@ export class AggregatorClient extends EventEmitter {
     if (this.spare === undefined || this.spare.length === 0) this.spare = buf;
   }
 
+  /** Reuses the previous weights buffer for the next version: no allocation per step. */
   private scratch(n: number): Float32Array {
     const s = this.spare;
     this.spare = undefined;
@@ -249,9 +255,8 @@ export class AggregatorClient extends EventEmitter {
   }
 
   /** Waits until weights of at least `step` have arrived. */
-  async waitForWeights(step: number): Promise<void> {
-    if (this.weightsStep >= step) return;
-    await this.next(['weights'], (_n, s) => (s as number) >= step);
+  waitForWeights(step: number): Promise<void> {
+    return weightsOf(this, step);
   }
 
   /**

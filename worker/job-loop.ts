@@ -172,7 +172,10 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
     const t0 = performance.now();
     const batch = await (loaded ?? trainBatch(job));
     for (const s of batch.skipped) log.warn({ path: s.path, error: s.error }, 'image skipped');
-    let stats: BatchStats = { samples: 0, loss: 0, top1: 0, top5: 0, skipped: batch.skipped.length };
+    const statsOf = (f: { samples: number; loss: number; top1: number; top5: number }): BatchStats =>
+      ({ samples: f.samples, loss: f.loss, top1: f.top1, top5: f.top5, skipped: batch.skipped.length });
+    // The forward pass's figures (an early send carries them), then the finished pass's (the same values).
+    let stats = statsOf({ samples: 0, loss: 0, top1: 0, top5: 0 });
     // One try at sending the gradient: the outcome (new weights, a resend, a refusal) and the send itself.
     const attempt = (split?: GradientSplit) => {
       const outcome = client.next(['weights', 'resend', 'reply'],
@@ -192,7 +195,7 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
     try {
       r = computeGradients(vgg, batch.images, batch.labels, !overlap ? undefined : {
         names: headNames,
-        forward: (f) => { stats = { samples: f.samples, loss: f.loss, top1: f.top1, top5: f.top5, skipped: batch.skipped.length }; },
+        forward: (f) => { stats = statsOf(f); },
         ready: (name, g) => {
           const e = vgg.layout.byName.get(name);
           if (e === undefined) return;
@@ -216,7 +219,7 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
       else flat.fill(0, e.offset, e.offset + e.size);
     }
     tf.dispose([...r.grads.values()]);
-    stats = { samples: r.samples, loss: r.loss, top1: r.top1, top5: r.top5, skipped: batch.skipped.length };
+    stats = statsOf(r);
     feedback?.compensate(flat, 0, current === undefined ? flat.length : headAt);
     releaseBody();
     prefetch();

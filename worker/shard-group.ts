@@ -1,8 +1,23 @@
 import { EventEmitter } from 'node:events';
 import { ProtocolError, field, type BatchStats, type ClientMessage } from '../shared/wire-protocol.ts';
-import { AggregatorClient, ConnectionLost, nextEvent, type ClientOptions, type GradientSplit } from './aggregator-client.ts';
+import { AggregatorClient, ConnectionLost, nextEvent, weightsOf, type ClientOptions, type GradientSplit } from './aggregator-client.ts';
 
 interface Part { client: AggregatorClient; lo: number; hi: number }
+
+/** A shard's range [lo, hi) of the flat vector and its weights (hi may be Infinity: one aggregator, the whole vector). */
+export interface WeightsRange { lo: number; hi: number; weights?: Float32Array }
+
+/** floats [start, end) of the weights the ranges hold between them; ConnectionLost if one holds none. */
+export function readRanges(ranges: WeightsRange[], start: number, end: number): Float32Array {
+  const out = new Float32Array(end - start);
+  for (const { lo, hi, weights } of ranges) {
+    if (weights === undefined) throw new ConnectionLost();
+    const a = Math.max(start, lo);
+    const b = Math.min(end, hi, lo + weights.length);
+    if (a < b) out.set(weights.subarray(a - lo, b - lo), a - start);
+  }
+  return out;
+}
 
 /**
  * A worker's connections to the aggregator: shard 0 (the coordinator) and,
@@ -116,7 +131,7 @@ export class ShardGroup extends EventEmitter {
   }
 
   /** Each shard's newest weights and its range, handed over (see AggregatorClient.takeWeights). */
-  takeWeights(): { lo: number; hi: number; weights?: Float32Array }[] {
+  takeWeights(): WeightsRange[] {
     return this.parts.map(({ client, lo, hi }) => ({ lo, hi, weights: client.takeWeights() }));
   }
 
@@ -127,13 +142,7 @@ export class ShardGroup extends EventEmitter {
 
   /** floats [start, end) of the complete weights, copied out of the shards' buffers. */
   read(start: number, end: number): Float32Array {
-    const out = new Float32Array(end - start);
-    for (const { client, lo, hi } of this.parts) {
-      const a = Math.max(start, lo);
-      const b = Math.min(end, hi);
-      if (a < b) out.set((client.weights as Float32Array).subarray(a - lo, b - lo), a - start);
-    }
-    return out;
+    return readRanges(this.parts.map(({ client, lo, hi }) => ({ lo, hi, weights: client.weights })), start, end);
   }
 
   /** Resolves with the next event among `names` (or rejects when a connection drops). */
@@ -142,9 +151,8 @@ export class ShardGroup extends EventEmitter {
   }
 
   /** Waits until every shard has sent weights of at least `step`, all of the same step. */
-  async waitForWeights(step: number): Promise<void> {
-    if (this.weightsStep >= step) return;
-    await this.next(['weights'], (_n, s) => (s as number) >= step);
+  waitForWeights(step: number): Promise<void> {
+    return weightsOf(this, step);
   }
 
   /**

@@ -59,7 +59,7 @@ async function call(id: number, method: string, args: unknown[]): Promise<unknow
   switch (method) {
     case 'connect':
       await group.connect(askGiveUp(id));
-      return { run: group.run, shards: group.shards };
+      return group.run;
     case 'ready':
       await group.ready(args[0] as string);
       return null;

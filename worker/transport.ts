@@ -3,15 +3,14 @@ import { Worker } from 'node:worker_threads';
 import type { Logger } from '../shared/logger.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import { ProtocolError, type BatchStats, type ClientMessage } from '../shared/wire-protocol.ts';
-import { ConnectionLost, nextEvent } from './aggregator-client.ts';
+import { ConnectionLost, nextEvent, weightsOf, type GradientSplit } from './aggregator-client.ts';
+import { readRanges, type WeightsRange } from './shard-group.ts';
 
 /** What the transport thread is started with (structured-cloneable). */
 export interface TransportInit {
   client: { url: string; token: string; workerId: string; host: string; gpu: number | null; backend: string; backoffMs?: number; maxBackoffMs?: number };
   logBindings: Record<string, unknown>;
 }
-
-interface Part { lo: number; hi: number; weights?: Float32Array }
 
 export type ToThread =
   | { op: 'call'; id: number; method: 'connect' | 'ready' | 'sendGradient'; args: unknown[] }
@@ -25,7 +24,7 @@ export type ToThread =
 
 export type FromThread =
   | { op: 'result'; id: number; ok: boolean; value?: unknown; error?: { name: string; code?: string; message: string } }
-  | { op: 'weights'; step: number; learningRate: number; parts: Part[] }
+  | { op: 'weights'; step: number; learningRate: number; parts: WeightsRange[] }
   | { op: 'event'; name: 'reply' | 'disconnected'; value: unknown }
   | { op: 'resend'; step: number; attempt: number }
   | { op: 'started'; step: number; attempt: number }
@@ -45,9 +44,8 @@ export class Transport extends EventEmitter {
   run?: Record<string, unknown>;
   learningRate = 0;
   weightsStep = -1;
-  shards = 0;
   private isConnected = false;
-  private parts: Part[] = [];
+  private parts: WeightsRange[] = [];
   private readonly thread: Worker;
   private nextCall = 1;
   private readonly calls = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; giveUp?: () => Promise<boolean> }>();
@@ -155,9 +153,7 @@ export class Transport extends EventEmitter {
 
   /** Connects to shard 0 and the followers it names, retrying until `giveUp` says so (ShardGroup.connect). */
   async connect(giveUp: () => Promise<boolean> = async () => false): Promise<void> {
-    const r = await this.call<{ run: Record<string, unknown>; shards: number }>('connect', [], giveUp).done;
-    this.run = r.run;
-    this.shards = r.shards;
+    this.run = await this.call<Record<string, unknown>>('connect', [], giveUp).done;
     this.weightsStep = -1;
     this.isConnected = true;
   }
@@ -176,28 +172,20 @@ export class Transport extends EventEmitter {
     return nextEvent<T>(this, names, filter);
   }
 
-  async waitForWeights(step: number): Promise<void> {
-    if (this.weightsStep >= step) return;
-    await this.next(['weights'], (_n, s) => (s as number) >= step);
+  waitForWeights(step: number): Promise<void> {
+    return weightsOf(this, step);
   }
 
   /** floats [start, end) of the newest complete weights. */
   read(start: number, end: number): Float32Array {
-    const out = new Float32Array(end - start);
-    for (const { lo, hi, weights } of this.parts) {
-      if (weights === undefined) throw new ConnectionLost();
-      const a = Math.max(start, lo);
-      const b = Math.min(end, hi, lo + weights.length);
-      if (a < b) out.set(weights.subarray(a - lo, b - lo), a - start);
-    }
-    return out;
+    return readRanges(this.parts, start, end);
   }
 
   /**
    * Sends `this.gradient` (every shard its range). With `split`, [split.at, end) goes at once
    * and the rest when `split.body` resolves: write the body's floats before resolving it.
    */
-  async sendGradient(step: number, jobId: string, sampleIds: number[], stats: BatchStats, split?: { at: number; body: Promise<void> }): Promise<void> {
+  async sendGradient(step: number, jobId: string, sampleIds: number[], stats: BatchStats, split?: GradientSplit): Promise<void> {
     const { id, done } = this.call('sendGradient', [step, jobId, sampleIds, stats, split?.at ?? null]);
     split?.body.then(() => this.post({ op: 'body', id }), () => this.post({ op: 'terminate' }));
     await done;
