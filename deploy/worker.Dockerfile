@@ -24,7 +24,14 @@ COPY cli ./cli
 COPY coordinator ./coordinator
 COPY shared ./shared
 COPY worker ./worker
+COPY scripts ./scripts
 COPY tsconfig.json ./
+# The data pipeline's native JPEG crop decoder (build/jpeg_crop.node; libjpeg-turbo stays for it at run time).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev libjpeg-turbo8-dev \
+ && node scripts/build-native.mjs --required \
+ && apt-get purge -y gcc libc6-dev && apt-get autoremove -y \
+ && rm -rf /var/lib/apt/lists/*
 
 ENV VGG_BACKEND=tensorflow \
     VGG_METRICS_HOST=0.0.0.0 \

@@ -85,6 +85,11 @@ describe('deploy/ agrees with the code', () => {
     }
     assert.match(dockerfiles['worker.Dockerfile'] ?? '', /^FROM nvidia\/cuda:11\.2\.\d+-cudnn8-runtime-ubuntu20\.04$/m);
     assert.match(dockerfiles['worker.Dockerfile'] ?? '', /@tensorflow\/tfjs-node-gpu@4\.22\.0/);
+    // The worker image builds the native JPEG crop decoder, after the files it needs are in.
+    const worker = dockerfiles['worker.Dockerfile'] ?? '';
+    const build = worker.indexOf('node scripts/build-native.mjs --required');
+    assert.ok(build > worker.indexOf('COPY scripts ./scripts') && build > worker.indexOf('COPY worker ./worker') && worker.indexOf('COPY scripts') > 0, 'worker.Dockerfile builds build/jpeg_crop.node');
+    assert.match(worker, /libjpeg-turbo8-dev/);
   });
 
   test('every VGG_* variable they set is one the code reads', () => {

@@ -1,7 +1,9 @@
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import sharp, { type Sharp } from 'sharp';
 import { DataError } from '../../shared/errors.ts';
 import { hashInts, Rng } from '../../shared/rng.ts';
+import { jpegHeader, nativeDecodeCrop, type JpegHeader } from './jpeg-native.ts';
 
 sharp.cache(false);
 
@@ -46,15 +48,36 @@ function resizedDims(width: number, height: number, shorter: number): [number, n
   return [Math.max(shorter, Math.round(width * ratio)), Math.max(shorter, Math.round(height * ratio))];
 }
 
-async function decodeInfo(file: string): Promise<{ image: Sharp; width: number; height: number }> {
+function imageError(file: string, err: unknown): DataError {
+  return new DataError('VGG_ERR_IMAGE', `${file}: expected a readable JPEG or PNG, got: ${(err as Error).message}`, { cause: err });
+}
+
+async function readImage(file: string): Promise<Buffer> {
   try {
-    const image = sharp(file, { failOn: 'error' });
+    return await readFile(file);
+  } catch (err) {
+    throw imageError(file, err);
+  }
+}
+
+async function decodeInfo(file: string, bytes: Buffer): Promise<{ image: Sharp; width: number; height: number }> {
+  try {
+    const image = sharp(bytes, { failOn: 'error' });
     const meta = await image.metadata();
     if (meta.width === undefined || meta.height === undefined) throw new Error('no dimensions');
     return { image, width: meta.width, height: meta.height };
   } catch (err) {
-    throw new DataError('VGG_ERR_IMAGE', `${file}: expected a readable JPEG or PNG, got: ${(err as Error).message}`, { cause: err });
+    throw imageError(file, err);
   }
+}
+
+/** An image's bytes and size: from the JPEG header where there is one, else from sharp. */
+async function openImage(file: string): Promise<{ bytes: Buffer; header: JpegHeader | null; width: number; height: number }> {
+  const bytes = await readImage(file);
+  const header = jpegHeader(bytes);
+  if (header !== null) return { bytes, header, width: header.width, height: header.height };
+  const { width, height } = await decodeInfo(file, bytes);
+  return { bytes, header, width, height };
 }
 
 async function toRgb(pipeline: Sharp, file: string, side: number): Promise<Buffer> {
@@ -66,18 +89,57 @@ async function toRgb(pipeline: Sharp, file: string, side: number): Promise<Buffe
     return data;
   } catch (err) {
     if (err instanceof DataError) throw err;
-    throw new DataError('VGG_ERR_IMAGE', `${file}: expected a readable JPEG or PNG, got: ${(err as Error).message}`, { cause: err });
+    throw imageError(file, err);
   }
 }
 
-/** Writes an RGB byte crop into `out` at `offset` as normalised floats. */
-function normalise(rgb: Buffer, out: Float32Array, offset: number, opts: AugmentOptions, shift: [number, number, number]): void {
+/** Where a crop of the rescaled image lies, and what is done to its pixels. */
+interface CropSpec {
+  /** The rescaled image's size. */
+  w: number;
+  h: number;
+  cropX: number;
+  cropY: number;
+  flip: boolean;
+  shift: [number, number, number];
+}
+
+/**
+ * Writes the crop of the image rescaled to w x h into `out` at `offset` as
+ * normalised floats. JPEGs go through the native crop decoder where it is
+ * built (only the crop's region is decoded); other files, and JPEGs it
+ * declines (CMYK, corrupt data), through sharp, whose verdict on the file stands.
+ */
+async function writeCrop(file: string, image: { bytes: Buffer; header: JpegHeader | null }, c: CropSpec, opts: AugmentOptions,
+  out: Float32Array, offset: number): Promise<void> {
+  const side = opts.inputSize;
+  const { header } = image;
+  if (nativeDecodeCrop !== null && header !== null && (header.components === 1 || header.components === 3)) {
+    const [m0, m1, m2] = opts.meanRgb;
+    const [s0, s1, s2] = opts.stdRgb;
+    const spec = Float64Array.of(side, c.w, c.h, c.cropX, c.cropY, c.flip ? 1 : 0, c.shift[0] - m0, c.shift[1] - m1, c.shift[2] - m2, s0, s1, s2);
+    if (await nativeDecodeCrop(image.bytes, spec, out, offset) === undefined) return;
+  }
+  // The flip is applied here, after the crop: sharp would flop the whole image before extracting.
+  const pipeline = sharp(image.bytes, { failOn: 'error' }).resize(c.w, c.h, { fit: 'fill' })
+    .extract({ left: c.cropX, top: c.cropY, width: side, height: side });
+  normalise(await toRgb(pipeline, file, side), out, offset, opts, c.shift, c.flip ? side : 0);
+}
+
+/**
+ * Writes RGB bytes into `out` at `offset` as normalised floats; with
+ * `mirrorWidth` > 0 each row of that many pixels is written mirrored.
+ */
+function normalise(rgb: Buffer, out: Float32Array, offset: number, opts: AugmentOptions, shift: [number, number, number], mirrorWidth = 0): void {
   const [m0, m1, m2] = opts.meanRgb;
   const [s0, s1, s2] = opts.stdRgb;
   const a0 = shift[0] - m0;
   const a1 = shift[1] - m1;
   const a2 = shift[2] - m2;
-  for (let i = 0, o = offset; i < rgb.length; i += 3, o += 3) {
+  const row = mirrorWidth * 3;
+  for (let i = 0; i < rgb.length; i += 3) {
+    // Mirrored: pixel x of a row goes to width-1-x of the same row.
+    const o = offset + (row === 0 ? i : i - (i % row) + row - 3 - (i % row));
     out[o] = ((rgb[i] as number) + a0) / s0;
     out[o + 1] = ((rgb[i + 1] as number) + a1) / s1;
     out[o + 2] = ((rgb[i + 2] as number) + a2) / s2;
@@ -109,24 +171,18 @@ export function drawAugment(opts: AugmentOptions, seed: number, epoch: number, s
  */
 export async function loadTrainImage(file: string, opts: AugmentOptions, seed: number, epoch: number, sampleId: number,
   out: Float32Array, offset: number): Promise<void> {
-  const { image, width, height } = await decodeInfo(file);
-  const d = drawAugment(opts, seed, epoch, sampleId, width, height);
-  const [w, h] = resizedDims(width, height, d.scale);
-  let pipeline = image.resize(w, h, { fit: 'fill' })
-    .extract({ left: d.cropX, top: d.cropY, width: opts.inputSize, height: opts.inputSize });
-  if (d.flip) pipeline = pipeline.flop();
-  normalise(await toRgb(pipeline, file, opts.inputSize), out, offset, opts, d.rgbShift);
+  const image = await openImage(file);
+  const d = drawAugment(opts, seed, epoch, sampleId, image.width, image.height);
+  const [w, h] = resizedDims(image.width, image.height, d.scale);
+  await writeCrop(file, image, { w, h, cropX: d.cropX, cropY: d.cropY, flip: d.flip, shift: d.rgbShift }, opts, out, offset);
 }
 
 /** Evaluation view: rescale the shorter side to Q, centre crop, mean subtraction. */
 export async function loadEvalImage(file: string, opts: AugmentOptions, q: number, out: Float32Array, offset: number): Promise<void> {
-  const { image, width, height } = await decodeInfo(file);
-  const [w, h] = resizedDims(width, height, q);
-  const pipeline = image.resize(w, h, { fit: 'fill' }).extract({
-    left: Math.floor((w - opts.inputSize) / 2), top: Math.floor((h - opts.inputSize) / 2),
-    width: opts.inputSize, height: opts.inputSize,
-  });
-  normalise(await toRgb(pipeline, file, opts.inputSize), out, offset, opts, [0, 0, 0]);
+  const image = await openImage(file);
+  const [w, h] = resizedDims(image.width, image.height, q);
+  const crop = { w, h, cropX: Math.floor((w - opts.inputSize) / 2), cropY: Math.floor((h - opts.inputSize) / 2), flip: false };
+  await writeCrop(file, image, { ...crop, shift: [0, 0, 0] }, opts, out, offset);
 }
 
 /**
@@ -134,7 +190,7 @@ export async function loadEvalImage(file: string, opts: AugmentOptions, q: numbe
  * crop (dense and multi-crop evaluation): HWC floats and the size.
  */
 export async function loadScaledImage(file: string, opts: AugmentOptions, q: number): Promise<{ data: Float32Array; width: number; height: number }> {
-  const { image, width, height } = await decodeInfo(file);
+  const { image, width, height } = await decodeInfo(file, await readImage(file));
   const [w, h] = resizedDims(width, height, q);
   let rgb: Buffer;
   try {
@@ -142,7 +198,7 @@ export async function loadScaledImage(file: string, opts: AugmentOptions, q: num
     if (info.channels !== 3 || info.width !== w || info.height !== h) throw new Error(`decoded ${info.width}x${info.height}x${info.channels}, expected ${w}x${h}x3`);
     rgb = data;
   } catch (err) {
-    throw new DataError('VGG_ERR_IMAGE', `${file}: expected a readable JPEG or PNG, got: ${(err as Error).message}`, { cause: err });
+    throw imageError(file, err);
   }
   const out = new Float32Array(w * h * 3);
   normalise(rgb, out, 0, opts, [0, 0, 0]);
