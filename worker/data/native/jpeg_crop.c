@@ -111,10 +111,12 @@ static void decode(Job *job) {
 
   const int wd = (int)cinfo.output_width, hd = (int)cinfo.output_height;
   const double sx = (double)wd / job->w, sy = (double)hd / job->h;
-  const int c0 = clampi((int)floor(source_of(job->crop_x, sx)), 0, wd - 1);
-  const int c1 = clampi((int)floor(source_of(job->crop_x + side - 1, sx)) + 1, 0, wd - 1);
-  const int r0 = clampi((int)floor(source_of(job->crop_y, sy)), 0, hd - 1);
-  const int r1 = clampi((int)floor(source_of(job->crop_y + side - 1, sy)) + 1, 0, hd - 1);
+  const int c0 = clampi((int)floor(source_of(job->crop_x, sx)) - 2, 0, wd - 1);
+  const int c1 = clampi((int)floor(source_of(job->crop_x + side - 1, sx)) + 3, 0, wd - 1);
+  /* Two pixels more on every side: the edge rows and columns of a partial decode are upsampled
+   * (4:2:0 chroma) without their outer neighbours and can differ from a full decode by a few levels. */
+  const int r0 = clampi((int)floor(source_of(job->crop_y, sy)) - 2, 0, hd - 1);
+  const int r1 = clampi((int)floor(source_of(job->crop_y + side - 1, sy)) + 3, 0, hd - 1);
   JDIMENSION x_offset = (JDIMENSION)c0, cropped = (JDIMENSION)(c1 - c0 + 1);
   if (cropped < (JDIMENSION)wd) jpeg_crop_scanline(&cinfo, &x_offset, &cropped);
   else x_offset = 0;
