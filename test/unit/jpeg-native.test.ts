@@ -1,6 +1,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import sharp from 'sharp';
+import { Rng } from '../../shared/rng.ts';
 import { jpegHeader, nativeDecodeCrop, type DecodeCrop } from '../../worker/data/jpeg-native.ts';
 
 /**
@@ -150,6 +151,26 @@ describe('native training-crop JPEG decoder', async () => {
     assert.match(await decode(cut, spec, out, 0) ?? '', /premature end|corrupt/i);
     assert.match(await decode(Buffer.from('not a jpeg at all'), spec, out, 0) ?? '', /not a JPEG/i);
     assert.ok(out.every((v) => v === 7));
+  });
+
+  test('mangled files (flipped bytes anywhere, cuts with an EOI appended) resolve as a crop or a reason, never a crash', async () => {
+    const rng = new Rng(11);
+    const spec = specOf({ w: 160, h: 120, x: 40, y: 30, flip: true }, [0, 0, 0], [1, 1, 1]);
+    const out = new Float32Array(SIDE * SIDE * 3);
+    const outcomes = { written: 0, declined: 0 };
+    for (let k = 0; k < 300; k += 1) {
+      const bad = Buffer.from(jpeg);
+      if (k % 3 === 2) {
+        const cut = Buffer.concat([bad.subarray(0, rng.int(2, bad.length - 3)), Buffer.from([0xff, 0xd9])]);
+        outcomes[await decode(cut, spec, out, 0) === undefined ? 'written' : 'declined'] += 1;
+        continue;
+      }
+      for (let f = 0; f < 1 + (k % 4); f += 1) bad[rng.int(0, bad.length - 1)] = rng.int(0, 255);
+      const r = await decode(bad, spec, out, 0);
+      assert.ok(r === undefined || (typeof r === 'string' && r.length > 0));
+      outcomes[r === undefined ? 'written' : 'declined'] += 1;
+    }
+    assert.ok(outcomes.declined > 50 && outcomes.written > 0, JSON.stringify(outcomes));
   });
 
   test('refuses a crop outside the image or an output too short, with what it expected', () => {

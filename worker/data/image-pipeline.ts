@@ -7,6 +7,9 @@ import { jpegHeader, nativeDecodeCrop, type JpegHeader } from './jpeg-native.ts'
 
 sharp.cache(false);
 
+/** sharp's default limitInputPixels: larger images are refused as decompression bombs. */
+const SHARP_PIXEL_LIMIT = 0x3fff * 0x3fff;
+
 /** How images become network inputs. */
 export interface AugmentOptions {
   /** Network input side (crop size). */
@@ -114,7 +117,8 @@ async function writeCrop(file: string, image: { bytes: Buffer; header: JpegHeade
   out: Float32Array, offset: number): Promise<void> {
   const side = opts.inputSize;
   const { header } = image;
-  if (nativeDecodeCrop !== null && header !== null && (header.components === 1 || header.components === 3)) {
+  // Past sharp's pixel limit, sharp refuses the file; the native decoder is not asked to read it first.
+  if (nativeDecodeCrop !== null && header !== null && (header.components === 1 || header.components === 3) && header.width * header.height <= SHARP_PIXEL_LIMIT) {
     const [m0, m1, m2] = opts.meanRgb;
     const [s0, s1, s2] = opts.stdRgb;
     const spec = Float64Array.of(side, c.w, c.h, c.cropX, c.cropY, c.flip ? 1 : 0, c.shift[0] - m0, c.shift[1] - m1, c.shift[2] - m2, s0, s1, s2);
