@@ -30,26 +30,29 @@ function waves(): Buffer {
   return px;
 }
 
-interface Crop { w: number; h: number; x: number; y: number; flip: boolean }
+/** A crop of cw x ch (SIDE x SIDE unless given) at (x, y) of the image rescaled to w x h. */
+interface Crop { w: number; h: number; x: number; y: number; flip: boolean; cw?: number; ch?: number }
 
 function reference(rgb: Buffer, c: Crop, add: number[], div: number[]): Float32Array {
-  const out = new Float32Array(SIDE * SIDE * 3);
+  const cw = c.cw ?? SIDE;
+  const ch = c.ch ?? SIDE;
+  const out = new Float32Array(cw * ch * 3);
   const sx = W / c.w;
   const sy = H / c.h;
   const clamp = (v: number, hi: number): number => Math.min(Math.max(v, 0), hi);
-  for (let i = 0; i < SIDE; i += 1) {
+  for (let i = 0; i < ch; i += 1) {
     const v = clamp((c.y + i + 0.5) * sy - 0.5, H - 1);
     const v0 = Math.floor(v);
     const v1 = Math.min(v0 + 1, H - 1);
-    for (let j = 0; j < SIDE; j += 1) {
-      const u = clamp((c.x + (c.flip ? SIDE - 1 - j : j) + 0.5) * sx - 0.5, W - 1);
+    for (let j = 0; j < cw; j += 1) {
+      const u = clamp((c.x + (c.flip ? cw - 1 - j : j) + 0.5) * sx - 0.5, W - 1);
       const u0 = Math.floor(u);
       const u1 = Math.min(u0 + 1, W - 1);
-      for (let ch = 0; ch < 3; ch += 1) {
-        const at = (yy: number, xx: number): number => rgb[(yy * W + xx) * 3 + ch] as number;
+      for (let k = 0; k < 3; k += 1) {
+        const at = (yy: number, xx: number): number => rgb[(yy * W + xx) * 3 + k] as number;
         const top = at(v0, u0) * (1 - (u - u0)) + at(v0, u1) * (u - u0);
         const bottom = at(v1, u0) * (1 - (u - u0)) + at(v1, u1) * (u - u0);
-        out[(i * SIDE + j) * 3 + ch] = (top * (1 - (v - v0)) + bottom * (v - v0) + (add[ch] as number)) / (div[ch] as number);
+        out[(i * cw + j) * 3 + k] = (top * (1 - (v - v0)) + bottom * (v - v0) + (add[k] as number)) / (div[k] as number);
       }
     }
   }
@@ -63,7 +66,7 @@ function meanAbs(a: Float32Array, b: Float32Array, scale = 1): number {
 }
 
 function specOf(c: Crop, add: number[], div: number[]): Float64Array {
-  return Float64Array.of(SIDE, c.w, c.h, c.x, c.y, c.flip ? 1 : 0, ...add, ...div);
+  return Float64Array.of(c.cw ?? SIDE, c.ch ?? SIDE, c.w, c.h, c.x, c.y, c.flip ? 1 : 0, ...add, ...div);
 }
 
 describe('native training-crop JPEG decoder', async () => {
@@ -93,15 +96,17 @@ describe('native training-crop JPEG decoder', async () => {
     ['S = 150 (upscale), bottom-right, flipped', { w: 200, h: 150, x: 136, y: 86, flip: true }],
     ['S = 90 (DCT 6/8), inside, flipped', { w: 120, h: 90, x: 31, y: 13, flip: true }],
     ['S = 70 (DCT 5/8), inside', { w: 93, h: 70, x: 17, y: 5, flip: false }],
+    ['the whole image rescaled to Q = 90 (dense evaluation), not square', { w: 120, h: 90, x: 0, y: 0, flip: false, cw: 120, ch: 90 }],
   ];
   for (const [name, c] of crops) {
     test(`writes the crop the full rescale would give: ${name}`, async () => {
       const add = [-120, -110, -100];
       const div = [2, 4, 8];
-      const out = new Float32Array(SIDE * SIDE * 3 + 10).fill(Number.NaN);
+      const n = (c.cw ?? SIDE) * (c.ch ?? SIDE) * 3;
+      const out = new Float32Array(n + 10).fill(Number.NaN);
       assert.equal(await decode(jpeg, specOf(c, add, div), out, 5), undefined);
-      assert.ok(out.subarray(0, 5).every(Number.isNaN) && out.subarray(5 + SIDE * SIDE * 3).every(Number.isNaN), 'nothing written outside the crop');
-      const got = out.subarray(5, 5 + SIDE * SIDE * 3);
+      assert.ok(out.subarray(0, 5).every(Number.isNaN) && out.subarray(5 + n).every(Number.isNaN), 'nothing written outside the crop');
+      const got = out.subarray(5, 5 + n);
       const want = reference(decoded, c, add, div);
       // Mean absolute difference in 0-255 levels, each channel scaled back by its divisor.
       const levels = meanAbs(got.filter((_, i) => i % 3 === 0), want.filter((_, i) => i % 3 === 0), div[0])
@@ -178,7 +183,9 @@ describe('native training-crop JPEG decoder', async () => {
     assert.throws(() => decode(jpeg, specOf({ w: 160, h: 120, x: 100, y: 0, flip: false }, [0, 0, 0], [1, 1, 1]), out, 0),
       { name: 'TypeError', message: /expected a crop inside the rescaled image/ });
     assert.throws(() => decode(jpeg, specOf({ w: 160, h: 120, x: 0, y: 0, flip: false }, [0, 0, 0], [1, 1, 1]), out, 1),
-      { name: 'TypeError', message: /expected offset \+ side\*side\*3 within out/ });
-    assert.throws(() => decode(jpeg, new Float64Array(3), out, 0), { name: 'TypeError', message: /Float64Array of 12 numbers/ });
+      { name: 'TypeError', message: /expected offset \+ cropW\*cropH\*3 within out/ });
+    assert.throws(() => decode(jpeg, specOf({ w: 160, h: 120, x: -1, y: 0, flip: false }, [0, 0, 0], [1, 1, 1]), out, 0),
+      { name: 'TypeError', message: /expected spec\[0\.\.6\] as integers in 0\.\.65535/ });
+    assert.throws(() => decode(jpeg, new Float64Array(3), out, 0), { name: 'TypeError', message: /Float64Array of 13 numbers/ });
   });
 });

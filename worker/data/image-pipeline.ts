@@ -63,12 +63,12 @@ async function readImage(file: string): Promise<Buffer> {
   }
 }
 
-async function decodeInfo(file: string, bytes: Buffer): Promise<{ image: Sharp; width: number; height: number }> {
+/** The size sharp reads from a file's header (PNG, or a JPEG whose header this code does not parse). */
+async function sizeOf(file: string, bytes: Buffer): Promise<{ width: number; height: number }> {
   try {
-    const image = sharp(bytes, { failOn: 'error' });
-    const meta = await image.metadata();
+    const meta = await sharp(bytes, { failOn: 'error' }).metadata();
     if (meta.width === undefined || meta.height === undefined) throw new Error('no dimensions');
-    return { image, width: meta.width, height: meta.height };
+    return { width: meta.width, height: meta.height };
   } catch (err) {
     throw imageError(file, err);
   }
@@ -79,15 +79,15 @@ async function openImage(file: string): Promise<{ bytes: Buffer; header: JpegHea
   const bytes = await readImage(file);
   const header = jpegHeader(bytes);
   if (header !== null) return { bytes, header, width: header.width, height: header.height };
-  const { width, height } = await decodeInfo(file, bytes);
+  const { width, height } = await sizeOf(file, bytes);
   return { bytes, header, width, height };
 }
 
-async function toRgb(pipeline: Sharp, file: string, side: number): Promise<Buffer> {
+async function toRgb(pipeline: Sharp, file: string, width: number, height: number): Promise<Buffer> {
   try {
     const { data, info } = await pipeline.toColourspace('srgb').removeAlpha().raw().toBuffer({ resolveWithObject: true });
-    if (info.channels !== 3 || info.width !== side || info.height !== side) {
-      throw new Error(`decoded ${info.width}x${info.height}x${info.channels}, expected ${side}x${side}x3`);
+    if (info.channels !== 3 || info.width !== width || info.height !== height) {
+      throw new Error(`decoded ${info.width}x${info.height}x${info.channels}, expected ${width}x${height}x3`);
     }
     return data;
   } catch (err) {
@@ -98,6 +98,9 @@ async function toRgb(pipeline: Sharp, file: string, side: number): Promise<Buffe
 
 /** Where a crop of the rescaled image lies, and what is done to its pixels. */
 interface CropSpec {
+  /** The crop's size. */
+  cropW: number;
+  cropH: number;
   /** The rescaled image's size. */
   w: number;
   h: number;
@@ -108,26 +111,25 @@ interface CropSpec {
 }
 
 /**
- * Writes the crop of the image rescaled to w x h into `out` at `offset` as
- * normalised floats. JPEGs go through the native crop decoder where it is
+ * Writes the crop of the image rescaled to w x h (all of it when the crop is
+ * w x h) into `out` at `offset` as normalised floats. JPEGs go through the native crop decoder where it is
  * built (only the crop's region is decoded); other files, and JPEGs it
  * declines (CMYK, corrupt data), through sharp, whose verdict on the file stands.
  */
 async function writeCrop(file: string, image: { bytes: Buffer; header: JpegHeader | null }, c: CropSpec, opts: AugmentOptions,
   out: Float32Array, offset: number): Promise<void> {
-  const side = opts.inputSize;
   const { header } = image;
   // Past sharp's pixel limit, sharp refuses the file; the native decoder is not asked to read it first.
   if (nativeDecodeCrop !== null && header !== null && (header.components === 1 || header.components === 3) && header.width * header.height <= SHARP_PIXEL_LIMIT) {
     const [m0, m1, m2] = opts.meanRgb;
     const [s0, s1, s2] = opts.stdRgb;
-    const spec = Float64Array.of(side, c.w, c.h, c.cropX, c.cropY, c.flip ? 1 : 0, c.shift[0] - m0, c.shift[1] - m1, c.shift[2] - m2, s0, s1, s2);
+    const spec = Float64Array.of(c.cropW, c.cropH, c.w, c.h, c.cropX, c.cropY, c.flip ? 1 : 0, c.shift[0] - m0, c.shift[1] - m1, c.shift[2] - m2, s0, s1, s2);
     if (await nativeDecodeCrop(image.bytes, spec, out, offset) === undefined) return;
   }
   // The flip is applied here, after the crop: sharp would flop the whole image before extracting.
   const pipeline = sharp(image.bytes, { failOn: 'error' }).resize(c.w, c.h, { fit: 'fill' })
-    .extract({ left: c.cropX, top: c.cropY, width: side, height: side });
-  normalise(await toRgb(pipeline, file, side), out, offset, opts, c.shift, c.flip ? side : 0);
+    .extract({ left: c.cropX, top: c.cropY, width: c.cropW, height: c.cropH });
+  normalise(await toRgb(pipeline, file, c.cropW, c.cropH), out, offset, opts, c.shift, c.flip ? c.cropW : 0);
 }
 
 /**
@@ -178,7 +180,8 @@ export async function loadTrainImage(file: string, opts: AugmentOptions, seed: n
   const image = await openImage(file);
   const d = drawAugment(opts, seed, epoch, sampleId, image.width, image.height);
   const [w, h] = resizedDims(image.width, image.height, d.scale);
-  await writeCrop(file, image, { w, h, cropX: d.cropX, cropY: d.cropY, flip: d.flip, shift: d.rgbShift }, opts, out, offset);
+  const side = opts.inputSize;
+  await writeCrop(file, image, { cropW: side, cropH: side, w, h, cropX: d.cropX, cropY: d.cropY, flip: d.flip, shift: d.rgbShift }, opts, out, offset);
 }
 
 /** Evaluation view: rescale the shorter side to Q, centre crop, mean subtraction. */
@@ -186,7 +189,7 @@ export async function loadEvalImage(file: string, opts: AugmentOptions, q: numbe
   const image = await openImage(file);
   const [w, h] = resizedDims(image.width, image.height, q);
   const crop = { w, h, cropX: Math.floor((w - opts.inputSize) / 2), cropY: Math.floor((h - opts.inputSize) / 2), flip: false };
-  await writeCrop(file, image, { ...crop, shift: [0, 0, 0] }, opts, out, offset);
+  await writeCrop(file, image, { ...crop, cropW: opts.inputSize, cropH: opts.inputSize, shift: [0, 0, 0] }, opts, out, offset);
 }
 
 /**
@@ -194,18 +197,10 @@ export async function loadEvalImage(file: string, opts: AugmentOptions, q: numbe
  * crop (dense and multi-crop evaluation): HWC floats and the size.
  */
 export async function loadScaledImage(file: string, opts: AugmentOptions, q: number): Promise<{ data: Float32Array; width: number; height: number }> {
-  const { image, width, height } = await decodeInfo(file, await readImage(file));
-  const [w, h] = resizedDims(width, height, q);
-  let rgb: Buffer;
-  try {
-    const { data, info } = await image.resize(w, h, { fit: 'fill' }).toColourspace('srgb').removeAlpha().raw().toBuffer({ resolveWithObject: true });
-    if (info.channels !== 3 || info.width !== w || info.height !== h) throw new Error(`decoded ${info.width}x${info.height}x${info.channels}, expected ${w}x${h}x3`);
-    rgb = data;
-  } catch (err) {
-    throw imageError(file, err);
-  }
+  const image = await openImage(file);
+  const [w, h] = resizedDims(image.width, image.height, q);
   const out = new Float32Array(w * h * 3);
-  normalise(rgb, out, 0, opts, [0, 0, 0]);
+  await writeCrop(file, image, { cropW: w, cropH: h, w, h, cropX: 0, cropY: 0, flip: false, shift: [0, 0, 0] }, opts, out, 0);
   return { data: out, width: w, height: h };
 }
 

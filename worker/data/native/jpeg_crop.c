@@ -14,11 +14,11 @@
  * rescale would) straight into the network's float input, with the flip, the
  * PCA colour shift and the normalisation in the same pass.
  *
- * JS: decodeCrop(jpeg: Uint8Array, spec: Float64Array(12), out: Float32Array,
+ * JS: decodeCrop(jpeg: Uint8Array, spec: Float64Array(13), out: Float32Array,
  *     offset: number) -> Promise<string | undefined>
- *   spec = [side, w, h, cropX, cropY, flip, add0, add1, add2, div0, div1, div2]
- *   (w, h: the rescaled image's size; out[offset + (y*side + x)*3 + c] =
- *   (sample + add[c]) / div[c]). Resolves undefined when the crop is written,
+ *   spec = [cropW, cropH, w, h, cropX, cropY, flip, add0, add1, add2, div0, div1, div2]
+ *   (w, h: the rescaled image's size; out[offset + (y*cropW + x)*3 + c] =
+ *   (sample + add[c]) / div[c]; a crop of the whole image is the rescale alone). Resolves undefined when the crop is written,
  *   or with libjpeg's message when this decoder declines the file (CMYK, a
  *   warning such as corrupt data, an error): the caller then decodes it the
  *   general way, which decides whether the file is usable. The decoding runs
@@ -58,7 +58,7 @@ static void on_message(j_common_ptr cinfo, int level) {
 typedef struct {
   const unsigned char *jpeg;
   size_t size;
-  int side, w, h, crop_x, crop_y, flip;
+  int out_w, out_h, w, h, crop_x, crop_y, flip;
   float add[3], div[3];
   float *out;
   int declined;
@@ -100,7 +100,7 @@ static void decode(Job *job) {
     snprintf(job->message, sizeof job->message, "%d colour components (expected 1 or 3)", cinfo.num_components);
     return;
   }
-  const int side = job->side;
+  const int out_w = job->out_w, out_h = job->out_h;
   const double rx = (double)job->w / cinfo.image_width, ry = (double)job->h / cinfo.image_height;
   /* Smallest DCT scale M/8 whose output is at least the rescaled size. */
   int m = (int)ceil(8.0 * (rx > ry ? rx : ry) - 1e-9);
@@ -112,17 +112,17 @@ static void decode(Job *job) {
   const int wd = (int)cinfo.output_width, hd = (int)cinfo.output_height;
   const double sx = (double)wd / job->w, sy = (double)hd / job->h;
   const int c0 = clampi((int)floor(source_of(job->crop_x, sx)) - 2, 0, wd - 1);
-  const int c1 = clampi((int)floor(source_of(job->crop_x + side - 1, sx)) + 3, 0, wd - 1);
+  const int c1 = clampi((int)floor(source_of(job->crop_x + out_w - 1, sx)) + 3, 0, wd - 1);
   /* Two pixels more on every side: the edge rows and columns of a partial decode are upsampled
    * (4:2:0 chroma) without their outer neighbours and can differ from a full decode by a few levels. */
   const int r0 = clampi((int)floor(source_of(job->crop_y, sy)) - 2, 0, hd - 1);
-  const int r1 = clampi((int)floor(source_of(job->crop_y + side - 1, sy)) + 3, 0, hd - 1);
+  const int r1 = clampi((int)floor(source_of(job->crop_y + out_h - 1, sy)) + 3, 0, hd - 1);
   JDIMENSION x_offset = (JDIMENSION)c0, cropped = (JDIMENSION)(c1 - c0 + 1);
   if (cropped < (JDIMENSION)wd) jpeg_crop_scanline(&cinfo, &x_offset, &cropped);
   else x_offset = 0;
   const int stride = (int)cinfo.output_width * 3, n_rows = r1 - r0 + 1;
   rows = malloc((size_t)stride * n_rows);
-  taps = malloc(sizeof(int) * 4 * side);
+  taps = malloc(sizeof(int) * 2 * (out_w + out_h));
   if (rows == NULL || taps == NULL) {
     snprintf(err.message, sizeof err.message, "out of memory for %d rows of %d bytes", n_rows, stride);
     longjmp(err.jump, 1);
@@ -143,17 +143,17 @@ static void decode(Job *job) {
 
   /* Bilinear taps: per output column its two source byte offsets, per output
    * row its two source rows; weights in 1/65536ths. */
-  int *xa = taps, *xw = taps + side, *ya = taps + 2 * side, *yw = taps + 3 * side;
+  int *xa = taps, *xw = taps + out_w, *ya = taps + 2 * out_w, *yw = taps + 2 * out_w + out_h;
   const int last_col = (int)cinfo.output_width - 1;
-  for (int j = 0; j < side; j += 1) {
-    int x = job->crop_x + (job->flip ? side - 1 - j : j);
+  for (int j = 0; j < out_w; j += 1) {
+    int x = job->crop_x + (job->flip ? out_w - 1 - j : j);
     double u = source_of(x, sx) - (double)x_offset;
     u = u < 0 ? 0 : u > last_col ? last_col : u;
     int u0 = (int)u;
     xa[j] = u0;
     xw[j] = (int)lround((u - u0) * 65536.0);
   }
-  for (int i = 0; i < side; i += 1) {
+  for (int i = 0; i < out_h; i += 1) {
     double v = source_of(job->crop_y + i, sy) - r0;
     v = v < 0 ? 0 : v > n_rows - 1 ? n_rows - 1 : v;
     int v0 = (int)v;
@@ -164,11 +164,11 @@ static void decode(Job *job) {
   const float m0 = scale / job->div[0], m1 = scale / job->div[1], m2 = scale / job->div[2];
   const float a0 = job->add[0] / job->div[0], a1 = job->add[1] / job->div[1], a2 = job->add[2] / job->div[2];
   float *o = job->out;
-  for (int i = 0; i < side; i += 1) {
+  for (int i = 0; i < out_h; i += 1) {
     const unsigned char *top = rows + (size_t)ya[i] * stride;
     const unsigned char *bottom = ya[i] + 1 < n_rows ? top + stride : top;
     const long long wb = yw[i], wt = 65536 - wb;
-    for (int j = 0; j < side; j += 1, o += 3) {
+    for (int j = 0; j < out_w; j += 1, o += 3) {
       const int p = xa[j] * 3, q = xa[j] < last_col ? p + 3 : p;
       const long long wr = xw[j], wl = 65536 - wr;
       for (int c = 0; c < 3; c += 1) {
@@ -212,7 +212,7 @@ static napi_value decode_crop(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value argv[4];
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 4) {
-    return fail(env, "decodeCrop: expected (jpeg: Uint8Array, spec: Float64Array(12), out: Float32Array, offset: number)");
+    return fail(env, "decodeCrop: expected (jpeg: Uint8Array, spec: Float64Array(13), out: Float32Array, offset: number)");
   }
   napi_typedarray_type type;
   size_t length, spec_length, out_length;
@@ -224,8 +224,8 @@ static napi_value decode_crop(napi_env env, napi_callback_info info) {
   }
   napi_is_typedarray(env, argv[1], &is_typed);
   if (!is_typed || napi_get_typedarray_info(env, argv[1], &type, &spec_length, &spec_data, NULL, NULL) != napi_ok ||
-      type != napi_float64_array || spec_length != 12) {
-    return fail(env, "decodeCrop: expected spec as a Float64Array of 12 numbers");
+      type != napi_float64_array || spec_length != 13) {
+    return fail(env, "decodeCrop: expected spec as a Float64Array of 13 numbers");
   }
   napi_is_typedarray(env, argv[2], &is_typed);
   if (!is_typed || napi_get_typedarray_info(env, argv[2], &type, &out_length, &out, NULL, NULL) != napi_ok || type != napi_float32_array) {
@@ -234,26 +234,30 @@ static napi_value decode_crop(napi_env env, napi_callback_info info) {
   double offset;
   if (napi_get_value_double(env, argv[3], &offset) != napi_ok) return fail(env, "decodeCrop: expected offset as a number");
   const double *spec = (const double *)spec_data;
-  const int side = (int)spec[0], w = (int)spec[1], h = (int)spec[2], cx = (int)spec[3], cy = (int)spec[4];
-  if (side < 1 || w < side || h < side || cx < 0 || cy < 0 || cx + side > w || cy + side > h) {
-    return fail(env, "decodeCrop: expected a crop inside the rescaled image (side >= 1, 0 <= crop, crop + side <= size)");
+  for (int k = 0; k < 7; k += 1) {
+    if (!(spec[k] >= 0 && spec[k] <= 65535 && spec[k] == floor(spec[k]))) return fail(env, "decodeCrop: expected spec[0..6] as integers in 0..65535");
   }
-  if (offset < 0 || offset != floor(offset) || offset + 3.0 * side * side > (double)out_length) {
-    return fail(env, "decodeCrop: expected offset + side*side*3 within out");
+  const int ow = (int)spec[0], oh = (int)spec[1], w = (int)spec[2], h = (int)spec[3], cx = (int)spec[4], cy = (int)spec[5];
+  if (ow < 1 || oh < 1 || cx + ow > w || cy + oh > h) {
+    return fail(env, "decodeCrop: expected a crop inside the rescaled image (size >= 1, crop + size <= rescaled size)");
+  }
+  if (offset < 0 || offset != floor(offset) || offset + 3.0 * ow * oh > (double)out_length) {
+    return fail(env, "decodeCrop: expected offset + cropW*cropH*3 within out");
   }
   Job *job = calloc(1, sizeof(Job));
   if (job == NULL) return fail(env, "decodeCrop: out of memory");
   job->jpeg = jpeg;
   job->size = length;
-  job->side = side;
+  job->out_w = ow;
+  job->out_h = oh;
   job->w = w;
   job->h = h;
   job->crop_x = cx;
   job->crop_y = cy;
-  job->flip = spec[5] != 0;
+  job->flip = spec[6] != 0;
   for (int c = 0; c < 3; c += 1) {
-    job->add[c] = (float)spec[6 + c];
-    job->div[c] = (float)spec[9 + c];
+    job->add[c] = (float)spec[7 + c];
+    job->div[c] = (float)spec[10 + c];
   }
   job->out = (float *)out + (size_t)offset;
   napi_value promise, name;
