@@ -32,9 +32,9 @@ const built = spawnSync(cc, args, { encoding: 'utf8' });
 if (built.status === 0) {
   console.log(`build:native: built ${path.relative(root, target)}`);
 } else {
-  const why = (built.stderr || String(built.error ?? '')).trim().split('\n').slice(0, 4).join('\n');
+  const why = (built.stderr || String(built.error ?? '')).trim().split('\n').slice(0, 4).join('\n') || `exit status ${built.status}`;
   console.error(`build:native: ${cc} ${args.join(' ')} failed; expected a C compiler and libjpeg-turbo's headers `
     + `(apt-get install -y gcc libc6-dev libjpeg62-turbo-dev), got:\n${why}`);
   if (required) process.exit(1);
-  console.error('build:native: the data pipeline decodes with sharp instead (slower, same augmentation)');
+  console.error('build:native: the data pipeline decodes with sharp instead (slower; the same augmentation, resampled with Lanczos instead of bilinear)');
 }
