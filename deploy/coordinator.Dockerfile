@@ -4,6 +4,8 @@ FROM node:20-bookworm-slim
 
 WORKDIR /app
 COPY package.json package-lock.json ./
+# npm ci runs the package's prepare (scripts/build-native.mjs): it must be here; it builds nothing yet.
+COPY scripts ./scripts
 RUN npm ci --omit=dev --omit=optional --no-audit --no-fund
 COPY bin ./bin
 COPY cli ./cli

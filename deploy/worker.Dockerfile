@@ -16,6 +16,8 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY package.json package-lock.json ./
+# npm ci runs the package's prepare (scripts/build-native.mjs): it must be here; it builds nothing yet.
+COPY scripts ./scripts
 # The optional tfjs-node (CPU) is skipped; tfjs-node-gpu downloads libtensorflow (GPU) in its install script.
 RUN npm ci --omit=dev --omit=optional --no-audit --no-fund \
  && TFJS_NODE_CDN_STORAGE="${TFJS_NODE_CDN_STORAGE}" npm install --no-save --no-audit --no-fund --foreground-scripts @tensorflow/tfjs-node-gpu@4.22.0
@@ -24,7 +26,6 @@ COPY cli ./cli
 COPY coordinator ./coordinator
 COPY shared ./shared
 COPY worker ./worker
-COPY scripts ./scripts
 COPY tsconfig.json ./
 # The data pipeline's native JPEG crop decoder (build/jpeg_crop.node; libjpeg-turbo stays for it at run time).
 RUN apt-get update \

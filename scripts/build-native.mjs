@@ -24,6 +24,11 @@ function headers() {
   }
 }
 
+// An image build runs `npm ci` (and so this, through prepare) before the sources are copied in.
+if (!existsSync(source)) {
+  console.log(`build:native: ${path.relative(root, source)} is not here yet; nothing built`);
+  process.exit(required ? 1 : 0);
+}
 if (existsSync(target) && statSync(target).mtimeMs >= statSync(source).mtimeMs && !process.argv.includes('--force')) process.exit(0);
 mkdirSync(path.dirname(target), { recursive: true });
 const cc = process.env.CC ?? 'cc';

@@ -88,8 +88,13 @@ describe('deploy/ agrees with the code', () => {
     // The worker image builds the native JPEG crop decoder, after the files it needs are in.
     const worker = dockerfiles['worker.Dockerfile'] ?? '';
     const build = worker.indexOf('node scripts/build-native.mjs --required');
-    assert.ok(build > worker.indexOf('COPY scripts ./scripts') && build > worker.indexOf('COPY worker ./worker') && worker.indexOf('COPY scripts') > 0, 'worker.Dockerfile builds build/jpeg_crop.node');
+    assert.ok(build > worker.indexOf('COPY worker ./worker') && worker.indexOf('COPY worker ./worker') > 0, 'worker.Dockerfile builds build/jpeg_crop.node after copying worker/');
     assert.match(worker, /libjpeg-turbo8-dev/);
+    // npm ci runs the package's prepare script, which must be in the image by then.
+    for (const [file, text] of Object.entries(dockerfiles)) {
+      const copy = text.indexOf('COPY scripts ./scripts');
+      assert.ok(copy > 0 && copy < text.indexOf('RUN npm ci'), `${file} copies scripts/ before npm ci`);
+    }
   });
 
   test('every VGG_* variable they set is one the code reads', () => {
