@@ -2,7 +2,8 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { loadBatch, type AugmentOptions, type BatchItem } from '../../worker/data/image-pipeline.ts';
+import sharp from 'sharp';
+import { drawAugment, loadBatch, type AugmentOptions, type BatchItem } from '../../worker/data/image-pipeline.ts';
 import { tempDir, writeImage } from '../helpers/images.ts';
 
 const opts: AugmentOptions = {
@@ -44,6 +45,35 @@ describe('image pipeline', async () => {
     assert.equal(batch.skipped.length, 1);
     assert.equal(batch.skipped[0]?.path, 'broken.JPEG');
     assert.match(batch.skipped[0]?.error ?? '', /broken\.JPEG: expected a readable JPEG or PNG, got: /);
+  });
+
+  test('a PNG (sharp) and the same picture as a JPEG (crop decoder) give the same flipped crop', async () => {
+    // Smooth waves, so Lanczos (sharp) and bilinear (crop decoder) resampling agree closely; a crop
+    // flipped before instead of after cropping, or mirrored the wrong way, would not.
+    const W = 64;
+    const H = 48;
+    const px = Buffer.alloc(W * H * 3);
+    for (let i = 0; i < px.length; i += 1) {
+      const p = Math.floor(i / 3);
+      px[i] = Math.round(127 + 100 * Math.sin((i % 3 === 1 ? Math.floor(p / W) : p % W) / 4 + (i % 3)));
+    }
+    const raw = { raw: { width: W, height: H, channels: 3 as const } };
+    await sharp(px, raw).png().toFile(path.join(root, 'waves.png'));
+    await sharp(px, raw).jpeg({ quality: 100, chromaSubsampling: '4:4:4' }).toFile(path.join(root, 'waves.JPEG'));
+    const flat = { ...opts, pcaStd: 0, meanRgb: [0, 0, 0] as [number, number, number] };
+    const id = [...Array(50).keys()].find((i) => { const d = drawAugment(flat, 9, 0, i, W, H); return d.flip && d.cropX > 4; }) as number;
+    const load = async (f: string) => (await loadBatch(root, [item(id, f)], flat, { kind: 'train', seed: 9, epoch: 0 })).images;
+    const png = await load('waves.png');
+    const jpeg = await load('waves.JPEG');
+    const side = flat.inputSize;
+    const mirrored = new Float32Array(png.length);
+    for (let p = 0; p < side * side; p += 1) {
+      const q = p - (p % side) + side - 1 - (p % side);
+      for (let c = 0; c < 3; c += 1) mirrored[q * 3 + c] = png[p * 3 + c] as number;
+    }
+    const mae = (a: Float32Array, b: Float32Array) => a.reduce((sum, v, i) => sum + Math.abs(v - (b[i] as number)), 0) / a.length;
+    assert.ok(mae(png, jpeg) < 3, `PNG vs JPEG: ${mae(png, jpeg).toFixed(2)} levels`);
+    assert.ok(mae(mirrored, jpeg) > 10, `the mirror of the PNG's crop is far from the JPEG's: ${mae(mirrored, jpeg).toFixed(2)} levels`);
   });
 
   test('evaluation is a deterministic centre crop with mean subtraction', async () => {
