@@ -3,6 +3,7 @@ import type { Logger } from '../shared/logger.ts';
 import { FlatMomentumSgd } from '../shared/flat-sgd.ts';
 import { encode16, type WireFormat } from '../shared/half.ts';
 import { sliceLayout } from '../shared/shard.ts';
+import { FrameSlot } from '../shared/frame-slot.ts';
 import { arenaOf, type FloatArena } from '../shared/simd.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import {
@@ -136,6 +137,8 @@ export class Aggregator {
   private waitingWelcome: Member[] = [];
   /** Frames rejected, by error code (for status and tests). */
   readonly rejected = new Map<string, number>();
+  /** Where large frames from the workers are gathered (in the arena), if there is an arena. */
+  readonly frameSlot?: FrameSlot;
 
   constructor(options: AggregatorOptions) {
     this.options = options;
@@ -151,6 +154,8 @@ export class Aggregator {
     this.wire = options.wire ?? 'fp32';
     this.scratch = floats(this.wire === 'fp32' ? 0 : CHUNK_FLOATS);
     if (this.wire !== 'fp32') this.weights16 = this.arena?.alloc16(this.weights.length) ?? new Uint16Array(this.weights.length);
+    // Gradient chunks gathered by ws straight into the arena: one copy from the socket to the reduce.
+    this.frameSlot = this.arena === undefined ? undefined : new FrameSlot(this.arena.allocBytes(CHUNK_FLOATS * 4 + 64 * 1024));
   }
 
   async start(): Promise<number> {
@@ -226,6 +231,7 @@ export class Aggregator {
       }
     });
     ws.on('close', (code) => { if (member !== undefined) this.lose(member, code); });
+    this.frameSlot?.attach(ws);
   }
 
   /**

@@ -34,6 +34,11 @@ export class FloatArena {
     return new Float32Array(this.memory.buffer, this.take(n * 4), n);
   }
 
+  /** `n` zeroed bytes, 16-byte aligned. */
+  allocBytes(n: number): Uint8Array {
+    return new Uint8Array(this.memory.buffer, this.take(n), n);
+  }
+
   /** `n` zeroed 16-bit codes, 16-byte aligned. */
   alloc16(n: number): Uint16Array {
     return new Uint16Array(this.memory.buffer, this.take(n * 2), n);

@@ -4,6 +4,9 @@ import { PROTOCOL_VERSION, encode } from '../../shared/wire-protocol.ts';
 import { FlatMomentumSgd } from '../../shared/flat-sgd.ts';
 import { decode16, encode16 } from '../../shared/half.ts';
 import type { AggregatorClient } from '../../worker/aggregator-client.ts';
+import { FrameSlot } from '../../shared/frame-slot.ts';
+import { buildLayout } from '../../shared/param-layout.ts';
+import { TINY_VGG_A } from '../../shared/vgg-configs.ts';
 import { RawPeer, SGD, frame, hello, join, startAggregator, stats, type Harness } from '../helpers/aggregator-harness.ts';
 
 let h: Harness | undefined;
@@ -79,6 +82,37 @@ describe('synchronous steps', () => {
     await c.sendGradient(0, 'job-3', [3], stats(1), new Float32Array(layout.totalSize).fill(3));
     await next;
     assert.deepEqual(commits.at(-1)?.map((x) => x.jobId).sort(), ['job-2', 'job-3']);
+  });
+
+  test('gradient chunks gathered by ws straight into the arena give the update of chunks gathered the usual way, bit for bit', async () => {
+    // FC 1024: 1,270,970 floats, a full 4 MiB chunk and a 1 MiB one per gradient.
+    const layout = buildLayout({ ...TINY_VGG_A, fcUnits: 1024 });
+    const run = async (arena: boolean): Promise<{ weights: Float32Array; counts?: { slot: number; fallback: number } }> => {
+      const hh = await startAggregator({ layout, arena });
+      try {
+        const a = await hh.group('a');
+        const b = await hh.group('b');
+        for (let step = 0; step < 2; step += 1) {
+          assert.equal(await join(a, `job-a${step}`), 'joined');
+          assert.equal(await join(b, `job-b${step}`), 'joined');
+          const next = a.next(['weights'], (_n, s) => (s as number) === step + 1);
+          await a.sendGradient(step, `job-a${step}`, [1, 2], stats(2), Float32Array.from({ length: layout.totalSize }, (_, i) => Math.sin(i + step) / 10));
+          await b.sendGradient(step, `job-b${step}`, [3], stats(1), Float32Array.from({ length: layout.totalSize }, (_, i) => Math.cos(i * step) / 10));
+          await next;
+        }
+        return { weights: hh.weights.slice(), counts: hh.agg.frameSlot === undefined ? undefined : { ...hh.agg.frameSlot.counts } };
+      } finally {
+        await hh.close();
+      }
+    };
+    const slot = await run(true);
+    // The same run with ws gathering every frame itself, as before the slot.
+    const attach = FrameSlot.prototype.attach;
+    FrameSlot.prototype.attach = () => false;
+    const usual = await run(true).finally(() => { FrameSlot.prototype.attach = attach; });
+    assert.deepEqual(usual.counts, { slot: 0, fallback: 0 });
+    assert.deepEqual(slot.counts, { slot: 8, fallback: 0 }, '2 steps x 2 members x 2 chunks, all gathered into the arena');
+    assert.equal(Buffer.compare(Buffer.from(usual.weights.buffer), Buffer.from(slot.weights.buffer)), 0);
   });
 
   test('a gradient split at the classifier: its head arrives while the body is still pending, and the update equals the unsplit one bit for bit', async () => {
