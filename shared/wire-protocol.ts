@@ -125,6 +125,38 @@ function chunkHead(t: ChunkType, step: number, offset: number, byteLength: numbe
   return out;
 }
 
+/**
+ * A chunkFrame's first part received as a fragment of its own: its fields (t, step, offset) and the
+ * byte count its data field announces (the second fragment's length); undefined for anything else.
+ */
+export function chunkHeadOf(head: Uint8Array): { msg: Record<string, unknown>; bytes: number } | undefined {
+  const n = head.length;
+  if (n < 16 || head[n - 10] !== 0xa4 || head[n - 5] !== 0xc6 || Buffer.from(head.buffer, head.byteOffset + n - 9, 4).toString('latin1') !== 'data') return undefined;
+  const fields = Buffer.from(head.subarray(0, n - 10)); // a small copy: the map header loses the data entry
+  if (fields[0] === 0xde && fields.readUInt16BE(1) === 5) fields.writeUInt16BE(4, 1);
+  else if (fields[0] === 0x85) fields[0] = 0x84;
+  else return undefined;
+  try {
+    const msg = packr.unpack(fields) as unknown;
+    if (typeof msg !== 'object' || msg === null || Array.isArray(msg)) return undefined;
+    return { msg: msg as Record<string, unknown>, bytes: Buffer.from(head.buffer, head.byteOffset, n).readUInt32BE(n - 4) };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * A message received as its fragments (ws `binaryType = 'fragments'`): a chunk sent by sendChunk
+ * keeps its data fragment as it arrived (no concatenation); anything else is decoded whole.
+ */
+export function decodeFragments(parts: Buffer[]): Record<string, unknown> {
+  if (parts.length === 2) {
+    const head = chunkHeadOf(parts[0] as Buffer);
+    if (head !== undefined && head.bytes === (parts[1] as Buffer).length) return { ...head.msg, data: parts[1] };
+  }
+  return decodeFrame(parts.length === 1 ? parts[0] as Buffer : parts);
+}
+
 /** Sends a chunkFrame as one message in two fragments: the floats are not copied (the caller keeps them unchanged until sent). */
 export function sendChunk(ws: { send: (data: Uint8Array, options: { binary: boolean; fin: boolean }) => void }, [head, body]: [Buffer, Uint8Array]): void {
   ws.send(head, { binary: true, fin: false });

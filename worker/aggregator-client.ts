@@ -1,10 +1,11 @@
 import { EventEmitter } from 'node:events';
 import WebSocket from 'ws';
+import { gatherFrames } from '../shared/frame-slot.ts';
 import type { Logger } from '../shared/logger.ts';
 import { WIRE_FORMATS, encode16, wireBytes, type WireFormat } from '../shared/half.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import {
-  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkMessage, decodeFrame, encode, field, valuesOf,
+  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkHeadOf, chunkMessage, decodeFragments, encode, field, valuesOf,
   type BatchStats, type ClientMessage,
 } from '../shared/wire-protocol.ts';
 
@@ -83,6 +84,8 @@ export class AggregatorClient extends EventEmitter {
   private ws?: WebSocket;
   private lastSeen = 0;
   private incoming?: { step: number; buf: Float32Array; next: number };
+  /** Weights chunks whose floats ws gathered straight into place (see weightsRoom). */
+  gatheredInPlace = 0;
   private stopped = false;
   /** The current step's attempt (0 after `joined`, then the last `resend`'s) and the ticket of the `joined`. */
   attempt = 0;
@@ -115,22 +118,26 @@ export class AggregatorClient extends EventEmitter {
       // An all-zero mask lets ws send tensor bytes without masking them into a copy. Masking
       // protects HTTP intermediaries from browser-made payloads; a worker is not a browser.
       const ws = new WebSocket(this.options.url, { maxPayload: MAX_PAYLOAD_BYTES, perMessageDeflate: false, generateMask: (mask: Buffer) => { mask.fill(0); } });
+      // Messages arrive as their fragments (a weights chunk's floats are not concatenated with its
+      // head), and a weights chunk's floats are gathered by ws straight into the buffer being assembled.
+      ws.binaryType = 'fragments';
       let welcomed = false;
       let silence: NodeJS.Timeout | undefined;
       ws.on('error', (err) => { if (!welcomed) reject(err); else this.options.log.warn({ err: err.message }, 'aggregator socket error'); });
       ws.on('open', () => {
         this.ws = ws;
+        gatherFrames(ws, 64 * 1024, (n, previous) => this.weightsRoom(n, previous));
         this.send({
           t: 'hello', protocol: PROTOCOL_VERSION, token: this.options.token,
           workerId: this.options.workerId, host: this.options.host, gpu: this.options.gpu, backend: this.options.backend,
         });
       });
       ws.on('ping', () => { this.lastSeen = performance.now(); });
-      ws.on('message', (raw: Buffer) => {
+      ws.on('message', (parts: Buffer[]) => {
         this.lastSeen = performance.now();
-        this.options.metrics?.receivedBytes.inc(raw.length);
+        this.options.metrics?.receivedBytes.inc(parts.reduce((n, p) => n + p.length, 0));
         try {
-          const msg = decodeFrame(raw);
+          const msg = decodeFragments(parts);
           if (welcomed) this.onMessage(msg);
           else if (msg.t === 'error') reject(new ProtocolError(String(msg.code), String(msg.message)));
           else if (msg.t === 'welcome') {
@@ -170,6 +177,22 @@ export class AggregatorClient extends EventEmitter {
     }, Math.max(10, Math.floor(timeoutMs / 3)));
   }
 
+  /**
+   * Where ws should gather a frame of `n` bytes that continues the fragment `previous`: the floats of
+   * the fp32 weights chunk the assembly expects next go straight to their place in it (one copy from
+   * the socket instead of three). Anything else (another chunk, a 16-bit wire, a bad head) is left to
+   * ws and checked by onMessage as before.
+   */
+  private weightsRoom(n: number, previous: Buffer | undefined): Uint8Array | undefined {
+    const inc = this.incoming;
+    if (previous === undefined || inc === undefined || this.wire !== 'fp32' || n % 4 !== 0) return undefined;
+    const head = chunkHeadOf(previous);
+    if (head === undefined || head.bytes !== n || head.msg.t !== 'weights-chunk' || head.msg.step !== inc.step || head.msg.offset !== inc.next
+      || inc.next + n / 4 > inc.buf.length) return undefined;
+    this.gatheredInPlace += 1;
+    return new Uint8Array(inc.buf.buffer, inc.buf.byteOffset + 4 * inc.next, n);
+  }
+
   /** Frames after the welcome; malformed ones throw a ProtocolError (the caller drops the connection). */
   private onMessage(msg: Record<string, unknown>): void {
     switch (msg.t) {
@@ -185,7 +208,8 @@ export class AggregatorClient extends EventEmitter {
         if (inc.next + data.length > inc.buf.length) {
           throw new ProtocolError('VGG_ERR_LAYOUT', `weights-chunk: expected at most ${inc.buf.length - inc.next} floats, got ${data.length}`);
         }
-        inc.buf.set(data, inc.next);
+        // Gathered in place already (weightsRoom) unless it came another way.
+        if (data.buffer !== inc.buf.buffer || data.byteOffset !== inc.buf.byteOffset + 4 * inc.next) inc.buf.set(data, inc.next);
         inc.next += data.length;
         return;
       }

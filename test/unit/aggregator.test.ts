@@ -115,6 +115,26 @@ describe('synchronous steps', () => {
     assert.equal(Buffer.compare(Buffer.from(usual.weights.buffer), Buffer.from(slot.weights.buffer)), 0);
   });
 
+  test('a worker gathers fp32 weights chunks straight into the weights it assembles; 16-bit ones are decoded as before', async () => {
+    const layout = buildLayout({ ...TINY_VGG_A, fcUnits: 1024 }); // a full 4 MiB chunk and a 1 MiB one
+    for (const wire of ['fp32', 'bf16'] as const) {
+      const hh = await startAggregator({ layout, arena: true, wire });
+      try {
+        const a = await hh.member('a');
+        const want = wire === 'fp32' ? hh.weights : new Float32Array(hh.weights.length);
+        if (wire === 'bf16') {
+          const codes = new Uint16Array(hh.weights.length);
+          encode16('bf16', hh.weights, codes);
+          decode16('bf16', codes, want);
+        }
+        assert.equal(Buffer.compare(Buffer.from((a.weights as Float32Array).buffer, (a.weights as Float32Array).byteOffset, want.byteLength), Buffer.from(want.buffer, want.byteOffset, want.byteLength)), 0, wire);
+        assert.equal(a.gatheredInPlace, wire === 'fp32' ? 2 : 0, wire);
+      } finally {
+        await hh.close();
+      }
+    }
+  });
+
   test('a gradient split at the classifier: its head arrives while the body is still pending, and the update equals the unsplit one bit for bit', async () => {
     const run = async (split: boolean): Promise<Float32Array> => {
       const hh = await startAggregator();
