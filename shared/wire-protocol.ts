@@ -105,11 +105,14 @@ export function chunkMessage(t: ChunkType, step: number, offset: number, bodyByt
   return frame;
 }
 
+/** A chunk head's last entry without its bytes: the key "data" as a fixstr (5 bytes) and a bin32 header (5 bytes). */
+const DATA_ENTRY_BYTES = 10;
+
 function chunkHead(t: ChunkType, step: number, offset: number, byteLength: number): Buffer {
   const head = packr.pack({ t, step, offset, pad: '' });
-  // head is a map of 4 entries ending with the empty fixstr; + key "data" (5 bytes) + bin32 header (5 bytes).
-  const padLength = (8 - ((head.length + 10) % 8)) % 8;
-  const out = Buffer.allocUnsafe(head.length + padLength + 10);
+  // head is a map of 4 entries ending with the empty fixstr; then the data entry.
+  const padLength = (8 - ((head.length + DATA_ENTRY_BYTES) % 8)) % 8;
+  const out = Buffer.allocUnsafe(head.length + padLength + DATA_ENTRY_BYTES);
   head.copy(out, 0);
   // One more entry in the map header (msgpackr writes objects as map16; a fixmap is handled too).
   if (out[0] === 0xde) out.writeUInt16BE(5, 1);
@@ -131,8 +134,9 @@ function chunkHead(t: ChunkType, step: number, offset: number, byteLength: numbe
  */
 export function chunkHeadOf(head: Uint8Array): { msg: Record<string, unknown>; bytes: number } | undefined {
   const n = head.length;
-  if (n < 16 || head[n - 10] !== 0xa4 || head[n - 5] !== 0xc6 || Buffer.from(head.buffer, head.byteOffset + n - 9, 4).toString('latin1') !== 'data') return undefined;
-  const fields = Buffer.from(head.subarray(0, n - 10)); // a small copy: the map header loses the data entry
+  const entry = n - DATA_ENTRY_BYTES;
+  if (entry < 6 || head[entry] !== 0xa4 || head[entry + 5] !== 0xc6 || Buffer.from(head.buffer, head.byteOffset + entry + 1, 4).toString('latin1') !== 'data') return undefined;
+  const fields = Buffer.from(head.subarray(0, entry)); // a small copy: the map header loses the data entry
   if (fields[0] === 0xde && fields.readUInt16BE(1) === 5) fields.writeUInt16BE(4, 1);
   else if (fields[0] === 0x85) fields[0] = 0x84;
   else return undefined;

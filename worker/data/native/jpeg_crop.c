@@ -84,6 +84,8 @@ static void decode(Job *job) {
   err.warned = 0;
   err.message[0] = '\0';
   jpeg_create_decompress(&cinfo);
+  /* Every way of declining the file ends here: libjpeg's errors, and the cases below that put
+   * their reason in err.message and jump (destroying twice is harmless: it clears cinfo.mem). */
   if (setjmp(err.jump)) {
     jpeg_destroy_decompress(&cinfo);
     free(rows);
@@ -95,10 +97,8 @@ static void decode(Job *job) {
   jpeg_mem_src(&cinfo, job->jpeg, (unsigned long)job->size);
   jpeg_read_header(&cinfo, TRUE);
   if (cinfo.num_components != 1 && cinfo.num_components != 3) {
-    jpeg_destroy_decompress(&cinfo);
-    job->declined = 1;
-    snprintf(job->message, sizeof job->message, "%d colour components (expected 1 or 3)", cinfo.num_components);
-    return;
+    snprintf(err.message, sizeof err.message, "%d colour components (expected 1 or 3)", cinfo.num_components);
+    longjmp(err.jump, 1);
   }
   const int out_w = job->out_w, out_h = job->out_h;
   const double rx = (double)job->w / cinfo.image_width, ry = (double)job->h / cinfo.image_height;
@@ -133,13 +133,7 @@ static void decode(Job *job) {
     jpeg_read_scanlines(&cinfo, &row, 1);
   }
   jpeg_destroy_decompress(&cinfo); /* the rows below the crop are never decoded */
-  if (err.warned) {
-    free(rows);
-    free(taps);
-    job->declined = 1;
-    snprintf(job->message, sizeof job->message, "%s", err.message);
-    return;
-  }
+  if (err.warned) longjmp(err.jump, 1);
 
   /* Bilinear taps: per output column its two source byte offsets, per output
    * row its two source rows; weights in 1/65536ths. */
@@ -161,8 +155,11 @@ static void decode(Job *job) {
     yw[i] = (int)lround((v - v0) * 65536.0);
   }
   const float scale = 1.0f / 65536.0f / 65536.0f;
-  const float m0 = scale / job->div[0], m1 = scale / job->div[1], m2 = scale / job->div[2];
-  const float a0 = job->add[0] / job->div[0], a1 = job->add[1] / job->div[1], a2 = job->add[2] / job->div[2];
+  float mul[3], add[3];
+  for (int c = 0; c < 3; c += 1) {
+    mul[c] = scale / job->div[c];
+    add[c] = job->add[c] / job->div[c];
+  }
   float *o = job->out;
   for (int i = 0; i < out_h; i += 1) {
     const unsigned char *top = rows + (size_t)ya[i] * stride;
@@ -173,7 +170,7 @@ static void decode(Job *job) {
       const long long wr = xw[j], wl = 65536 - wr;
       for (int c = 0; c < 3; c += 1) {
         const long long s = wt * (wl * top[p + c] + wr * top[q + c]) + wb * (wl * bottom[p + c] + wr * bottom[q + c]);
-        o[c] = (float)s * (c == 0 ? m0 : c == 1 ? m1 : m2) + (c == 0 ? a0 : c == 1 ? a1 : a2);
+        o[c] = (float)s * mul[c] + add[c];
       }
     }
   }
