@@ -23,9 +23,11 @@ const o = new Command('bench:allreduce')
   .option('--steps <n>', 'timed steps (after one warm-up)', intOption('--steps', 1), 4)
   .option('--wire <list>', 'our wire formats to time (gloo is always fp32)', 'fp32,bf16')
   .option('--shards <list>', 'aggregator shard counts K to time', intListOption('--shards'), [1, 2])
+  .option('--hosted <list>', 'also (yes) or only (only) time shards hosted by the workers (N shards, worker start --host-shard): yes, no, only', 'yes')
   .option('--python <path>', 'python with torch', '/usr/bin/python3')
   .parse(process.argv)
-  .opts<{ workers: number[]; steps: number; python: string; wire: string; shards: number[] }>();
+  .opts<{ workers: number[]; steps: number; python: string; wire: string; shards: number[]; hosted: string }>();
+if (!['yes', 'no', 'only'].includes(o.hosted)) throw new Error(`--hosted: expected yes, no or only, got ${JSON.stringify(o.hosted)}`);
 
 const FLOATS = VGG16_FLOATS;
 const here = path.dirname(new URL(import.meta.url).pathname);
@@ -44,17 +46,20 @@ const rows: Record<string, unknown>[] = [];
 process.stdout.write(`bench:allreduce: ${FLOATS.toLocaleString('en-US')} fp32 floats (${(bytes / 2 ** 20).toFixed(0)} MiB), ${o.steps} timed steps, median\n`);
 for (const n of o.workers) {
   const g = await gloo(n);
-  for (const wire of o.wire.split(',')) for (const shards of o.shards) {
-    const a = await runOurs({ workers: n, steps: o.steps, wire, shards });
+  // Shard counts K through separate aggregator processes, then (hosted) N shards on the workers' transport threads.
+  const layouts = [...(o.hosted === 'only' ? [] : o.shards.map((shards) => ({ shards, hosted: false }))), ...(o.hosted === 'no' ? [] : [{ shards: n, hosted: true }])];
+  for (const wire of o.wire.split(',')) for (const { shards, hosted } of layouts) {
+    const a = await runOurs({ workers: n, steps: o.steps, wire, shards, hosted });
     const row = {
-      workers: n, wire, shards, followerPeakRssBytes: a.followerPeakRssBytes, oursMs: Math.round(a.stepMs), glooFp32Ms: Math.round(g.stepMs), ratio: Number((a.stepMs / g.stepMs).toFixed(3)),
+      workers: n, wire, shards, hosted, followerPeakRssBytes: a.followerPeakRssBytes, oursMs: Math.round(a.stepMs), glooFp32Ms: Math.round(g.stepMs), ratio: Number((a.stepMs / g.stepMs).toFixed(3)),
       aggregatorPeakRssBytes: a.peakRssBytes, rssOverParamBytes: Number((a.peakRssBytes / bytes).toFixed(2)), oursSteps: a.steps.map(Math.round),
       glooSteps: g.steps.map(Math.round), torch: g.torch,
     };
     rows.push(row);
     const goal = wire === 'fp32' ? 'goal <= 1.0' : 'goal <= 0.67, 1.5x faster';
-    const follower = shards > 1 ? `; largest follower ${(a.followerPeakRssBytes / 2 ** 30).toFixed(2)} GiB` : '';
-    process.stdout.write(`${n} workers, ours ${wire}, ${shards} shard${shards > 1 ? 's' : ''}: ${row.oursMs} ms, gloo fp32 ${row.glooFp32Ms} ms, ours/gloo ${row.ratio} (${goal}); aggregator peak RSS ${(a.peakRssBytes / 2 ** 30).toFixed(2)} GiB = ${row.rssOverParamBytes}x the fp32 parameter bytes${follower}\n`);
+    const follower = shards > 1 && !hosted ? `; largest follower ${(a.followerPeakRssBytes / 2 ** 30).toFixed(2)} GiB` : '';
+    const where = hosted ? `${shards} shards hosted by the workers` : `${shards} shard${shards > 1 ? 's' : ''}`;
+    process.stdout.write(`${n} workers, ours ${wire}, ${where}: ${row.oursMs} ms, gloo fp32 ${row.glooFp32Ms} ms, ours/gloo ${row.ratio} (${goal}); aggregator peak RSS ${(a.peakRssBytes / 2 ** 30).toFixed(2)} GiB = ${row.rssOverParamBytes}x the fp32 parameter bytes${follower}\n`);
   }
 }
 process.stdout.write(`${JSON.stringify({ bench: 'allreduce', floats: FLOATS, rows })}\n`);

@@ -20,8 +20,9 @@
  *   P = gradient bytes on the wire (fp32: 553 MB; bf16: half), B = link bytes/s,
  *   c_reduce, c_update = measured ns per byte of our reduce-on-arrival and SGD loops.
  *   with overlap: step(N) = compute + comm - min(0.89 comm, 0.57 compute), comm = wire + cpu.
+ *   K = N hosted (the workers host the shards): wire(N) = 2 (N - 1) P / (N B), a ring all-reduce's bytes.
  *
- *   npm run bench:scaling [-- --workers 1,2,4 --compute-ms 290 --steps 3 --shards 1,2 --overlap false,true]
+ *   npm run bench:scaling [-- --workers 1,2,4 --compute-ms 290 --steps 3 --shards 1,2 --overlap false,true --hosted false,true]
  */
 import { Command, InvalidArgumentError } from 'commander';
 import { FlatMomentumSgd } from '../shared/flat-sgd.ts';
@@ -32,19 +33,22 @@ import { DEFAULT_MODEL_CONFIG } from '../shared/vgg-configs.ts';
 import { CHUNK_FLOATS } from '../shared/wire-protocol.ts';
 import { VGG16_FLOATS, WINDOW_FRACTION, runOurs } from './allreduce/cluster.ts';
 
+function boolList(v: string): boolean[] {
+  const list = v.split(',').map((x) => x.trim());
+  if (list.some((x) => x !== 'true' && x !== 'false')) throw new InvalidArgumentError(`expected a list of true/false, got ${JSON.stringify(v)}`);
+  return list.map((x) => x === 'true');
+}
+
 const o = new Command('bench:scaling')
   .option('--workers <list>', 'worker counts measured here', intListOption('--workers'), [1, 2, 4])
   .option('--compute-ms <n>', 'simulated GPU compute time per step', intOption('--compute-ms', 0), 290)
   .option('--steps <n>', 'timed steps per point (after one warm-up)', intOption('--steps', 1), 3)
   .option('--wire <w>', 'wire format of the measured runs', 'fp32')
   .option('--shards <list>', 'aggregator shard counts K of the measured runs', intListOption('--shards'), [1])
-  .option('--overlap <list>', 'measure without (false) and/or with (true) the classifier sent during the backward', (v: string) => {
-    const list = v.split(',').map((x) => x.trim());
-    if (list.some((x) => x !== 'true' && x !== 'false')) throw new InvalidArgumentError(`expected a list of true/false, got ${JSON.stringify(v)}`);
-    return list.map((x) => x === 'true');
-  }, [false, true])
+  .option('--overlap <list>', 'measure without (false) and/or with (true) the classifier sent during the backward', boolList, [false, true])
+  .option('--hosted <list>', 'also measure with the workers hosting N shards (true; worker start --host-shard) instead of --shards', boolList, [false, true])
   .parse(process.argv)
-  .opts<{ workers: number[]; computeMs: number; steps: number; wire: string; shards: number[]; overlap: boolean[] }>();
+  .opts<{ workers: number[]; computeMs: number; steps: number; wire: string; shards: number[]; overlap: boolean[]; hosted: boolean[] }>();
 
 // Calibration: our per-byte CPU costs, measured here on the aggregator's real loops (138M floats in a
 // FloatArena: SIMD; each 4 MiB chunk staged in from outside the arena, as from a socket).
@@ -66,12 +70,15 @@ const cUpdate = (updateMs * 1e6) / (n * 4);
 process.stdout.write(`calibration: reduce ${reduceMs.toFixed(0)} ms, SGD update ${updateMs.toFixed(0)} ms per 138M floats (${cReduce.toFixed(2)}, ${cUpdate.toFixed(2)} ns/byte)\n`);
 
 // Measured here: one machine, loopback, N worker processes.
-const measured: { workers: number; shards: number; overlap: boolean; stepMs: number; efficiency: number }[] = [];
-for (const overlap of o.overlap) for (const shards of o.shards) for (const workers of o.workers) {
-  const r = await runOurs({ workers, steps: o.steps, wire: o.wire, computeMs: o.computeMs, shards, overlap });
+const measured: { workers: number; shards: number; hosted: boolean; overlap: boolean; stepMs: number; efficiency: number }[] = [];
+const layouts = o.hosted.flatMap((hosted): { hosted: boolean; shards: number }[] => (hosted ? [{ hosted, shards: 0 }] : o.shards.map((shards) => ({ hosted, shards }))));
+for (const overlap of o.overlap) for (const layout of layouts) for (const workers of o.workers) {
+  // Hosted: worker i hosts shard i + 1 of N + 1, the leader owns no floats (N shards with bytes).
+  const shards = layout.hosted ? workers : layout.shards;
+  const r = await runOurs({ workers, steps: o.steps, wire: o.wire, computeMs: o.computeMs, shards, overlap, hosted: layout.hosted });
   const efficiency = o.computeMs / r.stepMs;
-  measured.push({ workers, shards, overlap, stepMs: Math.round(r.stepMs), efficiency: Number(efficiency.toFixed(3)) });
-  process.stdout.write(`measured, ${workers} worker(s), ${shards} shard(s), ${o.wire}, ${overlap ? 'overlap' : 'no overlap'}, compute ${o.computeMs} ms: step ${r.stepMs.toFixed(0)} ms, efficiency ${(100 * efficiency).toFixed(1)}%\n`);
+  measured.push({ workers, shards, hosted: layout.hosted, overlap, stepMs: Math.round(r.stepMs), efficiency: Number(efficiency.toFixed(3)) });
+  process.stdout.write(`measured, ${workers} worker(s), ${shards} shard(s)${layout.hosted ? ' hosted by the workers' : ''}, ${o.wire}, ${overlap ? 'overlap' : 'no overlap'}, compute ${o.computeMs} ms: step ${r.stepMs.toFixed(0)} ms, efficiency ${(100 * efficiency).toFixed(1)}%\n`);
 }
 process.stdout.write('(every process shares this machine\'s 2 cores and one memory bus: the measured figures are a floor, not a cluster)\n');
 
@@ -88,12 +95,14 @@ for (const [link, bytesPerSec] of Object.entries(links)) {
     const P = n * (wire === 'fp32' ? 4 : 2);
     // The CPU loops touch fp32 values: bytes of fp32 regardless of the wire.
     const P32 = n * 4;
-    for (const shards of ['1', 'N/8', 'N']) {
+    for (const shards of ['1', 'N/8', 'N', 'N hosted']) {
       const cells: string[] = [];
       const overlapCells: string[] = [];
       for (const N of [4, 8, 16, 32, 64]) {
-        const K = shards === '1' ? 1 : shards === 'N' ? N : Math.max(1, N / 8);
-        const wireMs = Math.max((2 * P) / bytesPerSec, (N * P) / (K * bytesPerSec)) * 1000;
+        const K = shards === '1' ? 1 : shards.startsWith('N') && !shards.includes('/') ? N : Math.max(1, N / 8);
+        // Hosted by the workers: a worker's own slice stays in process, so its link moves (N - 1) / N of P
+        // each way per phase (gradients, then weights): the ring all-reduce's bytes.
+        const wireMs = (shards === 'N hosted' ? (2 * (N - 1) * P) / (N * bytesPerSec) : Math.max((2 * P) / bytesPerSec, (N * P) / (K * bytesPerSec))) * 1000;
         const cpuMs = ((N * P32) / K * cReduce + (P32 / K) * cUpdate) / 1e6;
         const eff = o.computeMs / (o.computeMs + wireMs + cpuMs);
         projections.push({ link, wire, shards, workers: N, efficiency: Number(eff.toFixed(3)) });
@@ -103,8 +112,8 @@ for (const [link, bytesPerSec] of Object.entries(links)) {
         overlapProjections.push({ link, wire, shards, workers: N, efficiency: Number(effOverlap.toFixed(3)) });
         overlapCells.push(`${(100 * effOverlap).toFixed(0)}%`.padStart(5));
       }
-      rows.push(`${link.padEnd(7)} ${wire.padEnd(5)} K=${shards.padEnd(4)} ${cells.join(' ')}`);
-      overlapRows.push(`${link.padEnd(7)} ${wire.padEnd(5)} K=${shards.padEnd(4)} ${overlapCells.join(' ')}`);
+      rows.push(`${link.padEnd(7)} ${wire.padEnd(5)} K=${shards.padEnd(8)} ${cells.join(' ')}`);
+      overlapRows.push(`${link.padEnd(7)} ${wire.padEnd(5)} K=${shards.padEnd(8)} ${overlapCells.join(' ')}`);
     }
   }
 }

@@ -6,6 +6,7 @@ import type { Command } from 'commander';
 import { startCoordinator } from '../coordinator/coordinator.ts';
 import { redisReachable, startRedisServer, type RedisChild } from '../coordinator/redis-server.ts';
 import { resolveRunConfig, type RunConfig } from '../coordinator/run-config.ts';
+import { ConfigError } from '../shared/errors.ts';
 import { createLogger } from '../shared/logger.ts';
 import { intOption } from '../shared/option-parsers.ts';
 import { addRunOptions } from './run-options.ts';
@@ -20,6 +21,9 @@ export function registerLocalCommand(program: Command): void {
       const { workers, json, configFile, ...rest } = flags;
       const token = randomBytes(16).toString('hex');
       const cfg = resolveRunConfig({ port: '0', minWorkers: String(workers), ...rest, token, host: '127.0.0.1' }, process.env, configFile);
+      if (cfg.hostedShards && workers < cfg.shards - 1) {
+        throw new ConfigError(`--hosted-shards: expected --workers >= ${cfg.shards - 1} (one per hosted shard of --shards ${cfg.shards}), got ${workers}`);
+      }
       const log = createLogger({ role: 'local', run: cfg.run });
       let redis: RedisChild | undefined;
       if (!(await redisReachable(cfg.redis))) {
@@ -35,22 +39,25 @@ export function registerLocalCommand(program: Command): void {
         await Promise.all(procs.map((c) => c.exitCode !== null ? undefined : new Promise((r) => c.once('exit', r))));
       };
       // Workers first, then the coordinator (it closes the shard links cleanly), then the follower shards.
+      // Workers that host shards serve them until the coordinator ends the run: stop both at once.
       const cleanup = async () => {
-        await terminate(children);
+        if (cfg.hostedShards) await Promise.all([terminate(children), coordinator.stop()]);
+        else await terminate(children);
         await coordinator.stop();
         await terminate(followers);
         await redis?.stop();
       };
       process.once('SIGINT', () => { void cleanup().then(() => process.exit(130)); });
       process.once('SIGTERM', () => { void cleanup().then(() => process.exit(143)); });
-      // Follower shards of the aggregator (--shards K): the coordinator is shard 0.
-      for (let i = 1; i < cfg.shards; i += 1) {
+      // Follower shards of the aggregator (--shards K): the coordinator is shard 0; with --hosted-shards, workers 0..K-2 host them.
+      for (let i = 1; i < cfg.shards && !cfg.hostedShards; i += 1) {
         followers.push(spawn(process.execPath, [BIN, 'aggregator', 'start', '--leader', `ws://127.0.0.1:${coordinator.port}`, '--shard', `${i}/${cfg.shards}`, '--host', '127.0.0.1', '--port', '0'],
           { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, VGG_TOKEN: token } }));
       }
       for (let i = 0; i < workers; i += 1) {
         // The token goes by environment, not argv: a command line is visible to every user in `ps`.
-        children.push(spawn(process.execPath, [BIN, 'worker', 'start', '--coordinator', `ws://127.0.0.1:${coordinator.port}`, '--gpu', String(i), '--redis', cfg.redis],
+        const host = cfg.hostedShards && i < cfg.shards - 1 ? ['--host-shard', `${i + 1}/${cfg.shards}`] : [];
+        children.push(spawn(process.execPath, [BIN, 'worker', 'start', '--coordinator', `ws://127.0.0.1:${coordinator.port}`, '--gpu', String(i), '--redis', cfg.redis, ...host],
           { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, VGG_TOKEN: token, CUDA_VISIBLE_DEVICES: String(i) } }));
       }
       // If every worker dies, the run cannot go on: fail instead of waiting forever.

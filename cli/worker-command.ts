@@ -3,18 +3,27 @@ import type { Command } from 'commander';
 import { ConfigError } from '../shared/errors.ts';
 import { createLogger } from '../shared/logger.ts';
 import { choiceOption, intOption, tokenFromEnv } from '../shared/option-parsers.ts';
+import { parseShard, type ShardSpec } from '../shared/shard.ts';
 import { BACKEND_CHOICES, type BackendChoice } from '../worker/backend.ts';
 import { OVERLAP_CHOICES, runWorker, type OverlapChoice } from '../worker/job-loop.ts';
 
 interface WorkerFlags {
   coordinator: string; token?: string; gpu?: number; gpus?: string; backend?: BackendChoice; data?: string; redis?: string;
-  metricsHost: string; metricsPort: number; overlap: OverlapChoice;
+  metricsHost: string; metricsPort: number; overlap: OverlapChoice; hostShard?: string; shardHost: string; shardPort: number; shardAdvertise?: string;
 }
 
 function parseGpus(value: string): number[] {
   const gpus = value.split(',').map((s) => s.trim());
   if (gpus.some((g) => !/^\d+$/.test(g))) throw new ConfigError(`--gpus: expected a comma-separated list like 0,1,2,3, got ${JSON.stringify(value)}`);
   return gpus.map(Number);
+}
+
+/** --host-shard i/K with where the other workers reach it. */
+function hostedShard(f: WorkerFlags): { shard: ShardSpec; host: string; port: number; advertise?: string } {
+  const shard = parseShard('--host-shard', f.hostShard ?? '');
+  if (shard.index === 0) throw new ConfigError('--host-shard: expected 1 <= i < K, got 0/K: shard 0 is the coordinator');
+  if (f.shardAdvertise !== undefined && !/^wss?:\/\//.test(f.shardAdvertise)) throw new ConfigError(`--shard-advertise: expected a ws:// or wss:// URL, got ${JSON.stringify(f.shardAdvertise)}`);
+  return { shard, host: f.shardHost, port: f.shardPort, ...(f.shardAdvertise === undefined ? {} : { advertise: f.shardAdvertise }) };
 }
 
 export function registerWorkerCommands(program: Command): void {
@@ -33,8 +42,17 @@ export function registerWorkerCommands(program: Command): void {
     .option('--metrics-host <addr>', 'bind address of /metrics and /healthz (env VGG_METRICS_HOST)', process.env.VGG_METRICS_HOST ?? '127.0.0.1')
     .option('--metrics-port <n>', 'port of /metrics and /healthz, 0: off; with --gpus, GPU i of the list uses port + i (env VGG_METRICS_PORT)',
       intOption('--metrics-port', 0, 65535), process.env.VGG_METRICS_PORT === undefined ? 0 : intOption('VGG_METRICS_PORT', 0, 65535)(process.env.VGG_METRICS_PORT))
+    .option('--host-shard <i/K>', 'also serve aggregator shard i of K, 1 <= i < K (coordinator started with --shards K --hosted-shards true) (env VGG_HOST_SHARD)', process.env.VGG_HOST_SHARD)
+    .option('--shard-host <addr>', 'with --host-shard: bind address for the other workers (env VGG_SHARD_HOST)', process.env.VGG_SHARD_HOST ?? '127.0.0.1')
+    .option('--shard-port <n>', 'with --host-shard: port for the other workers, 0: any free (env VGG_SHARD_PORT)', intOption('--shard-port', 0, 65535),
+      process.env.VGG_SHARD_PORT === undefined ? 0 : intOption('VGG_SHARD_PORT', 0, 65535)(process.env.VGG_SHARD_PORT))
+    .option('--shard-advertise <url>', 'with --host-shard: the URL the other workers are told to use (env VGG_SHARD_ADVERTISE; default ws://shard-host:port)', process.env.VGG_SHARD_ADVERTISE)
     .action(async (f: WorkerFlags) => {
       if (!/^wss?:\/\//.test(f.coordinator)) throw new ConfigError(`--coordinator: expected a ws:// or wss:// URL, got ${JSON.stringify(f.coordinator)}`);
+      const hostShard = f.hostShard === undefined ? undefined : hostedShard(f);
+      if (f.gpus !== undefined && hostShard !== undefined) {
+        throw new ConfigError('--host-shard: expected one worker process per hosted shard, got it with --gpus (start one `worker start --gpu n --host-shard i/K` per GPU)');
+      }
       if (f.gpus !== undefined) {
         const drop = new Set(['--gpus', '--metrics-port']);
         const children = parseGpus(f.gpus).map((gpu, i) => {
@@ -52,7 +70,7 @@ export function registerWorkerCommands(program: Command): void {
       const log = createLogger({ role: 'worker' });
       const w = await runWorker({
         coordinator: f.coordinator, token: f.token ?? tokenFromEnv(), gpu: f.gpu ?? null, backend: f.backend,
-        data: f.data, redis: f.redis, log, metrics: f.metricsPort > 0 ? { host: f.metricsHost, port: f.metricsPort } : undefined, overlap: f.overlap,
+        data: f.data, redis: f.redis, log, metrics: f.metricsPort > 0 ? { host: f.metricsHost, port: f.metricsPort } : undefined, overlap: f.overlap, hostShard,
       });
       // SIGTERM: finish the job in flight, then leave cleanly.
       process.once('SIGTERM', () => w.stop());

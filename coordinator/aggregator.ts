@@ -4,10 +4,11 @@ import { FlatMomentumSgd } from '../shared/flat-sgd.ts';
 import { encode16, type WireFormat } from '../shared/half.ts';
 import { sliceLayout } from '../shared/shard.ts';
 import { FrameSlot } from '../shared/frame-slot.ts';
+import type { LocalSocket } from '../shared/local-link.ts';
 import { arenaOf, type FloatArena } from '../shared/simd.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import {
-  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, codesOf, decodeFrame, encode, field, sameSecret, sendChunk, valuesOf,
+  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, codesOf, decodeFragments, decodeFrame, encode, field, sameSecret, sendChunk, valuesOf,
   type BatchStats, type ServerMessage,
 } from '../shared/wire-protocol.ts';
 import { shardTicket, type ShardLeader } from './shard-leader.ts';
@@ -203,6 +204,13 @@ export class Aggregator {
     this.options.metrics?.rejectedFrames.inc({ code });
   }
 
+  /** A worker in this thread, through an in-process link (a shard hosted by a worker: shard-follower.ts). */
+  acceptLocal(end: LocalSocket): void {
+    // A chunk sent as head + floats arrives as those two fragments: its floats are read where the worker keeps them.
+    end.binaryType = 'fragments';
+    this.accept(end as unknown as WebSocket, 'in-process');
+  }
+
   private accept(ws: WebSocket, remote: string): void {
     let member: Member | undefined;
     let shardLink: ((msg: Record<string, unknown>) => void) | undefined;
@@ -212,12 +220,12 @@ export class Aggregator {
       this.options.log.warn({ remote, code: err.code, err: err.message }, 'worker socket error');
     });
     ws.on('pong', () => { if (member !== undefined) member.lastSeen = performance.now(); });
-    ws.on('message', (raw: Buffer) => {
-      this.options.metrics?.receivedBytes.inc(raw.length);
+    ws.on('message', (raw: Buffer | Buffer[]) => {
+      this.options.metrics?.receivedBytes.inc(Array.isArray(raw) ? raw.reduce((n, p) => n + p.length, 0) : raw.length);
       // A member already removed (rejected, silent) is not listened to while its socket closes.
       if (member !== undefined && !this.members.has(member.id)) return;
       try {
-        const msg = decodeFrame(raw);
+        const msg = Array.isArray(raw) ? decodeFragments(raw) : decodeFrame(raw);
         if (shardLink !== undefined) { shardLink(msg); return; }
         if (member === undefined) {
           shardLink = this.options.shardLeader?.accept(ws, msg);
@@ -366,7 +374,7 @@ export class Aggregator {
         if (total !== this.sum.length) throw new ProtocolError('VGG_ERR_LAYOUT', `grad-begin.totalFloats: expected ${this.sum.length}, got ${total}`);
         const sampleIds = field<number[]>(msg, 'sampleIds', 'int[]');
         const split = msg.split === undefined ? 0 : field<number>(msg, 'split', 'int');
-        if (split >= total) throw new ProtocolError('VGG_ERR_LAYOUT', `grad-begin.split: expected 0..${total - 1}, got ${split}`);
+        if (split > 0 && split >= total) throw new ProtocolError('VGG_ERR_LAYOUT', `grad-begin.split: expected 0..${total - 1}, got ${split}`);
         m.receiving = { jobId, sampleIds, stats: checkStats(field<Record<string, unknown>>(msg, 'stats', 'object'), sampleIds.length), next: split, split, wrapped: split === 0 };
         m.discarding = false;
         return;

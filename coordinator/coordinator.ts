@@ -235,7 +235,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
   };
   // With --shards K this aggregator is shard 0: it updates its range and decides each step for all.
   const leader = cfg.shards === 1 ? undefined : new ShardLeader({
-    count: cfg.shards, model,
+    count: cfg.shards, model, leaderOwnsNone: cfg.hostedShards,
     onShardLost: (index, reason) => fail(new Error(`aggregator shard ${index}/${cfg.shards} lost (${reason}): its range of the weights is gone; restart it and this coordinator with --resume`)),
   });
   const aggregator = new Aggregator({

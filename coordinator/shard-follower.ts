@@ -2,6 +2,7 @@ import WebSocket from 'ws';
 import { FlatMomentumSgd } from '../shared/flat-sgd.ts';
 import type { WireFormat } from '../shared/half.ts';
 import type { Logger } from '../shared/logger.ts';
+import { listenLocal } from '../shared/local-link.ts';
 import { buildLayout, modelHash } from '../shared/param-layout.ts';
 import { sliceLayout, type ShardSpec } from '../shared/shard.ts';
 import { aggregatorArenaFloats, tryArena } from '../shared/simd.ts';
@@ -79,6 +80,8 @@ export async function startFollower(o: FollowerOptions): Promise<FollowerHandle>
   });
   const port = await aggregator.start();
   const url = o.advertise ?? `ws://${o.host.includes(':') ? `[${o.host}]` : o.host}:${port}`;
+  // A worker hosting this shard (worker start --host-shard) reaches it in process at the URL it advertises.
+  const unlisten = listenLocal(url, (end) => aggregator.acceptLocal(end));
 
   // The leader's frames in order: a commit waits for its gradients, and what follows waits for it.
   let queue = Promise.resolve();
@@ -130,6 +133,7 @@ export async function startFollower(o: FollowerOptions): Promise<FollowerHandle>
   }, Math.max(10, Math.floor(timeoutMs / 3)));
   ws.on('close', (code) => {
     clearInterval(watch);
+    unlisten();
     void aggregator.close().then(() => {
       // 1000/1001: the coordinator finished or stopped; anything else: it (or the link) died mid-run.
       if (code === 1000 || code === 1001) finish();
@@ -141,6 +145,7 @@ export async function startFollower(o: FollowerOptions): Promise<FollowerHandle>
   return {
     port, url, aggregator, done,
     async close() {
+      unlisten();
       ws.close(1000);
       await aggregator.close();
     },

@@ -12,6 +12,11 @@ export interface ShardLeaderOptions {
   model: ModelConfig;
   /** A follower's link broke: its range's state is gone, the run cannot go on (resume from the checkpoint). */
   onShardLost: (index: number, reason: string) => void;
+  /**
+   * The workers host shards 1..K-1 (`worker start --host-shard i/K`): shard 0 owns no floats, so no
+   * gradient byte goes through the coordinator. @defaultValue false
+   */
+  leaderOwnsNone?: boolean;
 }
 
 interface Link {
@@ -54,7 +59,7 @@ export class ShardLeader {
   /** Called by shard 0's Aggregator with the whole vector's weights and momentum; returns shard 0's range. */
   attach(agg: Aggregator, weights: Float32Array, velocity: Float32Array): FloatRange {
     Object.assign(this, { agg, weights, velocity });
-    this.ranges = Array.from({ length: this.options.count }, (_, i) => shardRange(weights.length, i, this.options.count));
+    this.ranges = Array.from({ length: this.options.count }, (_, i) => shardRange(weights.length, i, this.options.count, this.options.leaderOwnsNone));
     const timeout = this.heartbeatTimeoutMs;
     this.heartbeat = setInterval(() => {
       for (const l of this.links.values()) {

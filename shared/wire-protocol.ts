@@ -97,13 +97,17 @@ type ChunkType = 'grad-chunk' | 'weights-chunk' | 'state-chunk';
  * fragments, so the receiver copies the bytes once (out of the socket), not twice.
  * Costs the sender one copy; workers use it for gradients, keeping the aggregator's receive path short.
  */
-export function chunkMessage(t: ChunkType, step: number, offset: number, bodyBytes: number, fill: (body: Uint8Array) => void): Buffer {
+export function chunkMessage(t: ChunkType, step: number, offset: number, bodyBytes: number, fill: (body: Uint8Array) => void, room?: Buffer): Buffer {
   const head = chunkHead(t, step, offset, bodyBytes);
-  const frame = Buffer.allocUnsafeSlow(head.length + bodyBytes);
+  // `room`: a buffer to reuse (at least CHUNK_MESSAGE_BYTES), else a fresh one.
+  const frame = room !== undefined && room.length >= head.length + bodyBytes ? room.subarray(0, head.length + bodyBytes) : Buffer.allocUnsafeSlow(head.length + bodyBytes);
   head.copy(frame, 0);
   fill(frame.subarray(head.length));
   return frame;
 }
+
+/** Room for any chunkMessage of up to CHUNK_FLOATS fp32 values (its head is well under 256 bytes). */
+export const CHUNK_MESSAGE_BYTES = CHUNK_FLOATS * 4 + 256;
 
 /** A chunk head's last entry without its bytes: the key "data" as a fixstr (5 bytes) and a bin32 header (5 bytes). */
 const DATA_ENTRY_BYTES = 10;

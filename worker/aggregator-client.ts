@@ -1,11 +1,12 @@
 import { EventEmitter } from 'node:events';
 import WebSocket from 'ws';
 import { gatherFrames } from '../shared/frame-slot.ts';
+import { connectLocal } from '../shared/local-link.ts';
 import type { Logger } from '../shared/logger.ts';
 import { WIRE_FORMATS, encode16, wireBytes, type WireFormat } from '../shared/half.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import {
-  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkHeadOf, chunkMessage, decodeFragments, encode, field, valuesOf,
+  CHUNK_FLOATS, CHUNK_MESSAGE_BYTES, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, chunkHeadOf, chunkMessage, decodeFragments, encode, field, sendChunk, valuesOf,
   type BatchStats, type ClientMessage,
 } from '../shared/wire-protocol.ts';
 
@@ -63,6 +64,8 @@ export class ConnectionLost extends Error {
 /** Backpressure: above the high watermark of queued bytes, wait until the socket drained to the low one. */
 const HIGH_WATER_BYTES = 64 * 1024 * 1024;
 const LOW_WATER_BYTES = 16 * 1024 * 1024;
+/** Message buffers kept for reuse: about as many as the high watermark lets be in flight. */
+const SEND_ROOMS = Math.ceil(HIGH_WATER_BYTES / (CHUNK_FLOATS * 4)) + 2;
 
 /**
  * The worker's end of the all-reduce: handshake, receiving weight versions,
@@ -87,6 +90,10 @@ export class AggregatorClient extends EventEmitter {
   /** Weights chunks whose floats ws gathered straight into place (see weightsRoom). */
   gatheredInPlace = 0;
   private stopped = false;
+  /** Gradient message buffers free again (their send was written to the socket), reused by sendRange. */
+  private readonly sendRooms: Buffer[] = [];
+  /** Connected in process to a shard this worker hosts (shared/local-link.ts). */
+  private local = false;
   /** The current step's attempt (0 after `joined`, then the last `resend`'s) and the ticket of the `joined`. */
   attempt = 0;
   ticket?: string;
@@ -117,7 +124,11 @@ export class AggregatorClient extends EventEmitter {
     return new Promise((resolve, reject) => {
       // An all-zero mask lets ws send tensor bytes without masking them into a copy. Masking
       // protects HTTP intermediaries from browser-made payloads; a worker is not a browser.
-      const ws = new WebSocket(this.options.url, { maxPayload: MAX_PAYLOAD_BYTES, perMessageDeflate: false, generateMask: (mask: Buffer) => { mask.fill(0); } });
+      // A shard this process hosts (worker start --host-shard) is reached in process, not over a socket.
+      const local = connectLocal(this.options.url);
+      this.local = local !== undefined;
+      const ws = (local as unknown as WebSocket | undefined)
+        ?? new WebSocket(this.options.url, { maxPayload: MAX_PAYLOAD_BYTES, perMessageDeflate: false, generateMask: (mask: Buffer) => { mask.fill(0); } });
       // Messages arrive as their fragments (a weights chunk's floats are not concatenated with its
       // head), and a weights chunk's floats are gathered by ws straight into the buffer being assembled.
       ws.binaryType = 'fragments';
@@ -308,14 +319,23 @@ export class AggregatorClient extends EventEmitter {
         while (ws.bufferedAmount > LOW_WATER_BYTES && ws.readyState === WebSocket.OPEN) await new Promise((r) => setTimeout(r, 1));
       }
       if (ws.readyState !== WebSocket.OPEN) throw new ConnectionLost();
-      // One contiguous message per chunk (the values copied, or encoded, into it): see chunkMessage.
       const part = flat.subarray(offset, Math.min(hi, offset + CHUNK_FLOATS));
       const wire = this.wire;
+      if (this.local && wire === 'fp32') {
+        // In process: the head and the floats where they are (delivered before the weights that let them change).
+        const frame = chunkFrame('grad-chunk', step, offset, part);
+        sendChunk(ws, frame);
+        this.options.metrics?.sentBytes.inc(frame[0].length + frame[1].length);
+        continue;
+      }
+      // One contiguous message per chunk (the values copied, or encoded, into it): see chunkMessage.
+      // Into a buffer whose last send was written to the socket: no fresh pages to fault in per chunk.
+      const room = this.sendRooms.pop() ?? Buffer.allocUnsafeSlow(CHUNK_MESSAGE_BYTES);
       const frame = chunkMessage('grad-chunk', step, offset, part.length * wireBytes(wire), (body) => {
         if (wire === 'fp32') new Float32Array(body.buffer, body.byteOffset, part.length).set(part);
         else encode16(wire, part, new Uint16Array(body.buffer, body.byteOffset, part.length));
-      });
-      ws.send(frame);
+      }, room);
+      ws.send(frame, () => { if (this.sendRooms.length < SEND_ROOMS) this.sendRooms.push(room); });
       this.options.metrics?.sentBytes.inc(frame.length);
     }
   }

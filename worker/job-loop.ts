@@ -12,7 +12,7 @@ import { connectRedis } from '../shared/redis-connection.ts';
 import { runKeys, type EvalJobData, type EvalJobResult, type TrainJobData } from '../shared/redis-keys.ts';
 import { ProtocolError, type BatchStats } from '../shared/wire-protocol.ts';
 import { ConnectionLost, type GradientSplit } from './aggregator-client.ts';
-import { Transport } from './transport.ts';
+import { Transport, type TransportInit } from './transport.ts';
 import { selectBackend, type BackendChoice } from './backend.ts';
 import { loadBatch, type BatchItem, type LoadedBatch } from './data/image-pipeline.ts';
 import { indexDataset } from '../coordinator/dataset-index.ts';
@@ -38,6 +38,12 @@ export interface WorkerOptions {
    * the cores are busy computing and the early bytes only compete with it. @defaultValue 'auto'
    */
   overlap?: OverlapChoice;
+  /**
+   * Host aggregator shard i of K on the transport thread (`--host-shard i/K`, coordinator started
+   * with `--shards K --hosted-shards true`): its bytes never cross a socket for this worker. After
+   * stop() the worker leaves the steps but serves the shard until the run ends.
+   */
+  hostShard?: TransportInit['hostShard'];
 }
 
 export const OVERLAP_CHOICES = ['auto', 'on', 'off'] as const;
@@ -59,7 +65,7 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
   const backend = await selectBackend({ backend: o.backend, gpu: o.gpu ?? undefined, log });
   const metrics = o.metrics === undefined ? undefined : createMetrics({ role: 'worker', worker_id: workerId, gpu: String(o.gpu ?? '') });
   // The sockets live on a transport thread: gradients stream while this thread computes.
-  const client = new Transport({ client: { url: o.coordinator, token: o.token, workerId, host: hostname(), gpu: o.gpu, backend: backend.name }, log, metrics });
+  const client = new Transport({ client: { url: o.coordinator, token: o.token, workerId, host: hostname(), gpu: o.gpu, backend: backend.name }, log, metrics, hostShard: o.hostShard });
   const metricsServer = metrics === undefined || o.metrics === undefined ? undefined
     : await serveMetrics(metrics, { ...o.metrics, healthy: () => client.connected, log });
   await client.connect();

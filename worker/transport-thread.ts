@@ -8,6 +8,7 @@
  * when the main thread is done with it.
  */
 import { parentPort, workerData } from 'node:worker_threads';
+import { startFollower, type FollowerHandle } from '../coordinator/shard-follower.ts';
 import { createLogger } from '../shared/logger.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import { ProtocolError, type BatchStats, type ClientMessage } from '../shared/wire-protocol.ts';
@@ -23,6 +24,15 @@ const bytes = { sent: 0, received: 0 };
 const counter = (key: 'sent' | 'received') => ({ inc: (n = 1) => { bytes[key] += n; } });
 const metrics = { sentBytes: counter('sent'), receivedBytes: counter('received') } as unknown as Metrics;
 const group = new ShardGroup({ ...init.client, log, metrics });
+// The aggregator shard this worker hosts, if any: started first (the coordinator welcomes workers
+// once every shard is ready), and reached by the group in process at the URL it advertises.
+const hosted: Promise<FollowerHandle> | undefined = init.hostShard === undefined ? undefined
+  : startFollower({ leader: init.client.url, token: init.client.token, log, ...init.hostShard });
+hosted?.then((h) => h.done).catch((err: Error) => {
+  // Its state is gone (or it never started): the coordinator stops the run; this worker cannot go on.
+  log.error({ err: err.message }, 'hosted aggregator shard failed');
+  group.terminate();
+});
 let flat: Float32Array<ArrayBufferLike> = new Float32Array(0);
 
 const post = (msg: FromThread, transfer: ArrayBuffer[] = []) => {
@@ -58,6 +68,7 @@ const releaseBodies = () => { for (const release of bodies.values()) release(); 
 async function call(id: number, method: string, args: unknown[]): Promise<unknown> {
   switch (method) {
     case 'connect':
+      await hosted;
       await group.connect(askGiveUp(id));
       return group.run;
     case 'ready':
@@ -112,7 +123,10 @@ port.on('message', (msg: ToThread) => {
     case 'close':
       group.close();
       releaseBodies();
-      port.close();
+      // A hosted shard goes on serving the other workers until the coordinator ends the run (or is lost):
+      // closing it now would take its range of the weights and momentum with it and stop the run.
+      if (hosted === undefined) port.close();
+      else void hosted.then((h) => h.done).catch(() => {}).finally(() => port.close());
       return;
   }
 });

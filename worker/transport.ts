@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from '../shared/logger.ts';
 import type { Metrics } from '../shared/metrics.ts';
+import type { ShardSpec } from '../shared/shard.ts';
 import { ProtocolError, type BatchStats, type ClientMessage } from '../shared/wire-protocol.ts';
 import { ConnectionLost, nextEvent, weightsOf, type GradientSplit } from './aggregator-client.ts';
 import { readRanges, type WeightsRange } from './shard-group.ts';
@@ -10,6 +11,12 @@ import { readRanges, type WeightsRange } from './shard-group.ts';
 export interface TransportInit {
   client: { url: string; token: string; workerId: string; host: string; gpu: number | null; backend: string; backoffMs?: number; maxBackoffMs?: number };
   logBindings: Record<string, unknown>;
+  /**
+   * Aggregator shard i of K hosted by this worker (`worker start --host-shard i/K`), on the transport
+   * thread: it follows the coordinator at `client.url`, serves the other workers at host:port (or
+   * `advertise`), and this worker reaches it in process (shared/local-link.ts).
+   */
+  hostShard?: { shard: ShardSpec; host: string; port: number; advertise?: string };
 }
 
 export type ToThread =
@@ -50,14 +57,16 @@ export class Transport extends EventEmitter {
   private nextCall = 1;
   private readonly calls = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; giveUp?: () => Promise<boolean> }>();
   private readonly metrics?: Metrics;
+  private readonly hostsShard: boolean;
   private exited = false;
   /** The step and attempt of the last gradient send the thread started. */
   private sent?: { step: number; attempt: number };
 
-  constructor(o: { client: TransportInit['client']; log: Logger; metrics?: Metrics }) {
+  constructor(o: { client: TransportInit['client']; log: Logger; metrics?: Metrics; hostShard?: TransportInit['hostShard'] }) {
     super();
     this.metrics = o.metrics;
-    const init: TransportInit = { client: o.client, logBindings: o.log.bindings() };
+    const init: TransportInit = { client: o.client, logBindings: o.log.bindings(), hostShard: o.hostShard };
+    this.hostsShard = o.hostShard !== undefined;
     // tsx's loader is registered per thread: the bootstrap registers it, then loads the thread's module.
     const tsx = import.meta.resolve('tsx/esm/api');
     const bootstrap = `import(${JSON.stringify(tsx)}).then((t) => { t.register(); return import(${JSON.stringify(new URL('./transport-thread.ts', import.meta.url).href)}); })`;
@@ -197,13 +206,16 @@ export class Transport extends EventEmitter {
     this.fail(new ConnectionLost());
   }
 
-  /** Leaves cleanly and stops the thread (at once if the close handshakes take over 2 s). */
+  /**
+   * Leaves cleanly and stops the thread (at once if the close handshakes take over 2 s). A worker
+   * hosting a shard keeps serving it until the coordinator ends the run or is lost (no time limit).
+   */
   async close(): Promise<void> {
     this.post({ op: 'close' });
     this.isConnected = false;
     if (this.exited) return;
     const exit = new Promise<void>((resolve) => this.thread.once('exit', () => resolve()));
-    const timer = setTimeout(() => { void this.thread.terminate(); }, 2000);
+    const timer = this.hostsShard ? undefined : setTimeout(() => { void this.thread.terminate(); }, 2000);
     await exit;
     clearTimeout(timer);
   }

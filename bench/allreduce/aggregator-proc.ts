@@ -2,7 +2,8 @@
  * bench:allreduce helper: our aggregator alone in a process (`--wire fp32|bf16|fp16`), on the VGG-16
  * layout (138,357,544 trainable floats). Prints {"port"} when listening and,
  * after `--steps` commits, {"peakRssBytes"} (VmHWM), and exits once the workers hung up.
- * `--shards K`: this is shard 0 of K (the leader); `--follow URL --shard i/K`: a follower shard.
+ * `--shards K`: this is shard 0 of K (the leader); `--follow URL --shard i/K`: a follower shard;
+ * `--hosted`: the workers host shards 1..K-1 and this leader owns no floats.
  */
 import { readFileSync } from 'node:fs';
 import { Aggregator } from '../../coordinator/aggregator.ts';
@@ -39,7 +40,7 @@ const weights = (arena?.alloc(layout.totalSize) ?? new Float32Array(layout.total
 const sgdOptions = { learningRate: 0.01, momentum: 0.9, weightDecay: 5e-4 };
 const velocity = arena?.alloc(layout.totalSize) ?? new Float32Array(layout.totalSize);
 const leader = shards === 1 ? undefined : new ShardLeader({
-  count: shards, model: DEFAULT_MODEL_CONFIG, onShardLost: (i, reason) => { throw new Error(`shard ${i} lost: ${reason}`); },
+  count: shards, model: DEFAULT_MODEL_CONFIG, leaderOwnsNone: process.argv.includes('--hosted'), onShardLost: (i, reason) => { throw new Error(`shard ${i} lost: ${reason}`); },
 });
 const agg: Aggregator = new Aggregator({
   host: '127.0.0.1', port: 0, token: 'bench', modelHash: hash, step: 0, runInfo: { run: 'bench', wire }, wire, shardLeader: leader,

@@ -41,26 +41,29 @@ export interface OursResult { stepMs: number; steps: number[]; peakRssBytes: num
 
 /**
  * `steps` timed steps (after one warm-up) of `workers` workers through `shards` aggregator processes (default 1);
- * `overlap`: the workers send the classifier's gradients before the simulated compute ends (worker-proc.ts).
+ * `overlap`: the workers send the classifier's gradients before the simulated compute ends (worker-proc.ts);
+ * `hosted`: each worker hosts one of the N shards (its transport thread), the leader owns no floats.
  */
-export async function runOurs(o: { workers: number; steps: number; wire: string; computeMs?: number; shards?: number; overlap?: boolean }): Promise<OursResult> {
-  const shards = o.shards ?? 1;
+export async function runOurs(o: { workers: number; steps: number; wire: string; computeMs?: number; shards?: number; overlap?: boolean; hosted?: boolean }): Promise<OursResult> {
+  // Hosted: worker i hosts shard i + 1 of N + 1 and the leader owns no floats.
+  const shards = o.hosted === true ? o.workers + 1 : o.shards ?? 1;
   let resolvePort!: (p: number) => void;
   const port = new Promise<number>((r) => { resolvePort = r; });
   let peak = 0;
   let followerPeak = 0;
-  const agg = node('aggregator-proc.ts', ['--steps', String(o.steps + 1), '--wire', o.wire, '--shards', String(shards)], (line) => {
+  const agg = node('aggregator-proc.ts', ['--steps', String(o.steps + 1), '--wire', o.wire, '--shards', String(shards), ...(o.hosted === true ? ['--hosted'] : [])], (line) => {
     const m = JSON.parse(line) as { port?: number; peakRssBytes?: number };
     if (m.port !== undefined) resolvePort(m.port);
     if (m.peakRssBytes !== undefined) peak = m.peakRssBytes;
   });
   const url = `ws://127.0.0.1:${await port}`;
-  const followers = Array.from({ length: shards - 1 }, (_, i) => node('aggregator-proc.ts', ['--follow', url, '--shard', `${i + 1}/${shards}`], (line) => {
+  const followers = Array.from({ length: o.hosted === true ? 0 : shards - 1 }, (_, i) => node('aggregator-proc.ts', ['--follow', url, '--shard', `${i + 1}/${shards}`], (line) => {
     const m = JSON.parse(line) as { peakRssBytes?: number };
     if (m.peakRssBytes !== undefined) followerPeak = Math.max(followerPeak, m.peakRssBytes);
   }).done);
   const outs = await Promise.all(Array.from({ length: o.workers }, (_, i) => node('worker-proc.ts',
-    ['--url', url, '--steps', String(o.steps + 1), '--id', String(i), '--compute-ms', String(o.computeMs ?? 0), ...(o.overlap === true ? ['--overlap'] : [])]).done));
+    ['--url', url, '--steps', String(o.steps + 1), '--id', String(i), '--compute-ms', String(o.computeMs ?? 0), ...(o.overlap === true ? ['--overlap'] : []),
+      ...(o.hosted === true ? ['--host-shard', `${i + 1}/${shards}`] : [])]).done));
   await agg.done;
   await Promise.all(followers);
   const arrivals = outs.map((s) => (JSON.parse(s.trim().split('\n').at(-1) ?? '{}') as { arrivals: number[] }).arrivals);

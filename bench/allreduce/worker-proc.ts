@@ -7,9 +7,11 @@
  * CPU free for communication). `--overlap`: the classifier's gradients (fc6-fc8) go out
  * when a real backward pass would have them, (1 - WINDOW_FRACTION) C into the step, and the
  * conv body's at C, as the worker does (docs/measurements/h200-vgg16-overlap.json).
+ * `--host-shard i/K`: this worker also hosts aggregator shard i of K (on its transport thread).
  */
 import { createLogger } from '../../shared/logger.ts';
 import { buildLayout, modelHash } from '../../shared/param-layout.ts';
+import { parseShard } from '../../shared/shard.ts';
 import { DEFAULT_MODEL_CONFIG } from '../../shared/vgg-configs.ts';
 import { Transport } from '../../worker/transport.ts';
 import { WINDOW_FRACTION } from './cluster.ts';
@@ -22,7 +24,8 @@ const overlap = process.argv.includes('--overlap');
 const log = createLogger();
 log.level = 'warn';
 const layout = buildLayout(DEFAULT_MODEL_CONFIG);
-const client = new Transport({ client: { url: arg('--url'), token: 'bench', workerId: id, host: 'bench', gpu: null, backend: 'none' }, log });
+const hostShard = process.argv.includes('--host-shard') ? { shard: parseShard('--host-shard', arg('--host-shard')), host: '127.0.0.1', port: 0 } : undefined;
+const client = new Transport({ client: { url: arg('--url'), token: 'bench', workerId: id, host: 'bench', gpu: null, backend: 'none' }, log, hostShard });
 await client.connect();
 await client.ready(modelHash(DEFAULT_MODEL_CONFIG));
 const floats = Number(arg('--floats')) || layout.totalSize;

@@ -31,17 +31,23 @@ async function checkpointFile(dir: string, name: string): Promise<Float32Array> 
   return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
 }
 
-/** In-process coordinator with `shards - 1` follower shard processes and `workers` worker processes. */
-async function runSharded(cfg: RunConfig, workers: number): Promise<{ summary: RunSummary; followers: Proc[] }> {
+/**
+ * In-process coordinator with `shards - 1` follower shard processes and `workers` worker processes;
+ * with cfg.hostedShards, workers 0..K-2 host the shards instead (--host-shard i/K).
+ */
+async function runSharded(cfg: RunConfig, workers: number): Promise<{ summary: RunSummary; followers: Proc[]; workers: Proc[] }> {
   const coordinator = await startCoordinator(cfg, log);
-  const followers = Array.from({ length: cfg.shards - 1 }, (_, i) => follower(coordinator.port, `${i + 1}/${cfg.shards}`));
+  const followers = cfg.hostedShards ? [] : Array.from({ length: cfg.shards - 1 }, (_, i) => follower(coordinator.port, `${i + 1}/${cfg.shards}`));
   // The early classifier part splits across shards (fc6 is cut): every shard sees [split, end) then [0, split) of its range, or one part.
-  const ws = Array.from({ length: workers }, () => spawnWorker(coordinator.port, cfg.redis, 'test-token', ['--overlap', 'on']));
+  const ws = Array.from({ length: workers }, (_, i) => spawnWorker(coordinator.port, cfg.redis, 'test-token',
+    ['--overlap', 'on', ...(cfg.hostedShards && i < cfg.shards - 1 ? ['--host-shard', `${i + 1}/${cfg.shards}`] : [])]));
   procs.push(...ws);
   try {
     const summary = await coordinator.done;
+    // A worker hosting a shard serves it until the coordinator ends the run (closes the shard links).
+    if (cfg.hostedShards) await coordinator.stop();
     await Promise.all(ws.map((p) => p.exited));
-    return { summary, followers };
+    return { summary, followers, workers: ws };
   } catch (err) {
     throw new Error(`${(err as Error).message}\n${[...followers, ...ws].map((p) => p.output()).join('\n')}`);
   } finally {
@@ -68,27 +74,33 @@ describe('a sharded aggregator (coordinator --shards K, aggregator start --shard
     await redis.stop();
   });
 
-  test('3 shards give the weights and momentum of one aggregator, bit for bit; checkpoints gather every range', async (t) => {
+  test('3 shards, in their own processes or hosted by the workers, give the weights and momentum of one aggregator, bit for bit; checkpoints gather every range', async (t) => {
     const common = { data, redis: redis.url, trainLimit: '128', valLimit: '32', seed: '4', minWorkers: '2', checkpointEvery: '1', epochs: '2' };
     const oneDir = tempDir('ck-shards-1');
     const threeDir = tempDir('ck-shards-3');
     const one = await runSharded(tinyRun({ ...common, run: 'sh1', shards: '1', checkpointDir: oneDir }), 2);
     const three = await runSharded(tinyRun({ ...common, run: 'sh3', shards: '3', checkpointDir: threeDir }), 2);
-    assert.equal(one.summary.steps, 8);
-    assert.equal(three.summary.steps, 8);
+    // The two workers host shards 1 and 2 of 3 (each reaches its own in process); shard 0 owns no floats.
+    const hostedDir = tempDir('ck-shards-hosted');
+    const hosted = await runSharded(tinyRun({ ...common, run: 'shh', shards: '3', hostedShards: 'true', checkpointDir: hostedDir }), 2);
+    for (const r of [one, three, hosted]) assert.equal(r.summary.steps, 8);
     for (const f of three.followers) assert.equal(await f.exited, 0, `a follower leaves cleanly when the run ends\n${f.output()}`);
-    for (const run of ['sh1', 'sh3']) await assertExactlyOnce(run, 2, 128);
+    for (const w of hosted.workers) assert.equal(await w.exited, 0, `a worker hosting a shard leaves cleanly when the run ends\n${w.output()}`);
+    for (const run of ['sh1', 'sh3', 'shh']) await assertExactlyOnce(run, 2, 128);
     for (const file of ['weights.bin', 'momentum.bin']) {
       const a = await checkpointFile(oneDir, file);
-      const b = await checkpointFile(threeDir, file);
-      assert.equal(a.length, b.length);
-      let differ = 0;
-      for (let i = 0; i < a.length; i += 1) if (a[i] !== b[i]) differ += 1;
-      assert.equal(differ, 0, `${file}: ${differ} of ${a.length} values differ`);
-      assert.ok(b.some((v) => v !== 0), `${file}: not all zero`);
+      for (const dir of [threeDir, hostedDir]) {
+        const b = await checkpointFile(dir, file);
+        assert.equal(a.length, b.length);
+        let differ = 0;
+        for (let i = 0; i < a.length; i += 1) if (a[i] !== b[i]) differ += 1;
+        assert.equal(differ, 0, `${dir}/${file}: ${differ} of ${a.length} values differ`);
+        assert.ok(b.some((v) => v !== 0), `${file}: not all zero`);
+      }
     }
-    t.diagnostic(`val top-1 ${one.summary.valTop1} (1 shard) and ${three.summary.valTop1} (3 shards)`);
+    t.diagnostic(`val top-1 ${one.summary.valTop1} (1 shard), ${three.summary.valTop1} (3 shards), ${hosted.summary.valTop1} (3 shards, 2 hosted by the workers)`);
     assert.equal(three.summary.valTop1, one.summary.valTop1);
+    assert.equal(hosted.summary.valTop1, one.summary.valTop1);
   });
 
   test('a worker killed mid-step does not stall a sharded run; a lost follower stops the run, and --resume with a new one repeats and skips no sample', async () => {

@@ -33,6 +33,7 @@ describe('run configuration', () => {
     const file = path.join(tempDir('cfg-bad'), 'run.json');
     writeFileSync(file, JSON.stringify({ epoch: 3 }));
     assert.throws(() => resolveRunConfig({}, {}, file), /--config-file: unknown keys epoch; expected some of/);
+    assert.throws(() => resolveRunConfig({ hostedShards: 'true' }, {}), new ConfigError('--hosted-shards: expected --shards K >= 2 (the coordinator plus at least one worker-hosted shard), got --shards 1'));
   });
 
   test('--lr-drop-epochs takes a list; without it the plateau rule applies', () => {

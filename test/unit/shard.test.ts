@@ -34,6 +34,18 @@ describe('shard ranges', () => {
     assert.ok(fc6 !== undefined && fc6.offset < cut && cut < fc6.offset + fc6.size);
   });
 
+  test('with the shards hosted by the workers, shard 0 owns no floats and shards 1..K-1 split them all evenly', () => {
+    const total = 138_357_544;
+    for (let k = 2; k <= 8; k += 1) {
+      const ranges = Array.from({ length: k }, (_, i) => shardRange(total, i, k, true));
+      assert.deepEqual(ranges[0], { lo: 0, hi: 0 });
+      assert.equal(ranges[1]?.lo, 0);
+      assert.equal(ranges.at(-1)?.hi, total);
+      for (let i = 2; i < k; i += 1) assert.equal(ranges[i]?.lo, ranges[i - 1]?.hi, `contiguous at ${i}/${k}`);
+      for (const r of ranges.slice(1)) assert.ok(Math.abs(r.hi - r.lo - total / (k - 1)) <= 16, `${k}: ${r.hi - r.lo} floats`);
+    }
+  });
+
   test('momentum SGD over the sliced layouts equals it over the whole vector, bit for bit', () => {
     const layout = buildLayout({ ...TINY_VGG_A, batchNorm: true });
     const n = layout.totalSize;
