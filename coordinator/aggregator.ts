@@ -206,12 +206,13 @@ export class Aggregator {
 
   /** A worker in this thread, through an in-process link (a shard hosted by a worker: shard-follower.ts). */
   acceptLocal(end: LocalSocket): void {
-    // A chunk sent as head + floats arrives as those two fragments: its floats are read where the worker keeps them.
-    end.binaryType = 'fragments';
     this.accept(end as unknown as WebSocket, 'in-process');
   }
 
   private accept(ws: WebSocket, remote: string): void {
+    // A chunk sent as head + floats arrives as those two fragments, not concatenated: its floats are
+    // read where ws gathered them (the frame slot), or, in process, where the worker keeps them.
+    ws.binaryType = 'fragments';
     let member: Member | undefined;
     let shardLink: ((msg: Record<string, unknown>) => void) | undefined;
     ws.on('error', (err: Error & { code?: string }) => {

@@ -92,10 +92,10 @@ export function chunkFrame(t: ChunkType, step: number, offset: number, floats: F
 type ChunkType = 'grad-chunk' | 'weights-chunk' | 'state-chunk';
 
 /**
- * A chunk as one buffer, its values written by `fill` into `body` (8-byte aligned):
- * sent as a single-fragment message, which ws hands over without concatenating
- * fragments, so the receiver copies the bytes once (out of the socket), not twice.
- * Costs the sender one copy; workers use it for gradients, keeping the aggregator's receive path short.
+ * A chunk as one buffer, its values written by `fill` into `body` (8-byte aligned),
+ * sent as a single-fragment message. For values that must be converted anyway:
+ * workers use it for 16-bit gradients (fp32 ones go as chunkFrame's two fragments,
+ * which the aggregator takes as fragments: no concatenation, no copy at the sender).
  */
 export function chunkMessage(t: ChunkType, step: number, offset: number, bodyBytes: number, fill: (body: Uint8Array) => void, room?: Buffer): Buffer {
   const head = chunkHead(t, step, offset, bodyBytes);

@@ -92,8 +92,6 @@ export class AggregatorClient extends EventEmitter {
   private stopped = false;
   /** Gradient message buffers free again (their send was written to the socket), reused by sendRange. */
   private readonly sendRooms: Buffer[] = [];
-  /** Connected in process to a shard this worker hosts (shared/local-link.ts). */
-  private local = false;
   /** The current step's attempt (0 after `joined`, then the last `resend`'s) and the ticket of the `joined`. */
   attempt = 0;
   ticket?: string;
@@ -125,9 +123,7 @@ export class AggregatorClient extends EventEmitter {
       // An all-zero mask lets ws send tensor bytes without masking them into a copy. Masking
       // protects HTTP intermediaries from browser-made payloads; a worker is not a browser.
       // A shard this process hosts (worker start --host-shard) is reached in process, not over a socket.
-      const local = connectLocal(this.options.url);
-      this.local = local !== undefined;
-      const ws = (local as unknown as WebSocket | undefined)
+      const ws = (connectLocal(this.options.url) as unknown as WebSocket | undefined)
         ?? new WebSocket(this.options.url, { maxPayload: MAX_PAYLOAD_BYTES, perMessageDeflate: false, generateMask: (mask: Buffer) => { mask.fill(0); } });
       // Messages arrive as their fragments (a weights chunk's floats are not concatenated with its
       // head), and a weights chunk's floats are gathered by ws straight into the buffer being assembled.
@@ -321,20 +317,20 @@ export class AggregatorClient extends EventEmitter {
       if (ws.readyState !== WebSocket.OPEN) throw new ConnectionLost();
       const part = flat.subarray(offset, Math.min(hi, offset + CHUNK_FLOATS));
       const wire = this.wire;
-      if (this.local && wire === 'fp32') {
-        // In process: the head and the floats where they are (delivered before the weights that let them change).
+      if (wire === 'fp32') {
+        // The head, then the floats where they are, as the message's second fragment (no copy): the
+        // aggregator gathers that fragment straight into its arena. The gradient is not written again
+        // before the step's weights arrive, and they come only after every chunk was received.
         const frame = chunkFrame('grad-chunk', step, offset, part);
         sendChunk(ws, frame);
         this.options.metrics?.sentBytes.inc(frame[0].length + frame[1].length);
         continue;
       }
-      // One contiguous message per chunk (the values copied, or encoded, into it): see chunkMessage.
-      // Into a buffer whose last send was written to the socket: no fresh pages to fault in per chunk.
+      // 16-bit: one message per chunk, encoded into a buffer whose last send was written to the socket
+      // (no fresh pages to fault in per chunk): see chunkMessage.
       const room = this.sendRooms.pop() ?? Buffer.allocUnsafeSlow(CHUNK_MESSAGE_BYTES);
-      const frame = chunkMessage('grad-chunk', step, offset, part.length * wireBytes(wire), (body) => {
-        if (wire === 'fp32') new Float32Array(body.buffer, body.byteOffset, part.length).set(part);
-        else encode16(wire, part, new Uint16Array(body.buffer, body.byteOffset, part.length));
-      }, room);
+      const frame = chunkMessage('grad-chunk', step, offset, part.length * wireBytes(wire),
+        (body) => encode16(wire, part, new Uint16Array(body.buffer, body.byteOffset, part.length)), room);
       ws.send(frame, () => { if (this.sendRooms.length < SEND_ROOMS) this.sendRooms.push(room); });
       this.options.metrics?.sentBytes.inc(frame.length);
     }
