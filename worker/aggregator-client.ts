@@ -83,7 +83,6 @@ export class AggregatorClient extends EventEmitter {
   modelHash = '';
   /** Values on the wire, from the welcome's run info (`--wire`). */
   wire: WireFormat = 'fp32';
-  private scratch16?: Float32Array;
   private ws?: WebSocket;
   private lastSeen = 0;
   private incoming?: { step: number; buf: Float32Array; next: number };
@@ -211,11 +210,11 @@ export class AggregatorClient extends EventEmitter {
         const inc = this.incoming;
         const raw = field<Uint8Array>(msg, 'data', 'bytes');
         if (inc === undefined || msg.step !== inc.step || msg.offset !== inc.next) return;
-        const data = valuesOf(raw, this.wire, this.chunkScratch());
+        // 16-bit codes are decoded straight into place; fp32 values are there already (weightsRoom) or copied there.
+        const data = valuesOf(raw, this.wire, inc.buf.subarray(inc.next, inc.next + CHUNK_FLOATS));
         if (inc.next + data.length > inc.buf.length) {
           throw new ProtocolError('VGG_ERR_LAYOUT', `weights-chunk: expected at most ${inc.buf.length - inc.next} floats, got ${data.length}`);
         }
-        // Gathered in place already (weightsRoom) unless it came another way.
         if (data.buffer !== inc.buf.buffer || data.byteOffset !== inc.buf.byteOffset + 4 * inc.next) inc.buf.set(data, inc.next);
         inc.next += data.length;
         return;
@@ -246,11 +245,6 @@ export class AggregatorClient extends EventEmitter {
   }
 
   private spare?: Float32Array;
-
-  private chunkScratch(): Float32Array {
-    this.scratch16 ??= new Float32Array(CHUNK_FLOATS);
-    return this.scratch16;
-  }
 
   /** Hands over the newest weights (the client no longer touches them; a later version gets a new buffer). */
   takeWeights(): Float32Array | undefined {

@@ -26,13 +26,20 @@ const metrics = { sentBytes: counter('sent'), receivedBytes: counter('received')
 const group = new ShardGroup({ ...init.client, log, metrics });
 // The aggregator shard this worker hosts, if any: started first (the coordinator welcomes workers
 // once every shard is ready), and reached by the group in process at the URL it advertises.
-const hosted: Promise<FollowerHandle> | undefined = init.hostShard === undefined ? undefined
-  : startFollower({ leader: init.client.url, token: init.client.token, log, ...init.hostShard });
-hosted?.then((h) => h.done).catch((err: Error) => {
-  // Its state is gone (or it never started): the coordinator stops the run; this worker cannot go on.
-  log.error({ err: err.message }, 'hosted aggregator shard failed');
-  group.terminate();
-});
+let hosted: Promise<FollowerHandle> | undefined;
+let closing = false;
+const host = (hostShard: NonNullable<TransportInit['hostShard']>, retryMs = 1000): void => {
+  const started = startFollower({ leader: init.client.url, token: init.client.token, log, ...hostShard });
+  hosted = started;
+  started.then((h) => h.done).catch((err: Error) => {
+    // Its state is gone with the coordinator's link (or it was refused): this worker leaves the run's
+    // steps, and hosts the shard again for the coordinator's next start (--resume), as it reconnects.
+    log.error({ err: err.message, retryMs }, 'hosted aggregator shard lost; hosting it again for the next coordinator');
+    group.terminate();
+    if (!closing) setTimeout(() => { if (!closing) host(hostShard, Math.min(2 * retryMs, 5000)); }, retryMs);
+  });
+};
+if (init.hostShard !== undefined) host(init.hostShard);
 let flat: Float32Array<ArrayBufferLike> = new Float32Array(0);
 
 const post = (msg: FromThread, transfer: ArrayBuffer[] = []) => {
@@ -125,6 +132,7 @@ port.on('message', (msg: ToThread) => {
       releaseBodies();
       // A hosted shard goes on serving the other workers until the coordinator ends the run (or is lost):
       // closing it now would take its range of the weights and momentum with it and stop the run.
+      closing = true;
       if (hosted === undefined) port.close();
       else void hosted.then((h) => h.done).catch(() => {}).finally(() => port.close());
       return;

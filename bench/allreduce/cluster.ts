@@ -34,8 +34,9 @@ export function run(cmd: string, args: string[], onLine?: (line: string) => void
   };
 }
 
+/** BENCH_NODE_ARGS: more node flags for every child (e.g. `--require ./probe.cjs` or `--perf-basic-prof` to profile). */
 const node = (script: string, args: string[], onLine?: (l: string) => void) =>
-  run(process.execPath, ['--max-old-space-size=8192', '--import', 'tsx', path.join(here, script), ...args], onLine);
+  run(process.execPath, ['--max-old-space-size=8192', ...(process.env.BENCH_NODE_ARGS?.split(' ').filter(Boolean) ?? []), '--import', 'tsx', path.join(here, script), ...args], onLine);
 
 export interface OursResult { stepMs: number; steps: number[]; peakRssBytes: number; followerPeakRssBytes: number }
 

@@ -131,4 +131,31 @@ describe('a sharded aggregator (coordinator --shards K, aggregator start --shard
     assert.equal(summary.epochs, 2);
     await assertExactlyOnce('shres', 2, TRAIN);
   });
+
+  test('a worker hosting a shard killed mid-run stops the run as a lost follower does; the surviving one hosts its shard again for --resume, which repeats and skips no sample', async () => {
+    const port = await freePort();
+    const ckpt = tempDir('hosted-resume');
+    const args = ['coordinator', 'start', '--data', data, '--redis', redis.url, '--run', 'hres', '--port', String(port), '--token', 'test-token',
+      '--config', 'A', '--input-size', '32', '--width', '0.125', '--fc-units', '64', '--dropout', '0', '--scale', '32:36', '--eval-scale', '32',
+      '--batch-size', '16', '--epochs', '1', '--min-workers', '2', '--checkpoint-dir', ckpt, '--checkpoint-every', '3', '--lock-duration-ms', '5000',
+      '--shards', '3', '--hosted-shards', 'true', '--train-limit', String(TRAIN), '--val-limit', '64', '--json'];
+    const hosting = (i: number) => spawnWorker(port, redis.url, 'test-token', ['--host-shard', `${i}/3`]);
+    const c1 = spawnCli(args);
+    procs.push(c1);
+    const w1 = [hosting(1), hosting(2)];
+    procs.push(...w1);
+    await waitFor('a checkpoint', async () => (await listCheckpoints(ckpt)).some((d) => Number(path.basename(d).slice(5)) >= 3), 120000);
+    (w1[0] as Proc).child.kill('SIGKILL');
+    assert.equal(await c1.exited, 1, c1.output());
+    assert.match(c1.output(), /aggregator shard 1\/3 lost .*restart it and this coordinator with --resume/);
+    // The other hosting worker outlives the coordinator: it hosts shard 2/3 again for the resumed run,
+    // and a new worker hosts shard 1/3.
+    const c2 = spawnCli([...args, '--resume']);
+    procs.push(c2);
+    const w2 = [w1[1] as Proc, hosting(1)];
+    procs.push(...w2);
+    assert.equal(await c2.exited, 0, c2.output());
+    for (const w of w2) assert.equal(await w.exited, 0, w.output());
+    await assertExactlyOnce('hres', 1, TRAIN);
+  });
 });

@@ -31,4 +31,17 @@ describe('vgg-train CLI', () => {
     assert.equal(t.status, 2);
     assert.match(t.stderr, /--lr: expected a number in \(0, 10\], got "-1"/);
   });
+
+  test('worker start --host-shard takes i/K with 1 <= i < K, one shard per process', () => {
+    const w = (...args: string[]) => run('worker', 'start', '--coordinator', 'ws://127.0.0.1:9', '--token', 't', ...args);
+    const zero = w('--host-shard', '0/3');
+    assert.equal(zero.status, 2);
+    assert.match(zero.stderr, /--host-shard: expected 1 <= i < K, got 0\/K: shard 0 is the coordinator/);
+    const bad = w('--host-shard', '3/3');
+    assert.equal(bad.status, 2);
+    assert.match(bad.stderr, /--host-shard: expected i\/K with 0 <= i < K <= 64, e.g. 1\/2, got "3\/3"/);
+    const gpus = w('--host-shard', '1/3', '--gpus', '0,1');
+    assert.equal(gpus.status, 2);
+    assert.match(gpus.stderr, /--host-shard: expected one worker process per hosted shard, got it with --gpus/);
+  });
 });
