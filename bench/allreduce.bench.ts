@@ -8,9 +8,11 @@
  * Also the aggregator's peak RSS (VmHWM) against the fp32 parameter bytes.
  * `--shards 1,2`: also through K aggregator processes (coordinator --shards K), each
  * owning 1/K of the bytes (the largest follower's peak RSS is printed too).
+ * `--hosted yes|no|only`: also (or only) with N shards hosted by the N workers themselves
+ * (`worker start --host-shard`; the leader owns no floats; the largest hosting worker's peak RSS is printed).
  * Last line: one JSON object.
  *
- *   npm run bench:allreduce [-- --workers 2,4 --steps 4 --wire fp32,bf16 --shards 1,2]
+ *   npm run bench:allreduce [-- --workers 2,4 --steps 4 --wire fp32,bf16 --shards 1,2 --hosted yes]
  */
 import path from 'node:path';
 import { Command } from 'commander';
@@ -51,15 +53,16 @@ for (const n of o.workers) {
   for (const wire of o.wire.split(',')) for (const { shards, hosted } of layouts) {
     const a = await runOurs({ workers: n, steps: o.steps, wire, shards, hosted });
     const row = {
-      workers: n, wire, shards, hosted, followerPeakRssBytes: a.followerPeakRssBytes, oursMs: Math.round(a.stepMs), glooFp32Ms: Math.round(g.stepMs), ratio: Number((a.stepMs / g.stepMs).toFixed(3)),
+      workers: n, wire, shards, hosted, followerPeakRssBytes: a.followerPeakRssBytes, workerPeakRssBytes: a.workerPeakRssBytes, oursMs: Math.round(a.stepMs), glooFp32Ms: Math.round(g.stepMs), ratio: Number((a.stepMs / g.stepMs).toFixed(3)),
       aggregatorPeakRssBytes: a.peakRssBytes, rssOverParamBytes: Number((a.peakRssBytes / bytes).toFixed(2)), oursSteps: a.steps.map(Math.round),
       glooSteps: g.steps.map(Math.round), torch: g.torch,
     };
     rows.push(row);
     const goal = wire === 'fp32' ? 'goal <= 1.0' : 'goal <= 0.67, 1.5x faster';
-    const follower = shards > 1 && !hosted ? `; largest follower ${(a.followerPeakRssBytes / 2 ** 30).toFixed(2)} GiB` : '';
+    const follower = hosted ? `; largest hosting worker ${(a.workerPeakRssBytes / 2 ** 30).toFixed(2)} GiB`
+      : shards > 1 ? `; largest follower ${(a.followerPeakRssBytes / 2 ** 30).toFixed(2)} GiB` : '';
     const where = hosted ? `${shards} shards hosted by the workers` : `${shards} shard${shards > 1 ? 's' : ''}`;
-    process.stdout.write(`${n} workers, ours ${wire}, ${where}: ${row.oursMs} ms, gloo fp32 ${row.glooFp32Ms} ms, ours/gloo ${row.ratio} (${goal}); aggregator peak RSS ${(a.peakRssBytes / 2 ** 30).toFixed(2)} GiB = ${row.rssOverParamBytes}x the fp32 parameter bytes${follower}\n`);
+    process.stdout.write(`${n} workers, ours ${wire}, ${where}: ${row.oursMs} ms, gloo fp32 ${row.glooFp32Ms} ms, ours/gloo ${row.ratio} (${goal}); ${hosted ? 'leader' : 'aggregator'} peak RSS ${(a.peakRssBytes / 2 ** 30).toFixed(2)} GiB = ${row.rssOverParamBytes}x the fp32 parameter bytes${follower}\n`);
   }
 }
 process.stdout.write(`${JSON.stringify({ bench: 'allreduce', floats: FLOATS, rows })}\n`);

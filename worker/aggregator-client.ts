@@ -89,6 +89,8 @@ export class AggregatorClient extends EventEmitter {
   /** Weights chunks whose floats ws gathered straight into place (see weightsRoom). */
   gatheredInPlace = 0;
   private stopped = false;
+  /** Where bytes in and out are counted: the options' metrics, none over an in-process link. */
+  private wireMetrics?: Metrics;
   /** Gradient message buffers free again (their send was written to the socket), reused by sendRange. */
   private readonly sendRooms: Buffer[] = [];
   /** The current step's attempt (0 after `joined`, then the last `resend`'s) and the ticket of the `joined`. */
@@ -122,7 +124,10 @@ export class AggregatorClient extends EventEmitter {
       // An all-zero mask lets ws send tensor bytes without masking them into a copy. Masking
       // protects HTTP intermediaries from browser-made payloads; a worker is not a browser.
       // A shard this process hosts (worker start --host-shard) is reached in process, not over a socket.
-      const ws = (connectLocal(this.options.url) as unknown as WebSocket | undefined)
+      const local = connectLocal(this.options.url);
+      // Bytes through the in-process link are not network traffic: not counted.
+      this.wireMetrics = local === undefined ? this.options.metrics : undefined;
+      const ws = (local as unknown as WebSocket | undefined)
         ?? new WebSocket(this.options.url, { maxPayload: MAX_PAYLOAD_BYTES, perMessageDeflate: false, generateMask: (mask: Buffer) => { mask.fill(0); } });
       // Messages arrive as their fragments (a weights chunk's floats are not concatenated with its
       // head), and a weights chunk's floats are gathered by ws straight into the buffer being assembled.
@@ -141,7 +146,7 @@ export class AggregatorClient extends EventEmitter {
       ws.on('ping', () => { this.lastSeen = performance.now(); });
       ws.on('message', (parts: Buffer[]) => {
         this.lastSeen = performance.now();
-        this.options.metrics?.receivedBytes.inc(parts.reduce((n, p) => n + p.length, 0));
+        this.wireMetrics?.receivedBytes.inc(parts.reduce((n, p) => n + p.length, 0));
         try {
           const msg = decodeFragments(parts);
           if (welcomed) this.onMessage(msg);
@@ -317,7 +322,7 @@ export class AggregatorClient extends EventEmitter {
         // before the step's weights arrive, and they come only after every chunk was received.
         const frame = chunkFrame('grad-chunk', step, offset, part);
         sendChunk(ws, frame);
-        this.options.metrics?.sentBytes.inc(frame[0].length + frame[1].length);
+        this.wireMetrics?.sentBytes.inc(frame[0].length + frame[1].length);
         continue;
       }
       // 16-bit: one message per chunk, encoded into a buffer whose last send was written to the socket
@@ -326,7 +331,7 @@ export class AggregatorClient extends EventEmitter {
       const frame = chunkMessage('grad-chunk', step, offset, part.length * wireBytes(wire),
         (body) => encode16(wire, part, new Uint16Array(body.buffer, body.byteOffset, part.length)), room);
       ws.send(frame, () => { if (this.sendRooms.length < SEND_ROOMS) this.sendRooms.push(room); });
-      this.options.metrics?.sentBytes.inc(frame.length);
+      this.wireMetrics?.sentBytes.inc(frame.length);
     }
   }
 

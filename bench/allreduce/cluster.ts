@@ -38,7 +38,7 @@ export function run(cmd: string, args: string[], onLine?: (line: string) => void
 const node = (script: string, args: string[], onLine?: (l: string) => void) =>
   run(process.execPath, ['--max-old-space-size=8192', ...(process.env.BENCH_NODE_ARGS?.split(' ').filter(Boolean) ?? []), '--import', 'tsx', path.join(here, script), ...args], onLine);
 
-export interface OursResult { stepMs: number; steps: number[]; peakRssBytes: number; followerPeakRssBytes: number }
+export interface OursResult { stepMs: number; steps: number[]; peakRssBytes: number; followerPeakRssBytes: number; workerPeakRssBytes: number }
 
 /**
  * `steps` timed steps (after one warm-up) of `workers` workers through `shards` aggregator processes (default 1);
@@ -67,8 +67,9 @@ export async function runOurs(o: { workers: number; steps: number; wire: string;
       ...(o.hosted === true ? ['--host-shard', `${i + 1}/${shards}`] : [])]).done));
   await agg.done;
   await Promise.all(followers);
-  const arrivals = outs.map((s) => (JSON.parse(s.trim().split('\n').at(-1) ?? '{}') as { arrivals: number[] }).arrivals);
+  const results = outs.map((s) => JSON.parse(s.trim().split('\n').at(-1) ?? '{}') as { arrivals: number[]; peakRssBytes: number });
+  const arrivals = results.map((r) => r.arrivals);
   // A step ends when the last worker has the new weights; arrivals are per-process clocks, so take each worker's own intervals, the slowest.
   const steps = Array.from({ length: o.steps }, (_, k) => Math.max(...arrivals.map((a) => (a[k + 1] ?? NaN) - (a[k] ?? NaN))));
-  return { stepMs: median(steps), steps, peakRssBytes: peak, followerPeakRssBytes: followerPeak };
+  return { stepMs: median(steps), steps, peakRssBytes: peak, followerPeakRssBytes: followerPeak, workerPeakRssBytes: Math.max(...results.map((r) => r.peakRssBytes)) };
 }

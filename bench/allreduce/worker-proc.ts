@@ -9,6 +9,7 @@
  * conv body's at C, as the worker does (docs/measurements/h200-vgg16-overlap.json).
  * `--host-shard i/K`: this worker also hosts aggregator shard i of K (on its transport thread).
  */
+import { readFileSync } from 'node:fs';
 import { createLogger } from '../../shared/logger.ts';
 import { buildLayout, modelHash } from '../../shared/param-layout.ts';
 import { parseShard } from '../../shared/shard.ts';
@@ -49,5 +50,7 @@ for (let step = 0; step < steps; step += 1) {
   await next;
   arrivals.push(performance.now());
 }
-process.stdout.write(`${JSON.stringify({ id, arrivals })}\n`);
+// Peak RSS (VmHWM) of the whole process: with --host-shard it holds the shard's weights, momentum and sum.
+const peakRssBytes = Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1] ?? 0) * 1024;
+process.stdout.write(`${JSON.stringify({ id, arrivals, peakRssBytes })}\n`);
 await client.close();
