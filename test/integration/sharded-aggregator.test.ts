@@ -55,6 +55,14 @@ async function runSharded(cfg: RunConfig, workers: number): Promise<{ summary: R
   }
 }
 
+/** `coordinator start` of a tiny model on the test data, checkpointing every 3 steps, plus `extra`. */
+function coordinatorArgs(o: { run: string; port: number; ckpt: string; epochs: number }, extra: string[]): string[] {
+  return ['coordinator', 'start', '--data', data, '--redis', redis.url, '--run', o.run, '--port', String(o.port), '--token', 'test-token',
+    '--config', 'A', '--input-size', '32', '--width', '0.125', '--fc-units', '64', '--dropout', '0', '--scale', '32:36', '--eval-scale', '32',
+    '--batch-size', '16', '--epochs', String(o.epochs), '--min-workers', '2', '--checkpoint-dir', o.ckpt, '--checkpoint-every', '3',
+    '--lock-duration-ms', '5000', '--train-limit', String(TRAIN), '--val-limit', '64', '--json', ...extra];
+}
+
 /** Each epoch's ledger holds `n` distinct samples, none twice. */
 async function assertExactlyOnce(run: string, epochs: number, n: number): Promise<void> {
   for (let e = 0; e < epochs; e += 1) {
@@ -106,10 +114,7 @@ describe('a sharded aggregator (coordinator --shards K, aggregator start --shard
   test('a worker killed mid-step does not stall a sharded run; a lost follower stops the run, and --resume with a new one repeats and skips no sample', async () => {
     const port = await freePort();
     const ckpt = tempDir('sharded-resume');
-    const args = ['coordinator', 'start', '--data', data, '--redis', redis.url, '--run', 'shres', '--port', String(port), '--token', 'test-token',
-      '--config', 'A', '--input-size', '32', '--width', '0.125', '--fc-units', '64', '--dropout', '0', '--scale', '32:36', '--eval-scale', '32',
-      '--batch-size', '16', '--epochs', '2', '--min-workers', '2', '--checkpoint-dir', ckpt, '--checkpoint-every', '3', '--lock-duration-ms', '5000',
-      '--shards', '2', '--train-limit', String(TRAIN), '--val-limit', '64', '--json'];
+    const args = coordinatorArgs({ run: 'shres', port, ckpt, epochs: 2 }, ['--shards', '2']);
     const c1 = spawnCli(args);
     procs.push(c1);
     const f1 = follower(port, '1/2');
@@ -135,10 +140,7 @@ describe('a sharded aggregator (coordinator --shards K, aggregator start --shard
   test('a worker hosting a shard killed mid-run stops the run as a lost follower does; the surviving one hosts its shard again for --resume, which repeats and skips no sample', async () => {
     const port = await freePort();
     const ckpt = tempDir('hosted-resume');
-    const args = ['coordinator', 'start', '--data', data, '--redis', redis.url, '--run', 'hres', '--port', String(port), '--token', 'test-token',
-      '--config', 'A', '--input-size', '32', '--width', '0.125', '--fc-units', '64', '--dropout', '0', '--scale', '32:36', '--eval-scale', '32',
-      '--batch-size', '16', '--epochs', '1', '--min-workers', '2', '--checkpoint-dir', ckpt, '--checkpoint-every', '3', '--lock-duration-ms', '5000',
-      '--shards', '3', '--hosted-shards', 'true', '--train-limit', String(TRAIN), '--val-limit', '64', '--json'];
+    const args = coordinatorArgs({ run: 'hres', port, ckpt, epochs: 1 }, ['--shards', '3', '--hosted-shards', 'true']);
     const hosting = (i: number) => spawnWorker(port, redis.url, 'test-token', ['--host-shard', `${i}/3`]);
     const c1 = spawnCli(args);
     procs.push(c1);
