@@ -33,6 +33,10 @@ export function formatStatus(r: StatusReport): string {
     `loss ${num(s.loss, 4)} ${sparkline(r.recentLoss)}   train top-1 ${pct(s.trainTop1)} top-5 ${pct(s.trainTop5)}   val top-1 ${pct(s.valTop1)} top-5 ${pct(s.valTop5)}`,
     `images/s ${num(s.imagesPerSec)}   ETA ${s.etaSeconds === null ? '-' : `${Math.round(s.etaSeconds)} s`}   members ${s.members}   skipped images ${s.skippedImages}`,
     `queues: train ${JSON.stringify(r.queues.train)}  eval ${JSON.stringify(r.queues.eval)}`,
+    ...(s.shards === undefined ? [] : [
+      `aggregator shards: ${s.shards.length}${s.shards[0]?.hi === 0 ? ' (--hosted-shards: shard 0, the coordinator, owns no floats)' : ''}`,
+      ...s.shards.map((sh) => `  ${sh.index}/${s.shards?.length}  floats [${sh.lo.toLocaleString('en-US')}, ${sh.hi.toLocaleString('en-US')})  ${sh.index === 0 ? 'coordinator' : sh.url || '-'}  ${sh.ready ? 'ready' : 'not connected'}`),
+    ]),
     'workers:',
     ...r.workers.map((w) => `  ${w.workerId}  host ${w.host}  gpu ${w.gpu ?? '-'}  ${w.backend}  step ${w.step}  jobs ${w.jobs}  ${num(w.imagesPerSec)} img/s  heartbeat ${w.heartbeatAgeSeconds.toFixed(1)} s ago`),
   ];

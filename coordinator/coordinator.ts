@@ -131,6 +131,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
   const publish = async () => {
     state.updatedAt = new Date().toISOString();
     state.members = aggregator.readyMembers().length;
+    state.shards = leader?.shardStates();
     metrics?.members.set(state.members);
     await redis.hset(keys.state, 'state', JSON.stringify(state));
   };

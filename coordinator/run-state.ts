@@ -20,9 +20,17 @@ export interface RunState {
   etaSeconds: number | null;
   members: number;
   skippedImages: number;
+  /**
+   * With `--shards K`: each aggregator shard's float range [lo, hi) and where workers reach it
+   * (shard 0 is the coordinator; lo = hi = 0 with `--hosted-shards`). Absent with one aggregator.
+   */
+  shards?: ShardState[];
   startedAt: string;
   updatedAt: string;
 }
+
+/** One aggregator shard in `status`. */
+export interface ShardState { index: number; lo: number; hi: number; url: string; ready: boolean }
 
 /** One worker's heartbeat, written by the worker every few seconds. */
 export interface WorkerHeartbeat {

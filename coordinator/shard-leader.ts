@@ -4,6 +4,7 @@ import { shardRange, type FloatRange } from '../shared/shard.ts';
 import type { ModelConfig } from '../shared/vgg-configs.ts';
 import { PROTOCOL_VERSION, ProtocolError, encode, field, sameSecret, type ShardMessage } from '../shared/wire-protocol.ts';
 import type { Aggregator } from './aggregator.ts';
+import type { ShardState } from './run-state.ts';
 import { RangeStateReceiver, sendRangeState } from './shard-state.ts';
 
 export interface ShardLeaderOptions {
@@ -44,6 +45,8 @@ export class ShardLeader {
   readonly options: ShardLeaderOptions;
   ranges: FloatRange[] = [];
   readonly links = new Map<number, Link>();
+  /** Each follower's last URL, kept after its link is gone (for status). */
+  private readonly urls = new Map<number, string>();
   private readonly secret = randomBytes(32);
   private started = false;
   private heartbeat?: NodeJS.Timeout;
@@ -76,6 +79,11 @@ export class ShardLeader {
 
   shardList(): { index: number; lo: number; hi: number; url: string }[] {
     return this.ranges.map((r, index) => ({ index, ...r, url: index === 0 ? '' : this.links.get(index)?.url ?? '' }));
+  }
+
+  /** Every shard for `status`: its range, URL, and whether it is connected and ready (shard 0 always). */
+  shardStates(): ShardState[] {
+    return this.shardList().map((s) => ({ ...s, url: s.url || (this.urls.get(s.index) ?? ''), ready: s.index === 0 || this.links.get(s.index)?.ready === true }));
   }
 
   ready(): boolean {
@@ -154,6 +162,7 @@ export class ShardLeader {
           link.url = field<string>(msg, 'url', 'string');
           if (!/^wss?:\/\//.test(link.url)) throw new ProtocolError('VGG_ERR_SHARD', `shard-ready.url: expected a ws:// URL workers can reach, got ${JSON.stringify(link.url)}`);
           link.ready = true;
+          this.urls.set(link.index, link.url);
           this.agg.options.log.info({ shard: link.index, url: link.url }, 'follower shard ready');
           if (this.ready()) this.agg.welcomeWaiting();
           return;

@@ -2,6 +2,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
+import { formatStatus, readStatus } from '../../cli/status-command.ts';
 import { startCoordinator, type RunSummary } from '../../coordinator/coordinator.ts';
 import { importFashionMnist } from '../../coordinator/fashion-mnist-import.ts';
 import { freePort, startRedisServer, type RedisChild } from '../../coordinator/redis-server.ts';
@@ -106,6 +107,14 @@ describe('a sharded aggregator (coordinator --shards K, aggregator start --shard
         assert.ok(b.some((v) => v !== 0), `${file}: not all zero`);
       }
     }
+    // status shows the shard layout (as last published: the run is over, the links are closed):
+    // shard 0 owns nothing when the workers host the others.
+    const shown = await readStatus(redis.url, 'shh');
+    const [s0, s1, s2] = shown.state?.shards ?? [];
+    assert.deepEqual([s0?.lo, s0?.hi, s1?.lo, s1?.hi === s2?.lo, s2?.hi], [0, 0, 0, true, (await checkpointFile(hostedDir, 'weights.bin')).length]);
+    for (const x of [s1, s2]) assert.match(x?.url ?? '', /^ws:\/\/127\.0\.0\.1:\d+$/, JSON.stringify(shown.state));
+    assert.match(formatStatus(shown), /aggregator shards: 3 \(--hosted-shards: shard 0, the coordinator, owns no floats\)\n  0\/3  floats \[0, 0\)  coordinator  ready\n  1\/3  floats \[0, [\d,]+\)  ws:\/\/127\.0\.0\.1:\d+  not connected\n  2\/3/);
+    assert.equal((await readStatus(redis.url, 'sh1')).state?.shards, undefined);
     t.diagnostic(`val top-1 ${one.summary.valTop1} (1 shard), ${three.summary.valTop1} (3 shards), ${hosted.summary.valTop1} (3 shards, 2 hosted by the workers)`);
     assert.equal(three.summary.valTop1, one.summary.valTop1);
     assert.equal(hosted.summary.valTop1, one.summary.valTop1);
