@@ -15,7 +15,7 @@ export function registerAggregatorCommands(program: Command): void {
     .requiredOption('--shard <i/K>', 'this shard, 1 <= i < K (env VGG_SHARD)', process.env.VGG_SHARD)
     .option('--host <addr>', 'bind address for workers (env VGG_HOST)', process.env.VGG_HOST ?? '127.0.0.1')
     .option('--port <n>', 'port for workers, 0: any free (env VGG_PORT)', intOption('--port', 0, 65535), process.env.VGG_PORT === undefined ? 7071 : intOption('VGG_PORT', 0, 65535)(process.env.VGG_PORT))
-    .option('--advertise <url>', 'the URL workers are told to reach this shard at (env VGG_ADVERTISE; default ws://host:port)', process.env.VGG_ADVERTISE)
+    .option('--advertise <url>', 'the URL workers are told to reach this shard at (env VGG_ADVERTISE; default ws://host:port, the hostname for 0.0.0.0)', process.env.VGG_ADVERTISE)
     .option('--token <token>', 'run token (env VGG_TOKEN, or a file named by VGG_TOKEN_FILE)')
     .action(async (f: AggregatorFlags) => {
       if (!/^wss?:\/\//.test(f.leader)) throw new ConfigError(`--leader: expected a ws:// or wss:// URL, got ${JSON.stringify(f.leader)}`);

@@ -19,9 +19,9 @@ function parseGpus(value: string): number[] {
 }
 
 /** --host-shard i/K with where the other workers reach it. */
-function hostedShard(f: WorkerFlags): { shard: ShardSpec; host: string; port: number; advertise?: string } {
-  const shard = parseShard('--host-shard', f.hostShard ?? '');
-  if (shard.index === 0) throw new ConfigError('--host-shard: expected 1 <= i < K, got 0/K: shard 0 is the coordinator');
+function hostedShard(f: WorkerFlags): { shard: ShardSpec | 'any'; host: string; port: number; advertise?: string } {
+  const shard = f.hostShard === 'auto' ? 'any' : parseShard('--host-shard', f.hostShard ?? '');
+  if (shard !== 'any' && shard.index === 0) throw new ConfigError('--host-shard: expected 1 <= i < K, got 0/K: shard 0 is the coordinator');
   if (f.shardAdvertise !== undefined && !/^wss?:\/\//.test(f.shardAdvertise)) throw new ConfigError(`--shard-advertise: expected a ws:// or wss:// URL, got ${JSON.stringify(f.shardAdvertise)}`);
   return { shard, host: f.shardHost, port: f.shardPort, ...(f.shardAdvertise === undefined ? {} : { advertise: f.shardAdvertise }) };
 }
@@ -42,23 +42,25 @@ export function registerWorkerCommands(program: Command): void {
     .option('--metrics-host <addr>', 'bind address of /metrics and /healthz (env VGG_METRICS_HOST)', process.env.VGG_METRICS_HOST ?? '127.0.0.1')
     .option('--metrics-port <n>', 'port of /metrics and /healthz, 0: off; with --gpus, GPU i of the list uses port + i (env VGG_METRICS_PORT)',
       intOption('--metrics-port', 0, 65535), process.env.VGG_METRICS_PORT === undefined ? 0 : intOption('VGG_METRICS_PORT', 0, 65535)(process.env.VGG_METRICS_PORT))
-    .option('--host-shard <i/K>', 'also serve aggregator shard i of K, 1 <= i < K (coordinator started with --shards K --hosted-shards true) (env VGG_HOST_SHARD)', process.env.VGG_HOST_SHARD)
+    .option('--host-shard <i/K|auto>', 'also serve aggregator shard i of K, 1 <= i < K (coordinator started with --shards K --hosted-shards true); auto: any shard still free, none if all are taken (env VGG_HOST_SHARD)', process.env.VGG_HOST_SHARD)
     .option('--shard-host <addr>', 'with --host-shard: bind address for the other workers (env VGG_SHARD_HOST)', process.env.VGG_SHARD_HOST ?? '127.0.0.1')
-    .option('--shard-port <n>', 'with --host-shard: port for the other workers, 0: any free (env VGG_SHARD_PORT)', intOption('--shard-port', 0, 65535),
+    .option('--shard-port <n>', 'with --host-shard: port for the other workers, 0: any free; with --gpus, GPU i of the list uses port + i (env VGG_SHARD_PORT)', intOption('--shard-port', 0, 65535),
       process.env.VGG_SHARD_PORT === undefined ? 0 : intOption('VGG_SHARD_PORT', 0, 65535)(process.env.VGG_SHARD_PORT))
-    .option('--shard-advertise <url>', 'with --host-shard: the URL the other workers are told to use (env VGG_SHARD_ADVERTISE; default ws://shard-host:port)', process.env.VGG_SHARD_ADVERTISE)
+    .option('--shard-advertise <url>', 'with --host-shard: the URL the other workers are told to use (env VGG_SHARD_ADVERTISE; default ws://shard-host:port, the hostname for 0.0.0.0)', process.env.VGG_SHARD_ADVERTISE)
     .action(async (f: WorkerFlags) => {
       if (!/^wss?:\/\//.test(f.coordinator)) throw new ConfigError(`--coordinator: expected a ws:// or wss:// URL, got ${JSON.stringify(f.coordinator)}`);
       const hostShard = f.hostShard === undefined ? undefined : hostedShard(f);
-      if (f.gpus !== undefined && hostShard !== undefined) {
-        throw new ConfigError('--host-shard: expected one worker process per hosted shard, got it with --gpus (start one `worker start --gpu n --host-shard i/K` per GPU)');
+      if (f.gpus !== undefined && hostShard !== undefined && (hostShard.shard !== 'any' || hostShard.advertise !== undefined)) {
+        throw new ConfigError(`--host-shard: expected auto (without --shard-advertise) with --gpus, got ${f.hostShard}${hostShard.advertise === undefined ? '' : ` and --shard-advertise ${hostShard.advertise}`} (or start one \`worker start --gpu n --host-shard i/K\` per GPU)`);
       }
       if (f.gpus !== undefined) {
-        const drop = new Set(['--gpus', '--metrics-port']);
+        const drop = new Set(['--gpus', '--metrics-port', '--shard-port']);
         const children = parseGpus(f.gpus).map((gpu, i) => {
           const args = process.argv.slice(2).filter((a, k, all) => !drop.has(a) && !drop.has(all[k - 1] ?? ''));
-          const metrics = f.metricsPort > 0 ? ['--metrics-port', String(f.metricsPort + i)] : ['--metrics-port', '0'];
-          return spawn(process.execPath, [...process.execArgv, process.argv[1] as string, ...args, ...metrics, '--gpu', String(gpu)], { stdio: 'inherit' });
+          // Per GPU i of the list: port + i (0 stays 0: any free).
+          const ports = (flag: string, port: number) => [flag, String(port > 0 ? port + i : 0)];
+          return spawn(process.execPath, [...process.execArgv, process.argv[1] as string, ...args, ...ports('--metrics-port', f.metricsPort),
+            ...ports('--shard-port', f.shardPort), '--gpu', String(gpu)], { stdio: 'inherit' });
         });
         const forward = (sig: NodeJS.Signals) => { for (const c of children) c.kill(sig); };
         process.on('SIGTERM', () => forward('SIGTERM'));

@@ -1,3 +1,4 @@
+import { hostname } from 'node:os';
 import WebSocket from 'ws';
 import { FlatMomentumSgd } from '../shared/flat-sgd.ts';
 import type { WireFormat } from '../shared/half.ts';
@@ -15,11 +16,12 @@ export interface FollowerOptions {
   /** The coordinator's aggregator URL (shard 0). */
   leader: string;
   token: string;
-  shard: ShardSpec;
+  /** This shard, or 'any': the leader assigns a free one (VGG_ERR_SHARD_UNAVAILABLE when none is). */
+  shard: ShardSpec | 'any';
   /** Where workers connect to this shard: bind address and port (0: any free). */
   host: string;
   port: number;
-  /** The URL workers are told to use; default ws://host:port. */
+  /** The URL workers are told to use; default ws://host:port (this machine's hostname for 0.0.0.0 and ::). */
   advertise?: string;
   log: Logger;
   /** First reconnect delay while the leader is not up yet. @defaultValue 200 */
@@ -27,6 +29,8 @@ export interface FollowerOptions {
 }
 
 export interface FollowerHandle {
+  /** The shard served (the one asked for, or the one the leader assigned). */
+  shard: ShardSpec;
   port: number;
   url: string;
   aggregator: Aggregator;
@@ -35,7 +39,7 @@ export interface FollowerHandle {
   close(): Promise<void>;
 }
 
-interface Init { step: number; lo: number; hi: number; modelHash: string; model: ModelConfig; sgd: { momentum: number; weightDecay: number }; secret: Buffer; run: Record<string, unknown>; state: Float32Array }
+interface Init { shard: ShardSpec; step: number; lo: number; hi: number; modelHash: string; model: ModelConfig; sgd: { momentum: number; weightDecay: number }; secret: Buffer; run: Record<string, unknown>; state: Float32Array }
 
 /**
  * A follower shard of the aggregator (`vgg-train aggregator start --shard i/K`):
@@ -46,8 +50,7 @@ interface Init { step: number; lo: number; hi: number; modelHash: string; model:
  * leader checkpoints. It holds (hi - lo) floats of weights, momentum and sum.
  */
 export async function startFollower(o: FollowerOptions): Promise<FollowerHandle> {
-  const log = o.log.child({ shard: `${o.shard.index}/${o.shard.count}` });
-  if (o.shard.index === 0) throw new ProtocolError('VGG_ERR_SHARD', '--shard: expected 1..K-1, got 0 (shard 0 is embedded in the coordinator)');
+  if (o.shard !== 'any' && o.shard.index === 0) throw new ProtocolError('VGG_ERR_SHARD', '--shard: expected 1..K-1, got 0 (shard 0 is embedded in the coordinator)');
   let delay = o.backoffMs ?? 200;
   let link: { ws: WebSocket; init: Init } | undefined;
   while (link === undefined) {
@@ -55,12 +58,13 @@ export async function startFollower(o: FollowerOptions): Promise<FollowerHandle>
       link = await connectLeader(o);
     } catch (err) {
       if (err instanceof ProtocolError) throw err;
-      log.warn({ leader: o.leader, err: (err as Error).message, retryMs: delay }, 'leader unreachable; retrying');
+      o.log.warn({ leader: o.leader, err: (err as Error).message, retryMs: delay }, 'leader unreachable; retrying');
       await new Promise((r) => setTimeout(r, delay));
       delay = Math.min(2 * delay, 5000);
     }
   }
   const { ws, init } = link;
+  const log = o.log.child({ shard: `${init.shard.index}/${init.shard.count}` });
   const n = init.hi - init.lo;
   const layout = buildLayout(init.model);
   const hash = modelHash(init.model, layout);
@@ -79,7 +83,9 @@ export async function startFollower(o: FollowerOptions): Promise<FollowerHandle>
     },
   });
   const port = await aggregator.start();
-  const url = o.advertise ?? `ws://${o.host.includes(':') ? `[${o.host}]` : o.host}:${port}`;
+  // Bound to every interface: the others reach it by this host's name unless told otherwise.
+  const reachable = o.host === '0.0.0.0' || o.host === '::' ? hostname() : o.host;
+  const url = o.advertise ?? `ws://${reachable.includes(':') ? `[${reachable}]` : reachable}:${port}`;
   // A worker hosting this shard (worker start --host-shard) reaches it in process at the URL it advertises.
   const unlisten = listenLocal(url, (end) => aggregator.acceptLocal(end));
 
@@ -143,7 +149,7 @@ export async function startFollower(o: FollowerOptions): Promise<FollowerHandle>
   send({ t: 'shard-ready', url });
   log.info({ port, url, lo: init.lo, hi: init.hi, step: init.step }, 'follower shard listening');
   return {
-    port, url, aggregator, done,
+    shard: init.shard, port, url, aggregator, done,
     async close() {
       unlisten();
       ws.close(1000);
@@ -162,7 +168,9 @@ function connectLeader(o: FollowerOptions): Promise<{ ws: WebSocket; init: Init 
     const fail = (err: Error) => { ws.removeAllListeners('message'); ws.terminate(); reject(err); };
     ws.on('error', (err) => fail(err));
     ws.on('close', () => reject(new Error('closed before shard-init')));
-    ws.on('open', () => ws.send(encode({ t: 'shard-hello', protocol: PROTOCOL_VERSION, token: o.token, shard: o.shard.index, shards: o.shard.count })));
+    // Shard 0 of 0 asks for any free shard.
+    const [shard, shards] = o.shard === 'any' ? [0, 0] : [o.shard.index, o.shard.count];
+    ws.on('open', () => ws.send(encode({ t: 'shard-hello', protocol: PROTOCOL_VERSION, token: o.token, shard, shards })));
     ws.on('message', (raw: Buffer) => {
       try {
         const msg = decodeFrame(raw);
@@ -171,6 +179,7 @@ function connectLeader(o: FollowerOptions): Promise<{ ws: WebSocket; init: Init 
           const lo = field<number>(msg, 'lo', 'int');
           const hi = field<number>(msg, 'hi', 'int');
           init = {
+            shard: { index: field<number>(msg, 'shard', 'int'), count: field<number>(msg, 'shards', 'int') },
             step: field<number>(msg, 'step', 'int'), lo, hi, modelHash: field<string>(msg, 'modelHash', 'string'),
             model: field<ModelConfig>(msg, 'model', 'object'), sgd: field<Init['sgd']>(msg, 'sgd', 'object'),
             secret: Buffer.from(field<string>(msg, 'secret', 'string'), 'hex'), run: field<Record<string, unknown>>(msg, 'run', 'object'),

@@ -131,9 +131,15 @@ export class ShardLeader {
     if (protocol !== PROTOCOL_VERSION) throw new ProtocolError('VGG_ERR_PROTOCOL_VERSION', `shard-hello.protocol: expected ${PROTOCOL_VERSION}, got ${protocol}`);
     if (!sameSecret(msg.token, this.agg.options.token)) throw new ProtocolError('VGG_ERR_AUTH', 'shard-hello.token: expected the run token, got a wrong or missing one');
     const shards = field<number>(msg, 'shards', 'int');
-    const index = field<number>(msg, 'shard', 'int');
-    if (shards !== this.options.count) throw new ProtocolError('VGG_ERR_SHARD', `shard-hello.shards: expected ${this.options.count} (the coordinator's --shards), got ${shards}`);
-    if (index < 1 || index >= shards) throw new ProtocolError('VGG_ERR_SHARD', `shard-hello.shard: expected 1..${shards - 1} (shard 0 is the coordinator), got ${index}`);
+    const asked = field<number>(msg, 'shard', 'int');
+    // shard 0 of 0: any free shard (worker start --host-shard auto); none free is not an error for such a worker.
+    const any = asked === 0 && shards === 0;
+    const count = this.options.count;
+    const index = any ? Array.from({ length: count - 1 }, (_, i) => i + 1).find((i) => !this.links.has(i)) : asked;
+    if (index === undefined) throw new ProtocolError('VGG_ERR_SHARD_UNAVAILABLE', `shard-hello: expected a free shard, got none: all ${count - 1} are taken`);
+    if (any && this.started) throw new ProtocolError('VGG_ERR_SHARD_UNAVAILABLE', `shard-hello: expected before the run starts, got a request for any shard at step ${this.agg.step}`);
+    if (!any && shards !== count) throw new ProtocolError('VGG_ERR_SHARD', `shard-hello.shards: expected ${count} (the coordinator's --shards), got ${shards}`);
+    if (index < 1 || index >= count) throw new ProtocolError('VGG_ERR_SHARD', `shard-hello.shard: expected 1..${count - 1} (shard 0 is the coordinator), got ${index}`);
     if (this.started) throw new ProtocolError('VGG_ERR_SHARD', `shard-hello: expected before the run starts, got shard ${index}/${shards} at step ${this.agg.step} (restart the coordinator with --resume)`);
     if (this.links.has(index)) throw new ProtocolError('VGG_ERR_SHARD', `shard-hello.shard: shard ${index}/${shards} is already connected`);
     const link: Link = { index, ws, url: '', ready: false, lastSeen: performance.now(), haves: new Set() };
@@ -144,7 +150,7 @@ export class ShardLeader {
     const { options: o, step } = this.agg;
     const { momentum, weightDecay } = o.sgd.options;
     this.send(link, {
-      t: 'shard-init', step, lo, hi, modelHash: o.modelHash, model: this.options.model as unknown as Record<string, unknown>,
+      t: 'shard-init', shard: index, shards: count, step, lo, hi, modelHash: o.modelHash, model: this.options.model as unknown as Record<string, unknown>,
       sgd: { learningRate: 0, momentum, weightDecay }, secret: this.secret.toString('hex'),
       run: { run: o.runInfo.run, wire: o.wire ?? 'fp32', heartbeatTimeoutMs: this.heartbeatTimeoutMs },
     });

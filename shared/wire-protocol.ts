@@ -55,7 +55,7 @@ export type ServerMessage =
  */
 export type ShardMessage =
   | { t: 'shard-hello'; protocol: number; token: string; shard: number; shards: number }
-  | { t: 'shard-init'; step: number; lo: number; hi: number; modelHash: string; model: Record<string, unknown>; sgd: { learningRate: number; momentum: number; weightDecay: number }; secret: string; run: Record<string, unknown> }
+  | { t: 'shard-init'; shard: number; shards: number; step: number; lo: number; hi: number; modelHash: string; model: Record<string, unknown>; sgd: { learningRate: number; momentum: number; weightDecay: number }; secret: string; run: Record<string, unknown> }
   | { t: 'shard-ready'; url: string }
   | { t: 'have'; step: number; attempt: number; jobId: string }
   | { t: 'lost'; workerId: string }

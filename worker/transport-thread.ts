@@ -26,12 +26,17 @@ const metrics = { sentBytes: counter('sent'), receivedBytes: counter('received')
 const group = new ShardGroup({ ...init.client, log, metrics });
 // The aggregator shard this worker hosts, if any: started first (the coordinator welcomes workers
 // once every shard is ready), and reached by the group in process at the URL it advertises.
-let hosted: Promise<FollowerHandle> | undefined;
+let hosted: Promise<FollowerHandle | undefined> | undefined;
 let closing = false;
 const host = (hostShard: NonNullable<TransportInit['hostShard']>, retryMs = 1000): void => {
-  const started = startFollower({ leader: init.client.url, token: init.client.token, log, ...hostShard });
+  const started = startFollower({ leader: init.client.url, token: init.client.token, log, ...hostShard }).catch((err: Error) => {
+    // --host-shard auto and every shard taken (or the run started): this worker only trains.
+    if (hostShard.shard !== 'any' || !(err instanceof ProtocolError) || err.code !== 'VGG_ERR_SHARD_UNAVAILABLE') throw err;
+    log.info({ reason: err.message }, 'no aggregator shard to host; training only');
+    return undefined;
+  });
   hosted = started;
-  started.then((h) => h.done).catch((err: Error) => {
+  started.then((h) => h?.done).catch((err: Error) => {
     // Its state is gone with the coordinator's link (or it was refused): this worker leaves the run's
     // steps, and hosts the shard again for the coordinator's next start (--resume), as it reconnects.
     log.error({ err: err.message, retryMs }, 'hosted aggregator shard lost; hosting it again for the next coordinator');
@@ -134,7 +139,7 @@ port.on('message', (msg: ToThread) => {
       // closing it now would take its range of the weights and momentum with it and stop the run.
       closing = true;
       if (hosted === undefined) port.close();
-      else void hosted.then((h) => h.done).catch(() => {}).finally(() => port.close());
+      else void hosted.then((h) => h?.done).catch(() => {}).finally(() => port.close());
       return;
   }
 });

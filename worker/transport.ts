@@ -12,11 +12,11 @@ export interface TransportInit {
   client: { url: string; token: string; workerId: string; host: string; gpu: number | null; backend: string; backoffMs?: number; maxBackoffMs?: number };
   logBindings: Record<string, unknown>;
   /**
-   * Aggregator shard i of K hosted by this worker (`worker start --host-shard i/K`), on the transport
+   * Aggregator shard i of K hosted by this worker (`worker start --host-shard i/K`, or 'any' free one), on the transport
    * thread: it follows the coordinator at `client.url`, serves the other workers at host:port (or
    * `advertise`), and this worker reaches it in process (shared/local-link.ts).
    */
-  hostShard?: { shard: ShardSpec; host: string; port: number; advertise?: string };
+  hostShard?: { shard: ShardSpec | 'any'; host: string; port: number; advertise?: string };
 }
 
 export type ToThread =

@@ -146,27 +146,28 @@ describe('a sharded aggregator (coordinator --shards K, aggregator start --shard
     await assertExactlyOnce('shres', 2, TRAIN);
   });
 
-  test('a worker hosting a shard killed mid-run stops the run as a lost follower does; the surviving one hosts its shard again for --resume, which repeats and skips no sample', async () => {
+  test('a worker hosting a shard (auto) killed mid-run stops the run as a lost follower does; the survivor asks for a shard again for --resume, a worker beyond the shards only trains; no sample lost or twice', async () => {
     const port = await freePort();
     const ckpt = tempDir('hosted-resume');
-    const args = coordinatorArgs({ run: 'hres', port, ckpt, epochs: 1 }, ['--shards', '3', '--hosted-shards', 'true']);
-    const hosting = (i: number) => spawnWorker(port, redis.url, 'test-token', ['--host-shard', `${i}/3`]);
+    const args = coordinatorArgs({ run: 'hres', port, ckpt, epochs: 2 }, ['--shards', '3', '--hosted-shards', 'true']);
+    // Workers take any free shard (--host-shard auto): two workers, two shards, both host one.
+    const hosting = () => spawnWorker(port, redis.url, 'test-token', ['--host-shard', 'auto']);
     const c1 = spawnCli(args);
     procs.push(c1);
-    const w1 = [hosting(1), hosting(2)];
+    const w1 = [hosting(), hosting()];
     procs.push(...w1);
     await waitFor('a checkpoint', async () => (await listCheckpoints(ckpt)).some((d) => Number(path.basename(d).slice(5)) >= 3), 120000);
     (w1[0] as Proc).child.kill('SIGKILL');
     assert.equal(await c1.exited, 1, c1.output());
-    assert.match(c1.output(), /aggregator shard 1\/3 lost .*restart it and this coordinator with --resume/);
-    // The other hosting worker outlives the coordinator: it hosts shard 2/3 again for the resumed run,
-    // and a new worker hosts shard 1/3.
+    assert.match(c1.output(), /aggregator shard [12]\/3 lost .*restart it and this coordinator with --resume/);
+    // The other hosting worker outlives the coordinator and asks for a shard again for the resumed run;
+    // of it and two new workers, two host the shards and the third only trains (no shard left).
     const c2 = spawnCli([...args, '--resume']);
     procs.push(c2);
-    const w2 = [w1[1] as Proc, hosting(1)];
+    const w2 = [w1[1] as Proc, hosting(), hosting()];
     procs.push(...w2);
     assert.equal(await c2.exited, 0, c2.output());
     for (const w of w2) assert.equal(await w.exited, 0, w.output());
-    await assertExactlyOnce('hres', 1, TRAIN);
+    await assertExactlyOnce('hres', 2, TRAIN);
   });
 });

@@ -32,7 +32,7 @@ describe('vgg-train CLI', () => {
     assert.match(t.stderr, /--lr: expected a number in \(0, 10\], got "-1"/);
   });
 
-  test('worker start --host-shard takes i/K with 1 <= i < K, one shard per process', () => {
+  test('worker start --host-shard takes i/K with 1 <= i < K or auto; with --gpus only auto', () => {
     const w = (...args: string[]) => run('worker', 'start', '--coordinator', 'ws://127.0.0.1:9', '--token', 't', ...args);
     const zero = w('--host-shard', '0/3');
     assert.equal(zero.status, 2);
@@ -42,6 +42,6 @@ describe('vgg-train CLI', () => {
     assert.match(bad.stderr, /--host-shard: expected i\/K with 0 <= i < K <= 64, e.g. 1\/2, got "3\/3"/);
     const gpus = w('--host-shard', '1/3', '--gpus', '0,1');
     assert.equal(gpus.status, 2);
-    assert.match(gpus.stderr, /--host-shard: expected one worker process per hosted shard, got it with --gpus/);
+    assert.match(gpus.stderr, /--host-shard: expected auto \(without --shard-advertise\) with --gpus, got 1\/3/);
   });
 });

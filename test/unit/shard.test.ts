@@ -7,7 +7,7 @@ import { FlatMomentumSgd } from '../../shared/flat-sgd.ts';
 import { buildLayout, modelHash } from '../../shared/param-layout.ts';
 import { parseShard, shardRange, sliceLayout } from '../../shared/shard.ts';
 import { TINY_VGG_A, resolveModelConfig } from '../../shared/vgg-configs.ts';
-import { PROTOCOL_VERSION } from '../../shared/wire-protocol.ts';
+import { PROTOCOL_VERSION, type ProtocolError } from '../../shared/wire-protocol.ts';
 import { ShardGroup } from '../../worker/shard-group.ts';
 import { RawPeer, SGD, frame, hello, log, stats } from '../helpers/aggregator-harness.ts';
 import { wave } from '../helpers/numeric.ts';
@@ -179,5 +179,28 @@ describe('leader and follower shards', () => {
       assert.equal(await p.closed, 1008);
     }
     assert.equal(pair.leader.links.size, 1, 'the running follower kept its place');
+  });
+
+  test('a follower asking for any shard (worker start --host-shard auto) gets the lowest free one; none free is VGG_ERR_SHARD_UNAVAILABLE', async () => {
+    const layout = buildLayout(TINY_VGG_A);
+    const leader = new ShardLeader({ count: 3, model: TINY_VGG_A, onShardLost: () => {}, leaderOwnsNone: true });
+    const agg = new Aggregator({
+      host: '127.0.0.1', port: 0, token: 'secret', modelHash: modelHash(TINY_VGG_A, layout), step: 0, runInfo: { run: 't', wire: 'fp32' }, shardLeader: leader,
+      weights: new Float32Array(layout.totalSize), sgd: new FlatMomentumSgd(layout, SGD, new Float32Array(layout.totalSize)),
+      jobStatus: () => 'pending', onCommit: async () => {}, onMemberLost: () => {}, log,
+    });
+    const port = await agg.start();
+    const started: FollowerHandle[] = [];
+    try {
+      const follow = (shard: { index: number; count: number } | 'any') => startFollower({ leader: `ws://127.0.0.1:${port}`, token: 'secret', shard, host: '127.0.0.1', port: 0, log });
+      started.push(await follow({ index: 2, count: 3 }), await follow('any'));
+      assert.deepEqual(started.map((h) => h.shard), [{ index: 2, count: 3 }, { index: 1, count: 3 }]);
+      assert.deepEqual(leader.shardStates().map((x) => [x.index, x.hi - x.lo > 0]), [[0, false], [1, true], [2, true]]);
+      await assert.rejects(follow('any'), (err: ProtocolError) => err.code === 'VGG_ERR_SHARD_UNAVAILABLE' && /expected a free shard, got none: all 2 are taken/.test(err.message));
+      assert.equal(leader.links.size, 2);
+    } finally {
+      for (const h of started) await h.close();
+      await agg.close();
+    }
   });
 });
