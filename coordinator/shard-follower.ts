@@ -26,6 +26,8 @@ export interface FollowerOptions {
   log: Logger;
   /** First reconnect delay while the leader is not up yet. @defaultValue 200 */
   backoffMs?: number;
+  /** Stops retrying an unreachable leader (startFollower then rejects). */
+  signal?: AbortSignal;
 }
 
 export interface FollowerHandle {
@@ -58,8 +60,13 @@ export async function startFollower(o: FollowerOptions): Promise<FollowerHandle>
       link = await connectLeader(o);
     } catch (err) {
       if (err instanceof ProtocolError) throw err;
+      if (o.signal?.aborted === true) throw new Error(`--leader ${o.leader}: gave up (${(err as Error).message})`);
       o.log.warn({ leader: o.leader, err: (err as Error).message, retryMs: delay }, 'leader unreachable; retrying');
-      await new Promise((r) => setTimeout(r, delay));
+      await new Promise<void>((resolve) => {
+        const wake = () => { clearTimeout(timer); resolve(); };
+        const timer = setTimeout(() => { o.signal?.removeEventListener('abort', wake); resolve(); }, delay);
+        o.signal?.addEventListener('abort', wake, { once: true });
+      });
       delay = Math.min(2 * delay, 5000);
     }
   }

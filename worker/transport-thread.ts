@@ -12,6 +12,7 @@ import { startFollower, type FollowerHandle } from '../coordinator/shard-followe
 import { createLogger } from '../shared/logger.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import { ProtocolError, type BatchStats, type ClientMessage } from '../shared/wire-protocol.ts';
+import { ConnectionLost } from './aggregator-client.ts';
 import { ShardGroup } from './shard-group.ts';
 import type { FromThread, ToThread, TransportInit } from './transport.ts';
 
@@ -28,8 +29,12 @@ const group = new ShardGroup({ ...init.client, log, metrics });
 // once every shard is ready), and reached by the group in process at the URL it advertises.
 let hosted: Promise<FollowerHandle | undefined> | undefined;
 let closing = false;
+/** A shard was hosted (or declined) once: later start failures are retried, not fatal. */
+let hostedOnce = false;
+// Closing stops a start still waiting for its coordinator (after the run ended there is none to wait for).
+const stopHosting = new AbortController();
 const host = (hostShard: NonNullable<TransportInit['hostShard']>, retryMs = 1000): void => {
-  const started = startFollower({ leader: init.client.url, token: init.client.token, log, ...hostShard }).catch((err: Error) => {
+  const started = startFollower({ leader: init.client.url, token: init.client.token, log, signal: stopHosting.signal, ...hostShard }).catch((err: Error) => {
     // --host-shard auto and every shard taken (or the run started): this worker only trains.
     if (hostShard.shard !== 'any' || !(err instanceof ProtocolError) || err.code !== 'VGG_ERR_SHARD_UNAVAILABLE') throw err;
     log.info({ reason: err.message }, 'no aggregator shard to host; training only');
@@ -37,14 +42,31 @@ const host = (hostShard: NonNullable<TransportInit['hostShard']>, retryMs = 1000
   });
   hosted = started;
   started.then((h) => h?.done).catch((err: Error) => {
+    if (closing) { log.info({ err: err.message }, 'stopped hosting the aggregator shard'); return; }
     // Its state is gone with the coordinator's link (or it was refused): this worker leaves the run's
     // steps, and hosts the shard again for the coordinator's next start (--resume), as it reconnects.
     log.error({ err: err.message, retryMs }, 'hosted aggregator shard lost; hosting it again for the next coordinator');
     group.terminate();
-    if (!closing) setTimeout(() => { if (!closing) host(hostShard, Math.min(2 * retryMs, 5000)); }, retryMs);
+    setTimeout(() => { if (!closing) host(hostShard, Math.min(2 * retryMs, 5000)); }, retryMs);
   });
 };
 if (init.hostShard !== undefined) host(init.hostShard);
+
+/**
+ * Waits until the hosted shard (if any) serves or was declined, asking `giveUp` every second (the run
+ * may end while a shard waits for a coordinator that will not come back). The first start's refusal
+ * is a configuration error and thrown; a later one is retried by host().
+ */
+async function hostedReady(giveUp: () => Promise<boolean>): Promise<void> {
+  for (;;) {
+    const current = hosted;
+    if (current === undefined) return;
+    const r = await Promise.race([current.then(() => 'served', (e: Error) => e), new Promise((res) => setTimeout(() => res('waiting'), 1000))]);
+    if (r === 'served') { hostedOnce = true; return; }
+    if (r instanceof Error && !hostedOnce) throw r;
+    if (await giveUp()) throw new ConnectionLost();
+  }
+}
 let flat: Float32Array<ArrayBufferLike> = new Float32Array(0);
 
 const post = (msg: FromThread, transfer: ArrayBuffer[] = []) => {
@@ -79,10 +101,12 @@ const releaseBodies = () => { for (const release of bodies.values()) release(); 
 
 async function call(id: number, method: string, args: unknown[]): Promise<unknown> {
   switch (method) {
-    case 'connect':
-      await hosted;
-      await group.connect(askGiveUp(id));
+    case 'connect': {
+      const giveUp = askGiveUp(id);
+      await hostedReady(giveUp);
+      await group.connect(giveUp);
       return group.run;
+    }
     case 'ready':
       await group.ready(args[0] as string);
       return null;
@@ -138,6 +162,7 @@ port.on('message', (msg: ToThread) => {
       // A hosted shard goes on serving the other workers until the coordinator ends the run (or is lost):
       // closing it now would take its range of the weights and momentum with it and stop the run.
       closing = true;
+      stopHosting.abort();
       if (hosted === undefined) port.close();
       else void hosted.then((h) => h?.done).catch(() => {}).finally(() => port.close());
       return;
