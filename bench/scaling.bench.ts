@@ -99,7 +99,7 @@ for (const [link, bytesPerSec] of Object.entries(links)) {
       const cells: string[] = [];
       const overlapCells: string[] = [];
       for (const N of [4, 8, 16, 32, 64]) {
-        const K = shards === '1' ? 1 : shards.startsWith('N') && !shards.includes('/') ? N : Math.max(1, N / 8);
+        const K = shards === '1' ? 1 : shards === 'N/8' ? Math.max(1, N / 8) : N;
         // Hosted by the workers: a worker's own slice stays in process, so its link moves (N - 1) / N of P
         // each way per phase (gradients, then weights): the ring all-reduce's bytes.
         const wireMs = (shards === 'N hosted' ? (2 * (N - 1) * P) / (N * bytesPerSec) : Math.max((2 * P) / bytesPerSec, (N * P) / (K * bytesPerSec))) * 1000;

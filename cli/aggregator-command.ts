@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { startFollower } from '../coordinator/shard-follower.ts';
 import { ConfigError } from '../shared/errors.ts';
 import { createLogger } from '../shared/logger.ts';
-import { intOption, tokenFromEnv } from '../shared/option-parsers.ts';
+import { intOption, tokenFromEnv, wsUrl } from '../shared/option-parsers.ts';
 import { parseShard } from '../shared/shard.ts';
 
 interface AggregatorFlags { leader: string; shard: string; host: string; port: number; advertise?: string; token?: string }
@@ -18,8 +18,8 @@ export function registerAggregatorCommands(program: Command): void {
     .option('--advertise <url>', 'the URL workers are told to reach this shard at (env VGG_ADVERTISE; default ws://host:port, the hostname for 0.0.0.0)', process.env.VGG_ADVERTISE)
     .option('--token <token>', 'run token (env VGG_TOKEN, or a file named by VGG_TOKEN_FILE)')
     .action(async (f: AggregatorFlags) => {
-      if (!/^wss?:\/\//.test(f.leader)) throw new ConfigError(`--leader: expected a ws:// or wss:// URL, got ${JSON.stringify(f.leader)}`);
-      if (f.advertise !== undefined && !/^wss?:\/\//.test(f.advertise)) throw new ConfigError(`--advertise: expected a ws:// or wss:// URL, got ${JSON.stringify(f.advertise)}`);
+      wsUrl('--leader', f.leader);
+      wsUrl('--advertise', f.advertise);
       const shard = parseShard('--shard', f.shard);
       if (shard.index === 0) throw new ConfigError('--shard: expected 1 <= i < K, got 0/K: shard 0 is the coordinator (coordinator start --shards K)');
       const log = createLogger({ role: 'aggregator' });

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import type { Command } from 'commander';
 import { ConfigError } from '../shared/errors.ts';
 import { createLogger } from '../shared/logger.ts';
-import { choiceOption, intOption, tokenFromEnv } from '../shared/option-parsers.ts';
+import { choiceOption, intOption, tokenFromEnv, wsUrl } from '../shared/option-parsers.ts';
 import { parseShard, type ShardSpec } from '../shared/shard.ts';
 import { BACKEND_CHOICES, type BackendChoice } from '../worker/backend.ts';
 import { OVERLAP_CHOICES, runWorker, type OverlapChoice } from '../worker/job-loop.ts';
@@ -22,7 +22,7 @@ function parseGpus(value: string): number[] {
 function hostedShard(f: WorkerFlags): { shard: ShardSpec | 'any'; host: string; port: number; advertise?: string } {
   const shard = f.hostShard === 'auto' ? 'any' : parseShard('--host-shard', f.hostShard ?? '');
   if (shard !== 'any' && shard.index === 0) throw new ConfigError('--host-shard: expected 1 <= i < K, got 0/K: shard 0 is the coordinator');
-  if (f.shardAdvertise !== undefined && !/^wss?:\/\//.test(f.shardAdvertise)) throw new ConfigError(`--shard-advertise: expected a ws:// or wss:// URL, got ${JSON.stringify(f.shardAdvertise)}`);
+  wsUrl('--shard-advertise', f.shardAdvertise);
   return { shard, host: f.shardHost, port: f.shardPort, ...(f.shardAdvertise === undefined ? {} : { advertise: f.shardAdvertise }) };
 }
 
@@ -48,7 +48,7 @@ export function registerWorkerCommands(program: Command): void {
       process.env.VGG_SHARD_PORT === undefined ? 0 : intOption('VGG_SHARD_PORT', 0, 65535)(process.env.VGG_SHARD_PORT))
     .option('--shard-advertise <url>', 'with --host-shard: the URL the other workers are told to use (env VGG_SHARD_ADVERTISE; default ws://shard-host:port, the hostname for 0.0.0.0)', process.env.VGG_SHARD_ADVERTISE)
     .action(async (f: WorkerFlags) => {
-      if (!/^wss?:\/\//.test(f.coordinator)) throw new ConfigError(`--coordinator: expected a ws:// or wss:// URL, got ${JSON.stringify(f.coordinator)}`);
+      wsUrl('--coordinator', f.coordinator);
       const hostShard = f.hostShard === undefined ? undefined : hostedShard(f);
       if (f.gpus !== undefined && hostShard !== undefined && (hostShard.shard !== 'any' || hostShard.advertise !== undefined)) {
         throw new ConfigError(`--host-shard: expected auto (without --shard-advertise) with --gpus, got ${f.hostShard}${hostShard.advertise === undefined ? '' : ` and --shard-advertise ${hostShard.advertise}`} (or start one \`worker start --gpu n --host-shard i/K\` per GPU)`);

@@ -8,7 +8,7 @@ import type { LocalSocket } from '../shared/local-link.ts';
 import { arenaOf, type FloatArena } from '../shared/simd.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import {
-  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, codesOf, decodeFragments, decodeFrame, encode, field, sameSecret, sendChunk, valuesOf,
+  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, codesOf, decodeFragments, decodeFrame, encode, field, fragmentBytes, sameSecret, sendChunk, valuesOf,
   type BatchStats, type ServerMessage,
 } from '../shared/wire-protocol.ts';
 import { shardTicket, type ShardLeader } from './shard-leader.ts';
@@ -221,8 +221,9 @@ export class Aggregator {
       this.options.log.warn({ remote, code: err.code, err: err.message }, 'worker socket error');
     });
     ws.on('pong', () => { if (member !== undefined) member.lastSeen = performance.now(); });
+    // Binary messages come as their fragments; a text frame (no peer of ours sends one) as one Buffer.
     ws.on('message', (raw: Buffer | Buffer[]) => {
-      this.options.metrics?.receivedBytes.inc(Array.isArray(raw) ? raw.reduce((n, p) => n + p.length, 0) : raw.length);
+      this.options.metrics?.receivedBytes.inc(Array.isArray(raw) ? fragmentBytes(raw) : raw.length);
       // A member already removed (rejected, silent) is not listened to while its socket closes.
       if (member !== undefined && !this.members.has(member.id)) return;
       try {

@@ -83,7 +83,7 @@ export class ShardLeader {
 
   /** Every shard for `status`: its range, URL, and whether it is connected and ready (shard 0 always). */
   shardStates(): ShardState[] {
-    return this.shardList().map((s) => ({ ...s, url: s.url || (this.urls.get(s.index) ?? ''), ready: s.index === 0 || this.links.get(s.index)?.ready === true }));
+    return this.shardList().map((s) => ({ ...s, url: this.urls.get(s.index) ?? '', ready: s.index === 0 || this.links.get(s.index)?.ready === true }));
   }
 
   ready(): boolean {

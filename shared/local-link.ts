@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { fragmentBytes } from './wire-protocol.ts';
 
 /** Bytes delivered per turn of the event loop: a large backlog does not starve the thread's sockets. */
 const TURN_BYTES = 16 * 1024 * 1024;
@@ -52,7 +53,7 @@ export class LocalSocket extends EventEmitter {
     if (typeof options === 'object' && options.fin === false) return;
     const parts = this.fragments;
     this.fragments = [];
-    const bytes = parts.reduce((n, p) => n + p.length, 0);
+    const bytes = fragmentBytes(parts);
     this.bufferedAmount += bytes;
     this.queue.push({ parts, bytes });
     this.flush();

@@ -57,6 +57,12 @@ export function intListOption(option: string) {
   };
 }
 
+/** `value` if it is a ws:// or wss:// URL (undefined passes); else a ConfigError naming `option`. */
+export function wsUrl<T extends string | undefined>(option: string, value: T): T {
+  if (value !== undefined && !/^wss?:\/\//.test(value)) throw new ConfigError(`${option}: expected a ws:// or wss:// URL, got ${JSON.stringify(value)}`);
+  return value;
+}
+
 /**
  * The run token from VGG_TOKEN, else from the file named by VGG_TOKEN_FILE
  * (Docker and Kubernetes secrets are mounted as files), else ''.

@@ -25,7 +25,7 @@ export function parseShard(flag: string, value: string): ShardSpec {
  * `leaderOwnsNone`: shard 0 owns no floats and shards 1..K-1 share them all.
  */
 export function shardRange(total: number, index: number, count: number, leaderOwnsNone = false): FloatRange {
-  // Shards hosted by the workers (coordinator --host-shards): shard 0, the coordinator, only decides the steps.
+  // Shards hosted by the workers (coordinator --hosted-shards): shard 0, the coordinator, only decides the steps.
   if (leaderOwnsNone && count > 1) return index === 0 ? { lo: 0, hi: 0 } : shardRange(total, index - 1, count - 1);
   const cut = (i: number) => (i >= count ? total : Math.min(total, Math.round((total * i) / count / 16) * 16));
   return { lo: cut(index), hi: cut(index + 1) };

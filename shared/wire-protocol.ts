@@ -153,6 +153,11 @@ export function chunkHeadOf(head: Uint8Array): { msg: Record<string, unknown>; b
   }
 }
 
+/** The bytes of a message received as its fragments. */
+export function fragmentBytes(parts: Buffer[]): number {
+  return parts.reduce((n, p) => n + p.length, 0);
+}
+
 /**
  * A message received as its fragments (ws `binaryType = 'fragments'`): a chunk sent by sendChunk
  * keeps its data fragment as it arrived (no concatenation); anything else is decoded whole.

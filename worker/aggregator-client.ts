@@ -6,7 +6,7 @@ import type { Logger } from '../shared/logger.ts';
 import { WIRE_FORMATS, encode16, wireBytes, type WireFormat } from '../shared/half.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import {
-  CHUNK_FLOATS, CHUNK_MESSAGE_BYTES, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, chunkHeadOf, chunkMessage, decodeFragments, encode, field, sendChunk, valuesOf,
+  CHUNK_FLOATS, CHUNK_MESSAGE_BYTES, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, chunkHeadOf, chunkMessage, decodeFragments, encode, field, fragmentBytes, sendChunk, valuesOf,
   type BatchStats, type ClientMessage,
 } from '../shared/wire-protocol.ts';
 
@@ -146,7 +146,7 @@ export class AggregatorClient extends EventEmitter {
       ws.on('ping', () => { this.lastSeen = performance.now(); });
       ws.on('message', (parts: Buffer[]) => {
         this.lastSeen = performance.now();
-        this.wireMetrics?.receivedBytes.inc(parts.reduce((n, p) => n + p.length, 0));
+        this.wireMetrics?.receivedBytes.inc(fragmentBytes(parts));
         try {
           const msg = decodeFragments(parts);
           if (welcomed) this.onMessage(msg);

@@ -41,6 +41,7 @@ const host = (hostShard: NonNullable<TransportInit['hostShard']>, retryMs = 1000
     return undefined;
   });
   hosted = started;
+  started.then(() => { hostedOnce = true; }, () => {});
   started.then((h) => h?.done).catch((err: Error) => {
     if (closing) { log.info({ err: err.message }, 'stopped hosting the aggregator shard'); return; }
     // Its state is gone with the coordinator's link (or it was refused): this worker leaves the run's
@@ -62,7 +63,7 @@ async function hostedReady(giveUp: () => Promise<boolean>): Promise<void> {
     const current = hosted;
     if (current === undefined) return;
     const r = await Promise.race([current.then(() => 'served', (e: Error) => e), new Promise((res) => setTimeout(() => res('waiting'), 1000))]);
-    if (r === 'served') { hostedOnce = true; return; }
+    if (r === 'served') return;
     if (r instanceof Error && !hostedOnce) throw r;
     if (await giveUp()) throw new ConnectionLost();
   }
