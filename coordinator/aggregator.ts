@@ -4,6 +4,7 @@ import { FlatMomentumSgd } from '../shared/flat-sgd.ts';
 import { encode16, type WireFormat } from '../shared/half.ts';
 import { sliceLayout } from '../shared/shard.ts';
 import { FrameSlot } from '../shared/frame-slot.ts';
+import { readIntoOneBuffer } from '../shared/socket-reads.ts';
 import type { LocalSocket } from '../shared/local-link.ts';
 import { arenaOf, type FloatArena } from '../shared/simd.ts';
 import type { Metrics } from '../shared/metrics.ts';
@@ -98,6 +99,8 @@ export interface LeaderCommit { step: number; attempt: number; jobs: string[]; t
  * Every other rejection after the handshake means the peer is broken or hostile:
  * its partial gradient is dropped and the connection closed.
  */
+/** Gradient frames gathered into the arena at once (one per streaming socket); 4 MiB each, in the arena's fixed room. */
+const FRAME_SLOTS = 4;
 const BENIGN_CODES = new Set(['VGG_ERR_STALE_STEP', 'VGG_ERR_DUPLICATE_JOB', 'VGG_ERR_NONFINITE']);
 
 /**
@@ -155,8 +158,10 @@ export class Aggregator {
     this.wire = options.wire ?? 'fp32';
     this.scratch = floats(this.wire === 'fp32' ? 0 : CHUNK_FLOATS);
     if (this.wire !== 'fp32') this.weights16 = this.arena?.alloc16(this.weights.length) ?? new Uint16Array(this.weights.length);
-    // Gradient chunks gathered by ws straight into the arena: one copy from the socket to the reduce.
-    this.frameSlot = this.arena === undefined ? undefined : new FrameSlot(this.arena.allocBytes(CHUNK_FLOATS * 4 + 64 * 1024));
+    // Gradient chunks gathered straight into the arena as they arrive: one copy from the socket to the reduce.
+    // One slot per socket streaming at once, up to FRAME_SLOTS (the members' frames interleave).
+    this.frameSlot = this.arena === undefined ? undefined
+      : new FrameSlot(this.arena.allocBytes(FRAME_SLOTS * (CHUNK_FLOATS * 4 + 64 * 1024)), 256 * 1024, FRAME_SLOTS);
   }
 
   async start(): Promise<number> {
@@ -241,7 +246,8 @@ export class Aggregator {
       }
     });
     ws.on('close', (code) => { if (member !== undefined) this.lose(member, code); });
-    this.frameSlot?.attach(ws);
+    // Large frames gathered into the arena as they arrive; then the socket can read into one reused buffer.
+    if (this.frameSlot?.attach(ws) === true) readIntoOneBuffer(ws);
   }
 
   /**

@@ -1,35 +1,95 @@
 import type { WebSocket } from 'ws';
 
 /** The part of ws's Receiver (ws 8, lib/receiver.js) that gatherFrames uses for one socket. */
-interface ReceiverInternals {
+export interface ReceiverInternals {
   _buffers: Buffer[];
   _bufferedBytes: number;
   _fragments: Buffer[];
+  _payloadLength: number;
+  _mask?: Buffer;
+  _errored: boolean;
   consume(n: number): Buffer;
+  getData(cb: (err?: Error) => void): void;
+  startLoop(cb: (err?: Error) => void): void;
+  _write(chunk: Buffer, encoding: string, cb: (err?: Error) => void): void;
+  write(chunk: Buffer): boolean;
+  readonly writableLength: number;
+}
+
+/** ws's receiver of `ws` where it is the one this module was written against (ws 8: lib/receiver.js), else undefined. */
+export function receiverOf(ws: WebSocket): ReceiverInternals | undefined {
+  // null until the socket is open (a client's), undefined in another ws.
+  const r = (ws as unknown as { _receiver?: ReceiverInternals | null })._receiver;
+  if (r === undefined || r === null || !Array.isArray(r._buffers) || typeof r._bufferedBytes !== 'number' || !Array.isArray(r._fragments)
+    || typeof r._payloadLength !== 'number' || typeof r._errored !== 'boolean'
+    || ![r.consume, r.getData, r.startLoop, r._write, r.write].every((f) => typeof f === 'function')) return undefined;
+  return r;
 }
 
 /**
- * Lets a socket's large frames be gathered where the caller says instead of into
- * a fresh Buffer: for each frame of at least `minBytes` whose payload spans
- * socket reads (ws returns a view, no copy, when it lies in one), `where(n,
- * previous)` is asked for n bytes of room (`previous`: the message's earlier
- * fragment, if this frame continues one); given room, the frame is gathered
- * there and ws goes on with that view, else ws gathers it as usual. False
- * (nothing changed) where ws's receiver is not the one this was written against
- * (ws 8: lib/receiver.js).
+ * Lets a socket's large frames be gathered where the caller says, as they
+ * arrive, instead of ws holding every socket read until the frame is complete
+ * and then copying them into a fresh Buffer.
+ *
+ * For each frame of at least `minBytes` whose payload spans socket reads (ws
+ * returns a view, no copy, when it lies in one), `where(n, previous)` is asked
+ * for n bytes of room (`previous`: the message's earlier fragment, if this
+ * frame continues one). A frame whose payload is still arriving when its
+ * length is known is copied there read by read (into a fresh Buffer where
+ * `where` gives no room), so no socket read outlives its own handling (what
+ * readIntoOneBuffer, socket-reads.ts, needs) and each read is copied while it
+ * is still in cache; a frame complete in ws's buffers already is gathered in
+ * one go. ws then goes on (unmasking, fragments, 'message') with that view.
+ * False (nothing changed) where ws's receiver is not the one this was written
+ * against.
  */
 export function gatherFrames(ws: WebSocket, minBytes: number, where: (n: number, previous: Buffer | undefined) => Uint8Array | undefined): boolean {
-  // null until the socket is open (a client's), undefined in another ws.
-  const receiver = (ws as unknown as { _receiver?: ReceiverInternals | null })._receiver;
-  if (receiver === undefined || receiver === null || typeof receiver.consume !== 'function' || !Array.isArray(receiver._buffers)
-    || typeof receiver._bufferedBytes !== 'number' || !Array.isArray(receiver._fragments)) return false;
-  const own = receiver.consume;
-  receiver.consume = function consume(this: ReceiverInternals, n: number): Buffer {
+  const receiver = receiverOf(ws);
+  if (receiver === undefined) return false;
+  const room = (r: ReceiverInternals, n: number): Buffer | undefined => {
+    const got = where(n, r._fragments.length === 1 ? r._fragments[0] : undefined);
+    return got === undefined || got.length !== n ? undefined : Buffer.from(got.buffer, got.byteOffset, n);
+  };
+  /** The frame being gathered read by read, and how much of it is here. */
+  let into: { dst: Buffer; at: number } | undefined;
+  const { consume, getData, _write: write } = receiver;
+  receiver.getData = function gatherOnArrival(this: ReceiverInternals, cb): void {
+    const n = this._payloadLength;
+    if (into === undefined && n >= minBytes && this._bufferedBytes < n) {
+      const dst = room(this, n) ?? Buffer.allocUnsafe(n);
+      let at = 0;
+      for (const b of this._buffers) { dst.set(b, at); at += b.length; }
+      this._buffers.length = 0;
+      into = { dst, at }; // _bufferedBytes still counts these bytes: ws waits for the rest as before
+    }
+    getData.call(this, cb);
+  };
+  receiver._write = function writeOnArrival(this: ReceiverInternals, chunk, encoding, cb): void {
+    const s = into;
+    if (s === undefined || s.at === s.dst.length) { write.call(this, chunk, encoding, cb); return; }
+    const take = Math.min(chunk.length, s.dst.length - s.at);
+    s.dst.set(take === chunk.length ? chunk : chunk.subarray(0, take), s.at);
+    s.at += take;
+    this._bufferedBytes += take;
+    if (s.at < s.dst.length) { cb(); return; }
+    // Complete: what follows in this read is the next frame's; ws's loop takes the payload back through consume.
+    if (take < chunk.length) {
+      this._buffers.push(chunk.subarray(take));
+      this._bufferedBytes += chunk.length - take;
+    }
+    this.startLoop(cb);
+  };
+  receiver.consume = function gather(this: ReceiverInternals, n: number): Buffer {
+    if (into !== undefined && into.at === n && into.dst.length === n) {
+      const { dst } = into;
+      into = undefined;
+      this._bufferedBytes -= n;
+      return dst;
+    }
     const first = this._buffers[0];
-    if (n < minBytes || first === undefined || n <= first.length) return own.call(this, n);
-    const room = where(n, this._fragments.length === 1 ? this._fragments[0] : undefined);
-    if (room === undefined || room.length !== n) return own.call(this, n);
-    const dst = Buffer.from(room.buffer, room.byteOffset, n);
+    if (n < minBytes || first === undefined || n <= first.length) return consume.call(this, n);
+    const dst = room(this, n);
+    if (dst === undefined) return consume.call(this, n);
     this._bufferedBytes -= n;
     for (let at = 0; at < n;) {
       const buf = this._buffers[0] as Buffer;
@@ -45,42 +105,50 @@ export function gatherFrames(ws: WebSocket, minBytes: number, where: (n: number,
 }
 
 /**
- * One reusable receive buffer (in the aggregator's wasm arena) for large frames.
+ * Reusable receive buffers (in the aggregator's wasm arena) for large frames.
  *
- * ws gathers a frame's payload from its ~64 KiB socket reads into a fresh
- * Buffer (`Receiver.consume`); the aggregator then copied that into the arena
- * for the SIMD reduce: two copies per gradient chunk. With the slot, a frame of
- * at least `minBytes` is gathered straight into the arena, so the chunk's
- * floats are already where the reduce reads them: one copy. The aggregator
- * handles a message synchronously within ws's 'message' event (ws emits it
- * synchronously by default), so one slot serves every socket: it is taken when a
- * frame is gathered into it and given back after the message's listeners ran
- * (or the socket closed). A frame that arrives while it is taken (a fragmented
- * message holds its first fragments until the last), or that is larger, is
- * gathered by ws as before.
+ * ws gathers a frame's payload from its socket reads into a fresh Buffer; the
+ * aggregator then copied that into the arena for the SIMD reduce: two copies
+ * per gradient chunk. With a slot, a frame of at least `minBytes` is gathered
+ * straight into the arena as it arrives (gatherFrames), so the chunk's floats
+ * are already where the reduce reads them: one copy. The aggregator handles a
+ * message synchronously within ws's 'message' event (ws emits it synchronously
+ * by default), so a slot is taken from when a frame's length is known until the
+ * message's listeners ran (or the socket closed). Several sockets stream at once
+ * (one slot each, while there are free ones); a frame that finds every slot
+ * taken (a fragmented message holds its first fragments until the last), or
+ * that is larger, is gathered into a fresh Buffer as ws would.
  */
 export class FrameSlot {
-  private holder: WebSocket | undefined;
-  /** Frames gathered into the slot, and frames that could have been but found it taken or too small. */
+  private readonly slots: Uint8Array[];
+  private readonly holders: (WebSocket | undefined)[];
+  /** Frames gathered into a slot, and frames that could have been but found them taken or too small. */
   readonly counts = { slot: 0, fallback: 0 };
 
-  constructor(private readonly bytes: Uint8Array, private readonly minBytes = 256 * 1024) {}
+  /** `bytes` is cut into `count` slots of equal size. */
+  constructor(bytes: Uint8Array, private readonly minBytes = 256 * 1024, count = 1) {
+    const each = Math.floor(bytes.length / count);
+    this.slots = Array.from({ length: count }, (_, i) => bytes.subarray(i * each, (i + 1) * each));
+    this.holders = this.slots.map(() => undefined);
+  }
 
-  /** Routes `ws`'s large frames through the slot. Call after the socket's own 'message' listeners are registered. */
+  /** Routes `ws`'s large frames through the slots. Call after the socket's own 'message' listeners are registered. */
   attach(ws: WebSocket): boolean {
     const attached = gatherFrames(ws, this.minBytes, (n) => {
-      if (this.holder !== undefined || n > this.bytes.length) {
+      const i = this.holders.indexOf(undefined);
+      if (i < 0 || n > (this.slots[i] as Uint8Array).length || this.holders.includes(ws)) {
         this.counts.fallback += 1;
         return undefined;
       }
-      this.holder = ws;
+      this.holders[i] = ws;
       this.counts.slot += 1;
-      return this.bytes.subarray(0, n);
+      return (this.slots[i] as Uint8Array).subarray(0, n);
     });
     if (!attached) return false;
     // After the aggregator's own listener: the message has been handled, the slot is free again.
-    ws.on('message', () => { if (this.holder === ws) this.holder = undefined; });
-    ws.on('close', () => { if (this.holder === ws) this.holder = undefined; });
+    const free = () => { const i = this.holders.indexOf(ws); if (i >= 0) this.holders[i] = undefined; };
+    ws.on('message', free);
+    ws.on('close', free);
     return true;
   }
 }

@@ -188,11 +188,12 @@ const ARENAS = new WeakMap<ArrayBufferLike, FloatArena>();
 
 /**
  * Room an aggregator over `n` floats takes in its arena: weights, momentum, the
- * sum, the 16-bit weights of a bf16/fp16 broadcast, and chunk-sized staging.
+ * sum, the 16-bit weights of a bf16/fp16 broadcast, and chunk-sized staging
+ * (a 16-bit chunk's decoded floats, the frame slots: 32 MiB in all).
  * (Unused room costs address space, not memory: pages are touched on use.)
  */
 export function aggregatorArenaFloats(n: number): number {
-  return 3 * n + Math.ceil(n / 2) + 4 * (1 << 20);
+  return 3 * n + Math.ceil(n / 2) + 8 * (1 << 20);
 }
 
 /**

@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import WebSocket from 'ws';
 import { gatherFrames } from '../shared/frame-slot.ts';
 import { connectLocal } from '../shared/local-link.ts';
+import { readIntoOneBuffer } from '../shared/socket-reads.ts';
 import type { Logger } from '../shared/logger.ts';
 import { WIRE_FORMATS, encode16, wireBytes, type WireFormat } from '../shared/half.ts';
 import type { Metrics } from '../shared/metrics.ts';
@@ -137,7 +138,7 @@ export class AggregatorClient extends EventEmitter {
       ws.on('error', (err) => { if (!welcomed) reject(err); else this.options.log.warn({ err: err.message }, 'aggregator socket error'); });
       ws.on('open', () => {
         this.ws = ws;
-        gatherFrames(ws, 64 * 1024, (n, previous) => this.weightsRoom(n, previous));
+        if (gatherFrames(ws, 64 * 1024, (n, previous) => this.weightsRoom(n, previous))) readIntoOneBuffer(ws);
         this.send({
           t: 'hello', protocol: PROTOCOL_VERSION, token: this.options.token,
           workerId: this.options.workerId, host: this.options.host, gpu: this.options.gpu, backend: this.options.backend,

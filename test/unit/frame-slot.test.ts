@@ -5,9 +5,9 @@ import WebSocket, { WebSocketServer } from 'ws';
 import { FrameSlot } from '../../shared/frame-slot.ts';
 
 /** Real ws on loopback: a server whose sockets go through one FrameSlot, and clients. */
-async function setup(t: { after: (fn: () => unknown) => void }, slotBytes: number) {
-  const backing = new Uint8Array(slotBytes + 64);
-  const slot = new FrameSlot(backing.subarray(16, 16 + slotBytes), 64 * 1024);
+async function setup(t: { after: (fn: () => unknown) => void }, slotBytes: number, count = 1) {
+  const backing = new Uint8Array(count * slotBytes + 64);
+  const slot = new FrameSlot(backing.subarray(16, 16 + count * slotBytes), 64 * 1024, count);
   const server = new WebSocketServer({ host: '127.0.0.1', port: 0, maxPayload: 16 << 20 });
   const received: { client: number; bytes: Buffer; inSlot: boolean }[] = [];
   const waiters: (() => void)[] = [];
@@ -98,5 +98,28 @@ describe('FrameSlot: large frames gathered into one reusable buffer', () => {
     assert.equal(s.received[0]?.inSlot, true);
     assert.ok(s.received[0]?.bytes.equals(msg));
     assert.deepEqual(s.slot.counts, { slot: 2, fallback: 0 });
+  });
+
+  test('with two slots two sockets hold one each at once; a third finds none and is gathered into fresh room, all intact', async (t) => {
+    const s = await setup(t, 1 << 20, 2);
+    const [a, b, c] = [await s.connect(1), await s.connect(2), await s.connect(3)];
+    const parts = [1, 2].map((k) => [pattern(300 * 1024, 10 + k), pattern(100 * 1024, 20 + k)] as const);
+    for (const [k, ws] of [a, b].entries()) {
+      const pinged = new Promise((r) => s.sockets[k]?.once('ping', r));
+      ws.send(parts[k]?.[0] as Buffer, { fin: false });
+      ws.ping();
+      await pinged;
+    }
+    const cMsg = pattern(400 * 1024, 30);
+    c.send(cMsg);
+    await s.messages(1);
+    a.send(parts[0]?.[1] as Buffer, { fin: true });
+    await s.messages(2);
+    b.send(parts[1]?.[1] as Buffer, { fin: true });
+    await s.messages(3);
+    assert.deepEqual(s.received.map((r) => [r.client, r.inSlot]), [[3, false], [1, false], [2, false]], 'c first; a\'s and b\'s fragments are concatenated (nodebuffer)');
+    assert.ok(s.received[0]?.bytes.equals(cMsg));
+    assert.ok(s.received[1]?.bytes.equals(Buffer.concat(parts[0] as readonly Buffer[])) && s.received[2]?.bytes.equals(Buffer.concat(parts[1] as readonly Buffer[])));
+    assert.deepEqual(s.slot.counts, { slot: 2, fallback: 3 }, "a's and b's first fragments took the slots; c's frame and their last fragments did not");
   });
 });

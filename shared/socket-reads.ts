@@ -1,0 +1,86 @@
+import type { Socket } from 'node:net';
+import type { WebSocket } from 'ws';
+import { receiverOf, type ReceiverInternals } from './frame-slot.ts';
+
+/** One read buffer per thread, shared by its sockets (see readIntoOneBuffer). */
+let shared: Buffer | undefined;
+/** Bytes per socket read. 256 KiB stays in a core's L2 cache, where the kernel writes it and we copy it out. */
+export const READ_BYTES = 256 * 1024;
+
+interface SocketInternals {
+  _handle: { useUserBuffer?: (buf: Uint8Array) => void } | null;
+}
+
+/** Replaces the views into `ab` that ws still holds after a read (a partial header, a small frame's start, a mask) with copies. */
+function release(r: ReceiverInternals, ab: ArrayBufferLike): void {
+  for (const list of [r._buffers, r._fragments]) {
+    for (let i = 0; i < list.length; i += 1) {
+      const b = list[i] as Buffer;
+      if (b.buffer === ab) list[i] = Buffer.from(b);
+    }
+  }
+  if (r._mask !== undefined && r._mask.buffer === ab) r._mask = Buffer.from(r._mask);
+}
+
+/**
+ * Has `ws`'s socket read into one buffer, reused for every read of every socket
+ * of this thread, instead of a fresh 64 KiB Buffer per read.
+ *
+ * Each fresh read buffer is external memory to V8, which starts a major
+ * garbage collection whenever that has grown by ~64 MB: moving a VGG-16
+ * gradient (528 MiB) cost each transport thread ~12 collections per step, a
+ * fifth of its CPU (perf, sixth session). Node reads into a caller's buffer
+ * (net.Socket's `onread` option); a socket that ws has already upgraded is
+ * switched over through the same internals (its kBuffer/kBufferCb slots and
+ * the handle's useUserBuffer), in Node 20 as in 18 and 22.
+ *
+ * Safe because nothing keeps a view into the buffer past the read's handling:
+ * ws's receiver is fed synchronously (ws emits messages synchronously by default), large
+ * frames are gathered into their own room as they arrive (gatherFrames: call it
+ * first), and whatever ws still holds afterwards (a partial header, the start of a
+ * small frame, a mask) is copied out. The one rule for the caller: a
+ * message's Buffers are valid only during its 'message' event, as the
+ * aggregator and its client use them (they decode or reduce at once). False
+ * (nothing changed) where the socket or ws is not what this was written
+ * against; then ws reads as before.
+ */
+export function readIntoOneBuffer(ws: WebSocket): boolean {
+  const socket = (ws as unknown as { _socket?: Socket & SocketInternals })._socket;
+  const receiver = receiverOf(ws);
+  if (socket === undefined || receiver === undefined) return false;
+  const symbols = Object.getOwnPropertySymbols(socket);
+  const kBuffer = symbols.find((s) => s.description === 'kBuffer');
+  const kBufferCb = symbols.find((s) => s.description === 'kBufferCb');
+  const handle = socket._handle;
+  if (kBuffer === undefined || kBufferCb === undefined || handle === null || typeof handle.useUserBuffer !== 'function') return false;
+  const slots = socket as unknown as Record<symbol, unknown>;
+  if (slots[kBuffer] !== null && slots[kBuffer] !== undefined) return false;
+  const buf = (shared ??= Buffer.allocUnsafeSlow(READ_BYTES));
+  const onRead = (nread: number): boolean => {
+    // After a protocol error ws stops listening and lets the socket close; so do we.
+    if (receiver._errored) return true;
+    const chunk = buf.subarray(0, nread);
+    // A write ws has not finished (it never leaves one with synchronous events) would keep the chunk: give it a copy.
+    if (receiver.writableLength > 0) return receiver.write(Buffer.from(chunk)) || (socket.pause(), false);
+    const ok = receiver.write(chunk);
+    release(receiver, buf.buffer);
+    if (!ok) socket.pause(); // as ws's own 'data' listener does; its receiver's 'drain' resumes the socket
+    return ok;
+  };
+  const switchOver = () => {
+    slots[kBuffer] = buf;
+    slots[kBufferCb] = onRead;
+    (handle.useUserBuffer as (b: Uint8Array) => void).call(handle, buf);
+  };
+  // Data Node read before (the upgrade's trailing bytes) must reach ws first.
+  if (socket.readableLength === 0) switchOver();
+  else {
+    const onData = () => {
+      if (socket.readableLength > 0) return;
+      socket.off('data', onData);
+      switchOver();
+    };
+    socket.on('data', onData);
+  }
+  return true;
+}
