@@ -14,7 +14,9 @@ const TURN_BYTES = 16 * 1024 * 1024;
  *
  * Semantics kept from a socket: messages arrive in order, later (never within
  * `send`); the bytes sent are not copied, so, as with ws, the sender must not
- * change them until `bufferedAmount` says they were delivered. A message sent
+ * change them until `bufferedAmount` says they were delivered, or the send's
+ * callback was called (after the other end's listeners had the message, as ws
+ * calls it once the bytes are in the kernel). A message sent
  * as fragments (`fin: false`, then `fin: true`) arrives whole, or as its
  * fragments where `binaryType` is 'fragments'.
  */
@@ -29,7 +31,9 @@ export class LocalSocket extends EventEmitter {
   bufferedAmount = 0;
   private peer!: LocalSocket;
   private fragments: Buffer[] = [];
-  private queue: { parts: Buffer[]; bytes: number }[] = [];
+  /** The callbacks of the fragments sent so far of the message being sent. */
+  private fragmentsDone: ((err?: Error) => void)[] = [];
+  private queue: { parts: Buffer[]; bytes: number; done: ((err?: Error) => void)[] }[] = [];
   private flushing = false;
 
   /** Two connected ends: the first is the client's (it emits 'open' on the next turn), the second the server's. */
@@ -50,14 +54,15 @@ export class LocalSocket extends EventEmitter {
     }
     const buf = typeof data === 'string' ? Buffer.from(data) : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     this.fragments.push(buf);
+    if (done !== undefined) this.fragmentsDone.push(done);
     if (typeof options === 'object' && options.fin === false) return;
     const parts = this.fragments;
     this.fragments = [];
     const bytes = fragmentBytes(parts);
     this.bufferedAmount += bytes;
-    this.queue.push({ parts, bytes });
+    this.queue.push({ parts, bytes, done: this.fragmentsDone });
+    this.fragmentsDone = [];
     this.flush();
-    if (done !== undefined) setImmediate(done);
   }
 
   /** Delivers queued messages on later turns, about TURN_BYTES per turn. */
@@ -68,10 +73,12 @@ export class LocalSocket extends EventEmitter {
       this.flushing = false;
       let delivered = 0;
       while (delivered < TURN_BYTES && this.queue.length > 0 && this.readyState !== this.CLOSED) {
-        const m = this.queue.shift() as { parts: Buffer[]; bytes: number };
+        const m = this.queue.shift() as LocalSocket['queue'][number];
         this.bufferedAmount -= m.bytes;
         delivered += m.bytes;
         this.peer.receive(m.parts);
+        // The other end's listeners are done with the bytes: the sender may reuse them.
+        for (const done of m.done) done();
       }
       if (this.queue.length > 0 && this.readyState !== this.CLOSED) this.flush();
     });
@@ -115,8 +122,12 @@ export class LocalSocket extends EventEmitter {
   private end(code: number, reason: string): void {
     for (const side of [this, this.peer]) {
       side.readyState = side.CLOSED;
+      // Undelivered sends fail, as ws's callbacks do when the socket closes first.
+      const undelivered = [...side.queue.flatMap((m) => m.done), ...side.fragmentsDone];
       side.queue = [];
       side.fragments = [];
+      side.fragmentsDone = [];
+      if (undelivered.length > 0) setImmediate(() => { for (const done of undelivered) done(new Error('local link: closed before the message was delivered')); });
       side.bufferedAmount = 0;
     }
     setImmediate(() => {

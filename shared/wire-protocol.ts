@@ -99,15 +99,15 @@ type ChunkType = 'grad-chunk' | 'weights-chunk' | 'state-chunk';
  */
 export function chunkMessage(t: ChunkType, step: number, offset: number, bodyBytes: number, fill: (body: Uint8Array) => void, room?: Buffer): Buffer {
   const head = chunkHead(t, step, offset, bodyBytes);
-  // `room`: a buffer to reuse (at least CHUNK_MESSAGE_BYTES), else a fresh one.
+  // `room`: a buffer to reuse (if large enough: CHUNK_MESSAGE_BYTES for 16-bit chunks), else a fresh one.
   const frame = room !== undefined && room.length >= head.length + bodyBytes ? room.subarray(0, head.length + bodyBytes) : Buffer.allocUnsafeSlow(head.length + bodyBytes);
   head.copy(frame, 0);
   fill(frame.subarray(head.length));
   return frame;
 }
 
-/** Room for any chunkMessage of up to CHUNK_FLOATS fp32 values (its head is well under 256 bytes). */
-export const CHUNK_MESSAGE_BYTES = CHUNK_FLOATS * 4 + 256;
+/** Room for a chunkMessage of up to CHUNK_FLOATS 16-bit values (its head is well under 256 bytes); fp32 chunks go as two fragments (chunkFrame). */
+export const CHUNK_MESSAGE_BYTES = CHUNK_FLOATS * 2 + 256;
 
 /** A chunk head's last entry without its bytes: the key "data" as a fixstr (5 bytes) and a bin32 header (5 bytes). */
 const DATA_ENTRY_BYTES = 10;

@@ -65,8 +65,8 @@ export class ConnectionLost extends Error {
 /** Backpressure: above the high watermark of queued bytes, wait until the socket drained to the low one. */
 const HIGH_WATER_BYTES = 64 * 1024 * 1024;
 const LOW_WATER_BYTES = 16 * 1024 * 1024;
-/** Message buffers kept for reuse: about as many as the high watermark lets be in flight. */
-const SEND_ROOMS = Math.ceil(HIGH_WATER_BYTES / (CHUNK_FLOATS * 4)) + 2;
+/** 16-bit message buffers kept for reuse: as many as the high watermark lets be in flight, and the one being encoded. */
+const SEND_ROOMS = Math.ceil(HIGH_WATER_BYTES / CHUNK_MESSAGE_BYTES) + 2;
 
 /**
  * The worker's end of the all-reduce: handshake, receiving weight versions,
@@ -89,6 +89,10 @@ export class AggregatorClient extends EventEmitter {
   private incoming?: { step: number; buf: Float32Array; next: number };
   /** Weights chunks whose floats ws gathered straight into place (see weightsRoom). */
   gatheredInPlace = 0;
+  /** 16-bit weights chunks whose codes ws gathered into room16. */
+  gatheredCodes = 0;
+  /** Where a 16-bit weights chunk's codes are gathered (one socket, one frame at a time, decoded at once). */
+  private room16?: Uint8Array;
   private stopped = false;
   /** Where bytes in and out are counted: the options' metrics, none over an in-process link. */
   private wireMetrics?: Metrics;
@@ -192,15 +196,22 @@ export class AggregatorClient extends EventEmitter {
   /**
    * Where ws should gather a frame of `n` bytes that continues the fragment `previous`: the floats of
    * the fp32 weights chunk the assembly expects next go straight to their place in it (one copy from
-   * the socket instead of three). Anything else (another chunk, a 16-bit wire, a bad head) is left to
+   * the socket instead of three); a 16-bit one's codes into one reused room, decoded into place by
+   * onMessage while its message is handled. Anything else (another chunk, a bad head) is left to
    * ws and checked by onMessage as before.
    */
   private weightsRoom(n: number, previous: Buffer | undefined): Uint8Array | undefined {
     const inc = this.incoming;
-    if (previous === undefined || inc === undefined || this.wire !== 'fp32' || n % 4 !== 0) return undefined;
+    const size = this.wire === 'fp32' ? 4 : 2;
+    if (previous === undefined || inc === undefined || n % size !== 0) return undefined;
     const head = chunkHeadOf(previous);
     if (head === undefined || head.bytes !== n || head.msg.t !== 'weights-chunk' || head.msg.step !== inc.step || head.msg.offset !== inc.next
-      || inc.next + n / 4 > inc.buf.length) return undefined;
+      || inc.next + n / size > inc.buf.length) return undefined;
+    if (size === 2) {
+      if (n > CHUNK_FLOATS * 2) return undefined;
+      this.gatheredCodes += 1;
+      return (this.room16 ??= new Uint8Array(CHUNK_FLOATS * 2)).subarray(0, n);
+    }
     this.gatheredInPlace += 1;
     return new Uint8Array(inc.buf.buffer, inc.buf.byteOffset + 4 * inc.next, n);
   }

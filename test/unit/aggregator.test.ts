@@ -115,7 +115,7 @@ describe('synchronous steps', () => {
     assert.equal(Buffer.compare(Buffer.from(usual.weights.buffer), Buffer.from(slot.weights.buffer)), 0);
   });
 
-  test('a worker gathers fp32 weights chunks straight into the weights it assembles; 16-bit ones are decoded as before', async () => {
+  test('a worker gathers fp32 weights chunks straight into the weights it assembles, the codes of 16-bit ones into one reused room (decoded into place)', async () => {
     const layout = buildLayout({ ...TINY_VGG_A, fcUnits: 1024 }); // a full 4 MiB chunk and a 1 MiB one
     for (const wire of ['fp32', 'bf16'] as const) {
       const hh = await startAggregator({ layout, arena: true, wire });
@@ -129,6 +129,7 @@ describe('synchronous steps', () => {
         }
         assert.equal(Buffer.compare(Buffer.from((a.weights as Float32Array).buffer, (a.weights as Float32Array).byteOffset, want.byteLength), Buffer.from(want.buffer, want.byteOffset, want.byteLength)), 0, wire);
         assert.equal(a.gatheredInPlace, wire === 'fp32' ? 2 : 0, wire);
+        assert.equal(a.gatheredCodes, wire === 'fp32' ? 0 : 2, wire);
       } finally {
         await hh.close();
       }

@@ -43,6 +43,34 @@ describe('the in-process link (a worker reaching the shard it hosts)', () => {
     assert.equal(parts?.[1]?.buffer, body.buffer, 'a view of the sent floats, not a copy');
   });
 
+  test("a send's callback comes after the other end had the message, also past a turn's worth of backlog; undelivered sends fail on terminate", async () => {
+    const [client, server] = LocalSocket.pair();
+    server.binaryType = 'fragments';
+    const mb = 1 << 20;
+    // 40 messages of 1 MiB: more than one turn delivers (16 MiB).
+    const n = 40;
+    const received: number[] = [];
+    const order: string[] = [];
+    server.on('message', (parts: Buffer[]) => { received.push(parts[1]?.[0] as number); order.push(`got ${parts[1]?.[0]}`); });
+    const all = Array.from({ length: n }, (_, i) => new Promise<void>((resolve) => {
+      client.send(Buffer.from([i]), { fin: false }, () => order.push(`head done ${i}`));
+      client.send(Buffer.alloc(mb, i), { fin: true }, () => {
+        order.push(`done ${i}`);
+        assert.ok(received.includes(i), `message ${i}: callback after delivery`);
+        resolve();
+      });
+    }));
+    await Promise.all(all);
+    for (let i = 0; i < n; i += 1) assert.ok(order.indexOf(`got ${i}`) < order.indexOf(`head done ${i}`) && order.indexOf(`head done ${i}`) < order.indexOf(`done ${i}`), `message ${i}: ${order.join(', ')}`);
+
+    const [c2] = LocalSocket.pair();
+    const failed: string[] = [];
+    c2.send(Buffer.alloc(10), (err) => failed.push(String(err?.message)));
+    c2.terminate();
+    await once(c2, 'close');
+    assert.deepEqual(failed, ['local link: closed before the message was delivered']);
+  });
+
   test('close delivers what was queued, then both ends close with the code; terminate drops it; sends after closing fail without throwing', async () => {
     const [client, server] = LocalSocket.pair();
     const got = messages(server, 2);
