@@ -22,7 +22,7 @@ import { VGG16_FLOATS, median, run, runOurs } from './allreduce/cluster.ts';
 
 const o = new Command('bench:allreduce')
   .option('--workers <list>', 'worker counts', intListOption('--workers'), [2, 4])
-  .option('--steps <n>', 'timed steps (after one warm-up)', intOption('--steps', 1), 4)
+  .option('--steps <n>', 'timed steps (after two untimed ones)', intOption('--steps', 1), 4)
   .option('--wire <list>', 'our wire formats to time (gloo is always fp32)', 'fp32,bf16')
   .option('--shards <list>', 'aggregator shard counts K to time', intListOption('--shards'), [1, 2])
   .option('--hosted <list>', 'also (yes) or only (only) time shards hosted by the workers (N shards, worker start --host-shard): yes, no, only', 'yes')

@@ -42,7 +42,7 @@ function boolList(v: string): boolean[] {
 const o = new Command('bench:scaling')
   .option('--workers <list>', 'worker counts measured here', intListOption('--workers'), [1, 2, 4])
   .option('--compute-ms <n>', 'simulated GPU compute time per step', intOption('--compute-ms', 0), 290)
-  .option('--steps <n>', 'timed steps per point (after one warm-up)', intOption('--steps', 1), 3)
+  .option('--steps <n>', 'timed steps per point (after two untimed ones)', intOption('--steps', 1), 3)
   .option('--wire <w>', 'wire format of the measured runs', 'fp32')
   .option('--shards <list>', 'aggregator shard counts K of the measured runs', intListOption('--shards'), [1])
   .option('--overlap <list>', 'measure without (false) and/or with (true) the classifier sent during the backward', boolList, [false, true])

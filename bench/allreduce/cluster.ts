@@ -7,6 +7,12 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 
 export const VGG16_FLOATS = 138_357_544;
+/**
+ * Untimed steps first: a worker receives the first two versions of the weights into fresh buffers
+ * (it double-buffers them), whose pages the kernel zeroes as they are first written; from the third
+ * step on it receives into the buffer given back (a steady state's step).
+ */
+export const WARMUP_STEPS = 2;
 /** H200, VGG-16 fp32 batch 64 (docs/measurements/h200-vgg16-overlap.json): the conv body's backward after the classifier's gradients are final, over the step. */
 export const WINDOW_FRACTION = 54.88 / 96.44;
 const here = path.dirname(new URL(import.meta.url).pathname);
@@ -41,7 +47,7 @@ const node = (script: string, args: string[], onLine?: (l: string) => void) =>
 export interface OursResult { stepMs: number; steps: number[]; peakRssBytes: number; followerPeakRssBytes: number; workerPeakRssBytes: number }
 
 /**
- * `steps` timed steps (after one warm-up) of `workers` workers through `shards` aggregator processes (default 1);
+ * `steps` timed steps (after WARMUP_STEPS untimed ones) of `workers` workers through `shards` aggregator processes (default 1);
  * `overlap`: the workers send the classifier's gradients before the simulated compute ends (worker-proc.ts);
  * `hosted`: each worker hosts one of the N shards (its transport thread), the leader owns no floats.
  */
@@ -52,7 +58,7 @@ export async function runOurs(o: { workers: number; steps: number; wire: string;
   const port = new Promise<number>((r) => { resolvePort = r; });
   let peak = 0;
   let followerPeak = 0;
-  const agg = node('aggregator-proc.ts', ['--steps', String(o.steps + 1), '--wire', o.wire, '--shards', String(shards), ...(o.hosted === true ? ['--hosted'] : [])], (line) => {
+  const agg = node('aggregator-proc.ts', ['--steps', String(o.steps + WARMUP_STEPS), '--wire', o.wire, '--shards', String(shards), ...(o.hosted === true ? ['--hosted'] : [])], (line) => {
     const m = JSON.parse(line) as { port?: number; peakRssBytes?: number };
     if (m.port !== undefined) resolvePort(m.port);
     if (m.peakRssBytes !== undefined) peak = m.peakRssBytes;
@@ -63,13 +69,13 @@ export async function runOurs(o: { workers: number; steps: number; wire: string;
     if (m.peakRssBytes !== undefined) followerPeak = Math.max(followerPeak, m.peakRssBytes);
   }).done);
   const outs = await Promise.all(Array.from({ length: o.workers }, (_, i) => node('worker-proc.ts',
-    ['--url', url, '--steps', String(o.steps + 1), '--id', String(i), '--compute-ms', String(o.computeMs ?? 0), ...(o.overlap === true ? ['--overlap'] : []),
+    ['--url', url, '--steps', String(o.steps + WARMUP_STEPS), '--id', String(i), '--compute-ms', String(o.computeMs ?? 0), ...(o.overlap === true ? ['--overlap'] : []),
       ...(o.hosted === true ? ['--host-shard', `${i + 1}/${shards}`] : [])]).done));
   await agg.done;
   await Promise.all(followers);
   const results = outs.map((s) => JSON.parse(s.trim().split('\n').at(-1) ?? '{}') as { arrivals: number[]; peakRssBytes: number });
   const arrivals = results.map((r) => r.arrivals);
   // A step ends when the last worker has the new weights; arrivals are per-process clocks, so take each worker's own intervals, the slowest.
-  const steps = Array.from({ length: o.steps }, (_, k) => Math.max(...arrivals.map((a) => (a[k + 1] ?? NaN) - (a[k] ?? NaN))));
+  const steps = Array.from({ length: o.steps }, (_, k) => Math.max(...arrivals.map((a) => (a[k + WARMUP_STEPS] ?? NaN) - (a[k + WARMUP_STEPS - 1] ?? NaN))));
   return { stepMs: median(steps), steps, peakRssBytes: peak, followerPeakRssBytes: followerPeak, workerPeakRssBytes: Math.max(...results.map((r) => r.peakRssBytes)) };
 }
