@@ -42,12 +42,13 @@ function release(r: ReceiverInternals, ab: ArrayBufferLike): void {
  * message's Buffers are valid only during its 'message' event, as the
  * aggregator and its client use them (they decode or reduce at once). False
  * (nothing changed) where the socket or ws is not what this was written
- * against; then ws reads as before.
+ * against, or the socket is a TLS one (wss://); then ws reads as before.
  */
 export function readIntoOneBuffer(ws: WebSocket): boolean {
   const socket = (ws as unknown as { _socket?: Socket & SocketInternals })._socket;
   const receiver = receiverOf(ws);
-  if (socket === undefined || receiver === undefined) return false;
+  // A TLS socket's reads are its decrypted stream's: left to ws.
+  if (socket === undefined || receiver === undefined || (socket as Socket & { encrypted?: boolean }).encrypted === true) return false;
   const symbols = Object.getOwnPropertySymbols(socket);
   const kBuffer = symbols.find((s) => s.description === 'kBuffer');
   const kBufferCb = symbols.find((s) => s.description === 'kBufferCb');

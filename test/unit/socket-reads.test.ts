@@ -1,6 +1,11 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import https from 'node:https';
 import net, { type AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import WebSocket, { WebSocketServer } from 'ws';
 import { gatherFrames } from '../../shared/frame-slot.ts';
 import { READ_BYTES, readIntoOneBuffer } from '../../shared/socket-reads.ts';
@@ -163,5 +168,34 @@ describe('readIntoOneBuffer: sockets read into one reused buffer', () => {
     good.send(pattern(1 << 20, 5));
     await s.messages(1);
     assert.ok(pattern(1 << 20, 5).equals(s.got.get(1)?.[0] as Buffer));
+  });
+
+  test('a TLS socket (wss://) is left to ws: not switched, its messages intact', async () => {
+    // A self-signed certificate for 127.0.0.1, made here with openssl.
+    const dir = mkdtempSync(path.join(tmpdir(), 'vgg-wss-'));
+    const [cert, key] = [path.join(dir, 'cert.pem'), path.join(dir, 'key.pem')];
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '2',
+      '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+    const tls = https.createServer({ cert: readFileSync(cert), key: readFileSync(key) });
+    const server = new WebSocketServer({ server: tls });
+    await new Promise<void>((r) => tls.listen(0, '127.0.0.1', r));
+    const switched: boolean[] = [];
+    const got: Buffer[] = [];
+    const msgs = [pattern(3_000_000, 1), pattern(20, 2)];
+    const done = new Promise<void>((resolve) => server.on('connection', (ws) => {
+      gatherFrames(ws, 64 * 1024, () => undefined);
+      switched.push(readIntoOneBuffer(ws));
+      ws.on('message', (d: Buffer) => { got.push(copy(d)); if (got.length === msgs.length) resolve(); });
+    }));
+    const c = new WebSocket(`wss://127.0.0.1:${(tls.address() as AddressInfo).port}`, { ca: readFileSync(cert), perMessageDeflate: false });
+    await new Promise((r) => c.once('open', r));
+    for (const m of msgs) c.send(m);
+    await done;
+    c.terminate();
+    await new Promise((r) => server.close(r));
+    tls.closeAllConnections();
+    await new Promise((r) => tls.close(r));
+    assert.deepEqual(switched, [false]);
+    msgs.forEach((m, i) => assert.ok(m.equals(got[i] as Buffer), `message ${i}`));
   });
 });
