@@ -114,41 +114,54 @@ export function gatherFrames(ws: WebSocket, minBytes: number, where: (n: number,
  * are already where the reduce reads them: one copy. The aggregator handles a
  * message synchronously within ws's 'message' event (ws emits it synchronously
  * by default), so a slot is taken from when a frame's length is known until the
- * message's listeners ran (or the socket closed). Several sockets stream at once
- * (one slot each, while there are free ones); a frame that finds every slot
- * taken (a fragmented message holds its first fragments until the last), or
- * that is larger, is gathered into a fresh Buffer as ws would.
+ * message's listeners ran (or the socket closed). Every member streams its
+ * chunks at once, so there is one slot per socket streaming, made on first
+ * need (`room()`, up to `max`: room the arena reserves costs no memory until
+ * used); a frame that finds none free (a fragmented message holds its first
+ * fragments until the last), or that is larger, is gathered into a fresh Buffer
+ * as ws would.
  */
 export class FrameSlot {
-  private readonly slots: Uint8Array[];
-  private readonly holders: (WebSocket | undefined)[];
+  private readonly slots: Uint8Array[] = [];
+  private readonly holders: (WebSocket | undefined)[] = [];
   /** Frames gathered into a slot, and frames that could have been but found them taken or too small. */
   readonly counts = { slot: 0, fallback: 0 };
 
-  /** `bytes` is cut into `count` slots of equal size. */
-  constructor(bytes: Uint8Array, private readonly minBytes = 256 * 1024, count = 1) {
-    const each = Math.floor(bytes.length / count);
-    this.slots = Array.from({ length: count }, (_, i) => bytes.subarray(i * each, (i + 1) * each));
-    this.holders = this.slots.map(() => undefined);
+  /** `room()` gives one more slot's bytes (all of the same size), at most `max` times. */
+  constructor(private readonly room: () => Uint8Array, private readonly minBytes = 256 * 1024, private readonly max = 1) {}
+
+  /** Slots made so far (each one socket's frame at a time). */
+  get made(): number {
+    return this.slots.length;
+  }
+
+  private free(ws: WebSocket): number {
+    if (this.holders.includes(ws)) return -1;
+    const i = this.holders.indexOf(undefined);
+    if (i >= 0 || this.slots.length >= this.max) return i;
+    this.slots.push(this.room());
+    this.holders.push(undefined);
+    return this.slots.length - 1;
   }
 
   /** Routes `ws`'s large frames through the slots. Call after the socket's own 'message' listeners are registered. */
   attach(ws: WebSocket): boolean {
     const attached = gatherFrames(ws, this.minBytes, (n) => {
-      const i = this.holders.indexOf(undefined);
-      if (i < 0 || n > (this.slots[i] as Uint8Array).length || this.holders.includes(ws)) {
+      const i = this.free(ws);
+      const slot = this.slots[i];
+      if (slot === undefined || n > slot.length) {
         this.counts.fallback += 1;
         return undefined;
       }
       this.holders[i] = ws;
       this.counts.slot += 1;
-      return (this.slots[i] as Uint8Array).subarray(0, n);
+      return slot.subarray(0, n);
     });
     if (!attached) return false;
     // After the aggregator's own listener: the message has been handled, the slot is free again.
-    const free = () => { const i = this.holders.indexOf(ws); if (i >= 0) this.holders[i] = undefined; };
-    ws.on('message', free);
-    ws.on('close', free);
+    const release = () => { const i = this.holders.indexOf(ws); if (i >= 0) this.holders[i] = undefined; };
+    ws.on('message', release);
+    ws.on('close', release);
     return true;
   }
 }

@@ -186,14 +186,18 @@ export class FloatArena {
 
 const ARENAS = new WeakMap<ArrayBufferLike, FloatArena>();
 
+/** Frame slots an aggregator's arena has room for: one per member streaming a chunk at once (frame-slot.ts). */
+export const FRAME_SLOTS_MAX = 64;
+
 /**
  * Room an aggregator over `n` floats takes in its arena: weights, momentum, the
- * sum, the 16-bit weights of a bf16/fp16 broadcast, and chunk-sized staging
- * (a 16-bit chunk's decoded floats, the frame slots: 32 MiB in all).
- * (Unused room costs address space, not memory: pages are touched on use.)
+ * sum, the 16-bit weights of a bf16/fp16 broadcast, chunk-sized staging (a
+ * 16-bit chunk's decoded floats) and up to FRAME_SLOTS_MAX frame slots of a
+ * chunk (4 MiB) each. (Unused room costs address space, not memory: pages are
+ * touched on use, a slot only once that many members stream at once.)
  */
 export function aggregatorArenaFloats(n: number): number {
-  return 3 * n + Math.ceil(n / 2) + 8 * (1 << 20);
+  return 3 * n + Math.ceil(n / 2) + 4 * (1 << 20) + FRAME_SLOTS_MAX * ((1 << 20) + 16 * 1024);
 }
 
 /**

@@ -7,7 +7,8 @@ import { FrameSlot } from '../../shared/frame-slot.ts';
 /** Real ws on loopback: a server whose sockets go through one FrameSlot, and clients. */
 async function setup(t: { after: (fn: () => unknown) => void }, slotBytes: number, count = 1) {
   const backing = new Uint8Array(count * slotBytes + 64);
-  const slot = new FrameSlot(backing.subarray(16, 16 + count * slotBytes), 64 * 1024, count);
+  let made = 0;
+  const slot = new FrameSlot(() => backing.subarray(16 + made * slotBytes, 16 + (made += 1) * slotBytes), 64 * 1024, count);
   const server = new WebSocketServer({ host: '127.0.0.1', port: 0, maxPayload: 16 << 20 });
   const received: { client: number; bytes: Buffer; inSlot: boolean }[] = [];
   const waiters: (() => void)[] = [];
@@ -58,6 +59,7 @@ describe('FrameSlot: large frames gathered into one reusable buffer', () => {
     assert.deepEqual(s.received.map((r) => r.inSlot), [true, false, false, true]);
     assert.ok(s.received[0]?.bytes.equals(big) && s.received[1]?.bytes.equals(small) && s.received[2]?.bytes.equals(huge) && s.received[3]?.bytes.equals(big));
     assert.deepEqual(s.slot.counts, { slot: 2, fallback: 1 });
+    assert.equal(s.slot.made, 1, 'one socket at a time: one slot');
   });
 
   test('a fragmented message holds the slot until its last fragment: another client\'s frame meanwhile is gathered by ws, both intact', async (t) => {
@@ -121,5 +123,6 @@ describe('FrameSlot: large frames gathered into one reusable buffer', () => {
     assert.ok(s.received[0]?.bytes.equals(cMsg));
     assert.ok(s.received[1]?.bytes.equals(Buffer.concat(parts[0] as readonly Buffer[])) && s.received[2]?.bytes.equals(Buffer.concat(parts[1] as readonly Buffer[])));
     assert.deepEqual(s.slot.counts, { slot: 2, fallback: 3 }, "a's and b's first fragments took the slots; c's frame and their last fragments did not");
+    assert.equal(s.slot.made, 2, 'slots are made as sockets need them, up to the limit');
   });
 });
