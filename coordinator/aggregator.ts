@@ -6,7 +6,7 @@ import { sliceLayout } from '../shared/shard.ts';
 import { FrameSlot } from '../shared/frame-slot.ts';
 import { readIntoOneBuffer } from '../shared/socket-reads.ts';
 import type { LocalSocket } from '../shared/local-link.ts';
-import { FRAME_SLOTS_MAX, arenaOf, type FloatArena } from '../shared/simd.ts';
+import { FRAME_SLOTS_MAX, FRAME_SLOT_FLOATS, arenaOf, type FloatArena } from '../shared/simd.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import {
   CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, codesOf, decodeFragments, decodeFrame, encode, field, fragmentBytes, sameSecret, sendChunk, valuesOf,
@@ -99,9 +99,6 @@ export interface LeaderCommit { step: number; attempt: number; jobs: string[]; t
  * Every other rejection after the handshake means the peer is broken or hostile:
  * its partial gradient is dropped and the connection closed.
  */
-/** Gradient frames gathered into the arena at once (one per streaming socket), and the room of one (a chunk). */
-const FRAME_SLOTS = FRAME_SLOTS_MAX;
-const FRAME_SLOT_BYTES = CHUNK_FLOATS * 4 + 64 * 1024;
 const BENIGN_CODES = new Set(['VGG_ERR_STALE_STEP', 'VGG_ERR_DUPLICATE_JOB', 'VGG_ERR_NONFINITE']);
 
 /**
@@ -162,7 +159,7 @@ export class Aggregator {
     // Gradient chunks gathered straight into the arena as they arrive: one copy from the socket to the reduce.
     // One slot per socket streaming at once (the members' frames interleave), made as needed.
     const arena = this.arena;
-    this.frameSlot = arena === undefined ? undefined : new FrameSlot(() => arena.allocBytes(FRAME_SLOT_BYTES), 256 * 1024, FRAME_SLOTS);
+    this.frameSlot = arena === undefined ? undefined : new FrameSlot(() => arena.allocBytes(4 * FRAME_SLOT_FLOATS), 256 * 1024, FRAME_SLOTS_MAX);
   }
 
   async start(): Promise<number> {

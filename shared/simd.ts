@@ -188,6 +188,8 @@ const ARENAS = new WeakMap<ArrayBufferLike, FloatArena>();
 
 /** Frame slots an aggregator's arena has room for: one per member streaming a chunk at once (frame-slot.ts). */
 export const FRAME_SLOTS_MAX = 64;
+/** Floats of one frame slot: a gradient chunk (CHUNK_FLOATS of wire-protocol.ts, which imports this file) and 64 KiB. */
+export const FRAME_SLOT_FLOATS = (1 << 20) + 16 * 1024;
 
 /**
  * Room an aggregator over `n` floats takes in its arena: weights, momentum, the
@@ -197,7 +199,7 @@ export const FRAME_SLOTS_MAX = 64;
  * touched on use, a slot only once that many members stream at once.)
  */
 export function aggregatorArenaFloats(n: number): number {
-  return 3 * n + Math.ceil(n / 2) + 4 * (1 << 20) + FRAME_SLOTS_MAX * ((1 << 20) + 16 * 1024);
+  return 3 * n + Math.ceil(n / 2) + 4 * (1 << 20) + FRAME_SLOTS_MAX * FRAME_SLOT_FLOATS;
 }
 
 /**
