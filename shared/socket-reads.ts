@@ -4,7 +4,7 @@ import { receiverOf, type ReceiverInternals } from './frame-slot.ts';
 
 /** One read buffer per thread, shared by its sockets (see readIntoOneBuffer). */
 let shared: Buffer | undefined;
-/** Bytes per socket read. 256 KiB stays in a core's L2 cache, where the kernel writes it and we copy it out. */
+/** Bytes per socket read: small enough to stay in a core's L2 cache between the kernel's write and our copy out. */
 export const READ_BYTES = 256 * 1024;
 
 interface SocketInternals {
@@ -32,7 +32,7 @@ function release(r: ReceiverInternals, ab: ArrayBufferLike): void {
  * fifth of its CPU (perf, sixth session). Node reads into a caller's buffer
  * (net.Socket's `onread` option); a socket that ws has already upgraded is
  * switched over through the same internals (its kBuffer/kBufferCb slots and
- * the handle's useUserBuffer), in Node 20 as in 18 and 22.
+ * the handle's useUserBuffer), as Node 20 has them (checked on 20.20).
  *
  * Safe because nothing keeps a view into the buffer past the read's handling:
  * ws's receiver is fed synchronously (ws emits messages synchronously by default), large
