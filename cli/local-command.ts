@@ -42,8 +42,10 @@ export function registerLocalCommand(program: Command): void {
       // Workers that host shards serve them until the coordinator ends the run: stop both at once.
       const cleanup = async () => {
         if (cfg.hostedShards) await Promise.all([terminate(children), coordinator.stop()]);
-        else await terminate(children);
-        await coordinator.stop();
+        else {
+          await terminate(children);
+          await coordinator.stop();
+        }
         await terminate(followers);
         await redis?.stop();
       };

@@ -62,8 +62,7 @@ export function readIntoOneBuffer(ws: WebSocket): boolean {
     if (receiver._errored) return true;
     const chunk = buf.subarray(0, nread);
     // A write ws has not finished (it never leaves one with synchronous events) would keep the chunk: give it a copy.
-    if (receiver.writableLength > 0) return receiver.write(Buffer.from(chunk)) || (socket.pause(), false);
-    const ok = receiver.write(chunk);
+    const ok = receiver.write(receiver.writableLength > 0 ? Buffer.from(chunk) : chunk);
     release(receiver, buf.buffer);
     if (!ok) socket.pause(); // as ws's own 'data' listener does; its receiver's 'drain' resumes the socket
     return ok;

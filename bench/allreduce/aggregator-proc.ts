@@ -5,7 +5,6 @@
  * `--shards K`: this is shard 0 of K (the leader); `--follow URL --shard i/K`: a follower shard;
  * `--hosted`: the workers host shards 1..K-1 and this leader owns no floats.
  */
-import { readFileSync } from 'node:fs';
 import { Aggregator } from '../../coordinator/aggregator.ts';
 import { startFollower } from '../../coordinator/shard-follower.ts';
 import { ShardLeader } from '../../coordinator/shard-leader.ts';
@@ -16,6 +15,7 @@ import { buildLayout, modelHash } from '../../shared/param-layout.ts';
 import { parseShard } from '../../shared/shard.ts';
 import { aggregatorArenaFloats, tryArena } from '../../shared/simd.ts';
 import { DEFAULT_MODEL_CONFIG } from '../../shared/vgg-configs.ts';
+import { peakRssBytes } from './cluster.ts';
 
 const arg = (name: string, fallback: string) => (process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1] ?? fallback : fallback);
 const steps = Number(arg('--steps', '1'));
@@ -23,12 +23,11 @@ const wire = arg('--wire', 'fp32') as WireFormat;
 const shards = Number(arg('--shards', '1'));
 const log = createLogger();
 log.level = 'warn';
-const peakRss = () => Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1] ?? 0) * 1024;
 
 if (process.argv.includes('--follow')) {
   const h = await startFollower({ leader: arg('--follow', ''), token: 'bench', shard: parseShard('--shard', arg('--shard', '')), host: '127.0.0.1', port: 0, log });
   await h.done;
-  process.stdout.write(`${JSON.stringify({ peakRssBytes: peakRss(), shard: arg('--shard', '') })}\n`);
+  process.stdout.write(`${JSON.stringify({ peakRssBytes: peakRssBytes(), shard: arg('--shard', '') })}\n`);
   process.exit(0);
 }
 
@@ -48,7 +47,7 @@ const agg: Aggregator = new Aggregator({
   jobStatus: () => 'pending', onMemberLost: () => {}, log,
   onCommit: async (step) => {
     if (step < steps) return;
-    process.stdout.write(`${JSON.stringify({ peakRssBytes: peakRss(), floats: layout.totalSize })}\n`);
+    process.stdout.write(`${JSON.stringify({ peakRssBytes: peakRssBytes(), floats: layout.totalSize })}\n`);
     // The last weights are still being written: leave once every worker has them and hung up.
     const leave = setInterval(() => {
       if (agg.members.size > 0) return;

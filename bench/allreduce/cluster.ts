@@ -4,6 +4,7 @@
  * bench:scaling.
  */
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 
 export const VGG16_FLOATS = 138_357_544;
@@ -16,6 +17,9 @@ export const WARMUP_STEPS = 2;
 /** H200, VGG-16 fp32 batch 64 (docs/measurements/h200-vgg16-overlap.json): the conv body's backward after the classifier's gradients are final, over the step. */
 export const WINDOW_FRACTION = 54.88 / 96.44;
 const here = path.dirname(new URL(import.meta.url).pathname);
+
+/** This process's peak RSS (VmHWM) in bytes, for the benchmark helpers to print. */
+export const peakRssBytes = (): number => Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1] ?? 0) * 1024;
 
 export const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);

@@ -9,13 +9,12 @@
  * conv body's at C, as the worker does (docs/measurements/h200-vgg16-overlap.json).
  * `--host-shard i/K`: this worker also hosts aggregator shard i of K (on its transport thread).
  */
-import { readFileSync } from 'node:fs';
 import { createLogger } from '../../shared/logger.ts';
 import { buildLayout, modelHash } from '../../shared/param-layout.ts';
 import { parseShard } from '../../shared/shard.ts';
 import { DEFAULT_MODEL_CONFIG } from '../../shared/vgg-configs.ts';
 import { Transport } from '../../worker/transport.ts';
-import { WINDOW_FRACTION } from './cluster.ts';
+import { WINDOW_FRACTION, peakRssBytes } from './cluster.ts';
 
 const arg = (name: string) => process.argv[process.argv.indexOf(name) + 1] ?? '';
 const steps = Number(arg('--steps'));
@@ -51,6 +50,5 @@ for (let step = 0; step < steps; step += 1) {
   arrivals.push(performance.now());
 }
 // Peak RSS (VmHWM) of the whole process: with --host-shard it holds the shard's weights, momentum and sum.
-const peakRssBytes = Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1] ?? 0) * 1024;
-process.stdout.write(`${JSON.stringify({ id, arrivals, peakRssBytes })}\n`);
+process.stdout.write(`${JSON.stringify({ id, arrivals, peakRssBytes: peakRssBytes() })}\n`);
 await client.close();
