@@ -1,6 +1,7 @@
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { Logger } from '../shared/logger.ts';
 import { FlatMomentumSgd } from '../shared/flat-sgd.ts';
+import { WrittenRanges } from '../shared/written-ranges.ts';
 import { encode16, type WireFormat } from '../shared/half.ts';
 import { sliceLayout } from '../shared/shard.ts';
 import { FrameSlot } from '../shared/frame-slot.ts';
@@ -118,6 +119,8 @@ export class Aggregator {
   private readonly weights: Float32Array;
   private readonly sgd: FlatMomentumSgd;
   private readonly sum: Float32Array;
+  /** What this step's contributions have written of `sum` (the rest holds stale values). */
+  private readonly written = new WrittenRanges();
   /** Where the weights and momentum live, if in a FloatArena: the sum and scratch go there too (SIMD loops). */
   private readonly arena?: FloatArena;
   private readonly wire: WireFormat;
@@ -405,8 +408,12 @@ export class Aggregator {
         r.next = offset + length;
         if (!r.wrapped && r.next === this.sum.length) Object.assign(r, { next: 0, wrapped: true });
         const n = r.stats.samples;
-        const finite = codes !== undefined ? (this.arena as FloatArena).accumulateBf16(this.sum, offset, codes, n)
-          : this.arena !== undefined ? this.arena.accumulate(this.sum, offset, g as Float32Array, n) : accumulate(this.sum, offset, g as Float32Array, n);
+        const { arena, sum } = this;
+        // The first contribution to a range of the sum stores it, later ones add (no zeroing pass).
+        const finite = this.written.take(offset, offset + length, (lo, hi, put) => codes !== undefined
+          ? (arena as FloatArena).accumulateBf16(sum, lo, codes.subarray(lo - offset, hi - offset), n, put)
+          : arena !== undefined ? arena.accumulate(sum, lo, (g as Float32Array).subarray(lo - offset, hi - offset), n, put)
+            : accumulate(sum, lo, (g as Float32Array).subarray(lo - offset, hi - offset), n, put));
         if (!finite) {
           // Part of it is in the sum already: abort the step, the others resend, this member gives up its job.
           // (At a follower the leader aborts: it drops the worker from the step, and the abort resets this sum.)
@@ -509,7 +516,10 @@ export class Aggregator {
       const contributions = [...this.done.values()];
       await this.drained();
       this.options.shardLeader?.commit(this.step, this.attempt, contributions.map((c) => c.jobId), this.totalSamples, this.learningRate);
-      if (this.totalSamples > 0) this.sgd.apply(this.weights, this.sum, 1 / this.totalSamples);
+      if (this.totalSamples > 0) {
+        if (!this.written.covers(0, this.sum.length)) throw new Error(`commit of step ${this.step}: expected every float of the sum written by ${contributions.length} complete gradients, got gaps`);
+        this.sgd.apply(this.weights, this.sum, 1 / this.totalSamples);
+      }
       this.step += 1;
       this.attempt = 0;
       this.pendingCommit = undefined;
@@ -527,7 +537,7 @@ export class Aggregator {
   }
 
   private resetStep(): void {
-    this.sum.fill(0);
+    this.written.clear();
     this.totalSamples = 0;
     this.done.clear();
   }
@@ -645,11 +655,12 @@ function checkStats(raw: Record<string, unknown>, ids: number): BatchStats {
 }
 
 /**
- * sum[offset + i] += n * g[i], the reduce on arrival. Returns false when g
- * holds a NaN or an Inf (the sum is then void). Four independent probes keep
- * the check off the loop's critical path.
+ * sum[offset + i] += n * g[i], the reduce on arrival (with `put`: sum[offset + i] = 0 + n * g[i],
+ * the sum not read). Returns false when g holds a NaN or an Inf (the sum is then void). Four
+ * independent probes keep the check off the loop's critical path.
  */
-function accumulate(sum: Float32Array, offset: number, g: Float32Array, n: number): boolean {
+function accumulate(sum: Float32Array, offset: number, g: Float32Array, n: number, put: boolean): boolean {
+  if (put) sum.fill(0, offset, offset + g.length); // the JS fallback (no SIMD) keeps one loop
   const len = g.length;
   const tail = len - (len % 4);
   let p0 = 0;

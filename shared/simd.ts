@@ -81,19 +81,22 @@ export class FloatArena {
     return s;
   }
 
-  /** sum[offset + i] += n * bf16(codes[i]); false when a code is NaN or Inf. */
-  accumulateBf16(sum: Float32Array, offset: number, codes: Uint16Array, n: number): boolean {
+  /**
+   * sum[offset + i] += n * bf16(codes[i]) (with `put`: sum[offset + i] = 0 + n * bf16(codes[i]),
+   * the sum not read); false when a code is NaN or Inf.
+   */
+  accumulateBf16(sum: Float32Array, offset: number, codes: Uint16Array, n: number, put = false): boolean {
     const c = this.staged16(codes);
     const len = c.length;
     const body = len - (len % 8);
-    let probe = this.k.accbf16(sum.byteOffset + 4 * offset, c.byteOffset, body / 8, n);
+    let probe = (put ? this.k.putbf16 : this.k.accbf16)(sum.byteOffset + 4 * offset, c.byteOffset, body / 8, n);
     const f = new Float32Array(1);
     const u = new Uint32Array(f.buffer);
     for (let i = body; i < len; i += 1) {
       u[0] = (c[i] as number) << 16;
       const a = f[0] as number;
       probe += a * 0;
-      sum[offset + i] = (sum[offset + i] as number) + Math.fround(n * a);
+      sum[offset + i] = (put ? 0 : sum[offset + i] as number) + Math.fround(n * a);
     }
     return !Number.isNaN(probe);
   }
@@ -145,18 +148,19 @@ export class FloatArena {
   }
 
   /**
-   * sum[offset + i] += n * g[i] for every i; false when g holds a NaN or an Inf.
+   * sum[offset + i] += n * g[i] for every i (with `put`: sum[offset + i] = 0 + n * g[i], the
+   * first contribution, the sum not read); false when g holds a NaN or an Inf.
    * g outside the arena is staged into it first (one memcpy per chunk).
    */
-  accumulate(sum: Float32Array, offset: number, g: Float32Array, n: number): boolean {
+  accumulate(sum: Float32Array, offset: number, g: Float32Array, n: number, put = false): boolean {
     g = this.staged32(g);
     const len = g.length;
     const body = len - (len % 4);
-    let probe = this.k.acc(sum.byteOffset + 4 * offset, g.byteOffset, body / 4, n);
+    let probe = (put ? this.k.put : this.k.acc)(sum.byteOffset + 4 * offset, g.byteOffset, body / 4, n);
     for (let i = body; i < len; i += 1) {
       const a = g[i] as number;
       probe += a * 0;
-      sum[offset + i] = (sum[offset + i] as number) + Math.fround(n * a);
+      sum[offset + i] = (put ? 0 : sum[offset + i] as number) + Math.fround(n * a);
     }
     return !Number.isNaN(probe);
   }
@@ -224,6 +228,8 @@ export function arenaOf(...arrays: Float32Array[]): FloatArena | undefined {
 interface Kernels {
   acc(dst: number, src: number, n4: number, k: number): number;
   accbf16(dst: number, src: number, n8: number, k: number): number;
+  put(dst: number, src: number, n4: number, k: number): number;
+  putbf16(dst: number, src: number, n8: number, k: number): number;
   bf16enc(src: number, dst: number, n8: number): void;
   bf16dec(src: number, dst: number, n8: number): void;
   sgd(w: number, v: number, s: number, n4: number, lr: number, mu: number, wd: number, scale: number): void;
@@ -300,12 +306,13 @@ const fn = (locals: [number, number][], code: number[]) => {
 };
 
 function assemble(): Uint8Array<ArrayBuffer> {
-  // acc(dst 0, src 1, n4 2, k 3) -> f32; locals: i 4, kv 5, probe 6, g 7, zero 8
-  const acc = fn([[1, I32], [4, V128]], [
+  // acc(dst 0, src 1, n4 2, k 3) -> f32; locals: i 4, kv 5, probe 6, g 7, zero 8.
+  // put: the same with dst = 0 + k g (the first contribution: dst is not read; + 0 keeps -0 as the sum did).
+  const accOrPut = (put: boolean) => fn([[1, I32], [4, V128]], [
     ...get(3), ...splat, ...set(5),
     ...forEach(4, 2, [
       ...get(1), ...load, ...set(7),
-      ...get(0), ...get(0), ...load, ...get(7), ...get(5), ...mul, ...add, ...store,
+      ...get(0), ...(put ? get(8) : [...get(0), ...load]), ...get(7), ...get(5), ...mul, ...add, ...store,
       ...get(6), ...get(7), ...get(8), ...mul, ...add, ...set(6),
     ], [0, 1]),
     ...get(6), ...lane(0), ...get(6), ...lane(1), ...F32ADD, ...get(6), ...lane(2), ...F32ADD, ...get(6), ...lane(3), ...F32ADD,
@@ -329,16 +336,16 @@ function assemble(): Uint8Array<ArrayBuffer> {
   ]);
   // accbf16(dst 0, src 1, n8 2, k 3) -> f32; locals: i 4, kv 5, probe 6, c 7, g 8, zero 9
   const widen = (half: number[]) => [...get(7), ...half, ...i32c(16), ...shl, ...set(8)];
-  const accOne = (at: number) => [
-    ...get(0), ...get(0), ...load.slice(0, -1), at, ...get(8), ...get(5), ...mul, ...add, ...store.slice(0, -1), at,
+  const accOne = (put: boolean, at: number) => [
+    ...get(0), ...(put ? get(9) : [...get(0), ...load.slice(0, -1), at]), ...get(8), ...get(5), ...mul, ...add, ...store.slice(0, -1), at,
     ...get(6), ...get(8), ...get(9), ...mul, ...add, ...set(6),
   ];
-  const accbf16 = fn([[1, I32], [5, V128]], [
+  const accOrPutBf16 = (put: boolean) => fn([[1, I32], [5, V128]], [
     ...get(3), ...splat, ...set(5),
     ...forEach(4, 2, [
       ...get(1), ...load, ...set(7),
-      ...widen(extLowU), ...accOne(0),
-      ...widen(extHighU), ...accOne(16),
+      ...widen(extLowU), ...accOne(put, 0),
+      ...widen(extHighU), ...accOne(put, 16),
     ], [[0, 32], 1]),
     ...get(6), ...lane(0), ...get(6), ...lane(1), ...F32ADD, ...get(6), ...lane(2), ...F32ADD, ...get(6), ...lane(3), ...F32ADD,
   ]);
@@ -371,9 +378,9 @@ function assemble(): Uint8Array<ArrayBuffer> {
     0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
     ...section(1, vec(types)),
     ...section(2, vec([[...str('env'), ...str('memory'), 0x02, 0x00, 0x00]])),
-    ...section(3, vec([[0], [1], [2], [0], [3], [3]])),
-    ...section(7, vec([[...str('acc'), 0x00, 0], [...str('sgd'), 0x00, 1], [...str('avg'), 0x00, 2], [...str('accbf16'), 0x00, 3], [...str('bf16enc'), 0x00, 4], [...str('bf16dec'), 0x00, 5]])),
-    ...section(10, vec([acc, sgd, avg, accbf16, bf16enc, bf16dec])),
+    ...section(3, vec([[0], [1], [2], [0], [3], [3], [0], [0]])),
+    ...section(7, vec([[...str('acc'), 0x00, 0], [...str('sgd'), 0x00, 1], [...str('avg'), 0x00, 2], [...str('accbf16'), 0x00, 3], [...str('bf16enc'), 0x00, 4], [...str('bf16dec'), 0x00, 5], [...str('put'), 0x00, 6], [...str('putbf16'), 0x00, 7]])),
+    ...section(10, vec([accOrPut(false), sgd, avg, accOrPutBf16(false), bf16enc, bf16dec, accOrPut(true), accOrPutBf16(true)])),
   ];
   return new Uint8Array(bytes);
 }

@@ -41,6 +41,29 @@ describe('the SIMD kernels (FloatArena)', () => {
     }
   });
 
+  test('put stores 0 + n g without reading the sum (stale NaN there is not seen), bit for bit what accumulate into zeros gives, fp32 and bf16', () => {
+    const arena = new FloatArena(1 << 21);
+    for (const [offset, len] of [[0, 1024], [3, 1021], [16, 7], [5, 1]] as const) {
+      const g = wave(len, 7);
+      g[0] = -0; // 0 + (-0) is +0, as the zeroed sum gave
+      const codes = new Uint16Array(len);
+      encodeBf16(g, codes);
+      for (const kind of ['fp32', 'bf16'] as const) {
+        const stale = arena.alloc(2048).fill(Number.NaN);
+        const zeros = arena.alloc(2048);
+        const put = kind === 'fp32' ? arena.accumulate(stale, offset, g, 3, true) : arena.accumulateBf16(stale, offset, codes, 3, true);
+        const add = kind === 'fp32' ? arena.accumulate(zeros, offset, g, 3) : arena.accumulateBf16(zeros, offset, codes, 3);
+        assert.equal(put, true, `${kind} offset ${offset}`);
+        assert.equal(add, true);
+        assert.deepEqual(new Uint32Array(stale.buffer, stale.byteOffset + 4 * offset, len), new Uint32Array(zeros.buffer, zeros.byteOffset + 4 * offset, len), `${kind} offset ${offset}, length ${len}`);
+        assert.ok(Number.isNaN(stale[offset + len] as number), 'nothing past the range written');
+      }
+    }
+    const g = wave(1023, 3);
+    g[700] = Infinity;
+    assert.equal(arena.accumulate(arena.alloc(1023), 0, g, 1, true), false);
+  });
+
   test('momentum SGD on arena arrays equals the JS loop (fp32 per operation vs per statement: within 2 ulp), BN statistics averaged', () => {
     const layout = buildLayout({ ...TINY_VGG_A, batchNorm: true });
     const n = layout.totalSize;
