@@ -18,6 +18,7 @@ import path from 'node:path';
 import { Command } from 'commander';
 import { freePort } from '../coordinator/redis-server.ts';
 import { intListOption, intOption } from '../shared/option-parsers.ts';
+import { updateThreads } from '../shared/simd.ts';
 import { VGG16_FLOATS, median, run, runOurs } from './allreduce/cluster.ts';
 
 const o = new Command('bench:allreduce')
@@ -45,7 +46,7 @@ async function gloo(workers: number): Promise<{ stepMs: number; steps: number[];
 
 const bytes = FLOATS * 4;
 const rows: Record<string, unknown>[] = [];
-process.stdout.write(`bench:allreduce: ${FLOATS.toLocaleString('en-US')} fp32 floats (${(bytes / 2 ** 20).toFixed(0)} MiB), ${o.steps} timed steps, median\n`);
+process.stdout.write(`bench:allreduce: ${FLOATS.toLocaleString('en-US')} fp32 floats (${(bytes / 2 ** 20).toFixed(0)} MiB), ${o.steps} timed steps, median; aggregator update threads ${updateThreads()} (VGG_UPDATE_THREADS)\n`);
 for (const n of o.workers) {
   const g = await gloo(n);
   // Shard counts K through separate aggregator processes, then (hosted) N shards on the workers' transport threads.
@@ -65,4 +66,4 @@ for (const n of o.workers) {
     process.stdout.write(`${n} workers, ours ${wire}, ${where}: ${row.oursMs} ms, gloo fp32 ${row.glooFp32Ms} ms, ours/gloo ${row.ratio} (${goal}); ${hosted ? 'leader' : 'aggregator'} peak RSS ${(a.peakRssBytes / 2 ** 30).toFixed(2)} GiB = ${row.rssOverParamBytes}x the fp32 parameter bytes${follower}\n`);
   }
 }
-process.stdout.write(`${JSON.stringify({ bench: 'allreduce', floats: FLOATS, rows })}\n`);
+process.stdout.write(`${JSON.stringify({ bench: 'allreduce', floats: FLOATS, updateThreads: updateThreads(), rows })}\n`);

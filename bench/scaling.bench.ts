@@ -16,7 +16,7 @@
  *   step(N) = compute + wire(N) + cpu(N)
  *   wire(N) = max(2 P / B (a worker's link: P out, P in, one after the other),
  *                 N P / (K B) (a shard's link, each direction; full duplex))
- *   cpu(N)  = (N P / K) c_reduce + (P / K) c_update   (one core per shard)
+ *   cpu(N)  = (N P / K) c_reduce + (P / K) c_update   (per shard, on its VGG_UPDATE_THREADS threads)
  *   P = gradient bytes on the wire (fp32: 553 MB; bf16: half), B = link bytes/s,
  *   c_reduce, c_update = measured ns per byte of our reduce-on-arrival and SGD loops.
  *   with overlap: step(N) = compute + comm - min(0.89 comm, 0.57 compute), comm = wire + cpu.
@@ -28,7 +28,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { FlatMomentumSgd } from '../shared/flat-sgd.ts';
 import { intListOption, intOption } from '../shared/option-parsers.ts';
 import { buildLayout } from '../shared/param-layout.ts';
-import { FloatArena, aggregatorArenaFloats } from '../shared/simd.ts';
+import { FloatArena, aggregatorArenaFloats, updateThreads } from '../shared/simd.ts';
 import { DEFAULT_MODEL_CONFIG } from '../shared/vgg-configs.ts';
 import { CHUNK_FLOATS } from '../shared/wire-protocol.ts';
 import { VGG16_FLOATS, WINDOW_FRACTION, runOurs } from './allreduce/cluster.ts';
@@ -54,7 +54,8 @@ const o = new Command('bench:scaling')
 // FloatArena: SIMD; each 4 MiB chunk staged in from outside the arena, as from a socket).
 const layout = buildLayout(DEFAULT_MODEL_CONFIG);
 const n = VGG16_FLOATS;
-const arena = new FloatArena(aggregatorArenaFloats(n));
+const threads = updateThreads(); // VGG_UPDATE_THREADS, as every aggregator process of the runs below
+const arena = new FloatArena(aggregatorArenaFloats(n), threads);
 const sum = arena.alloc(n);
 const chunk = new Float32Array(CHUNK_FLOATS).fill(1e-3);
 const w = arena.alloc(n).fill(0.01);
@@ -67,7 +68,7 @@ sgd.apply(w, sum, 0.5);
 const updateMs = time(() => sgd.apply(w, sum, 0.5));
 const cReduce = (reduceMs * 1e6) / (n * 4); // ns per gradient byte
 const cUpdate = (updateMs * 1e6) / (n * 4);
-process.stdout.write(`calibration: reduce ${reduceMs.toFixed(0)} ms, SGD update ${updateMs.toFixed(0)} ms per 138M floats (${cReduce.toFixed(2)}, ${cUpdate.toFixed(2)} ns/byte)\n`);
+process.stdout.write(`calibration (${threads} update thread${threads > 1 ? 's' : ''}): reduce ${reduceMs.toFixed(0)} ms, SGD update ${updateMs.toFixed(0)} ms per 138M floats (${cReduce.toFixed(2)}, ${cUpdate.toFixed(2)} ns/byte)\n`);
 
 // Measured here: one machine, loopback, N worker processes.
 const measured: { workers: number; shards: number; hosted: boolean; overlap: boolean; stepMs: number; efficiency: number }[] = [];
@@ -119,4 +120,4 @@ for (const [link, bytesPerSec] of Object.entries(links)) {
 }
 process.stdout.write(`\nprojected efficiency, compute ${o.computeMs} ms/step, no overlap (N = 4 8 16 32 64):\n${rows.join('\n')}\n`);
 process.stdout.write(`\nprojected with the classifier's gradients sent during the body's backward (what the worker does):\n${overlapRows.join('\n')}\n`);
-process.stdout.write(`${JSON.stringify({ bench: 'scaling', computeMs: o.computeMs, wire: o.wire, calibration: { reduceMs, updateMs, cReduceNsPerByte: cReduce, cUpdateNsPerByte: cUpdate }, measured, projections, overlapProjections })}\n`);
+process.stdout.write(`${JSON.stringify({ bench: 'scaling', computeMs: o.computeMs, wire: o.wire, calibration: { updateThreads: threads, reduceMs, updateMs, cReduceNsPerByte: cReduce, cUpdateNsPerByte: cUpdate }, measured, projections, overlapProjections })}\n`);

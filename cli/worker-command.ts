@@ -4,12 +4,13 @@ import { ConfigError } from '../shared/errors.ts';
 import { createLogger } from '../shared/logger.ts';
 import { choiceOption, intOption, tokenFromEnv, wsUrl } from '../shared/option-parsers.ts';
 import { parseShard, type ShardSpec } from '../shared/shard.ts';
+import { UPDATE_THREADS_OPTION, setUpdateThreads } from '../shared/simd.ts';
 import { BACKEND_CHOICES, type BackendChoice } from '../worker/backend.ts';
 import { OVERLAP_CHOICES, runWorker, type OverlapChoice } from '../worker/job-loop.ts';
 
 interface WorkerFlags {
   coordinator: string; token?: string; gpu?: number; gpus?: string; backend?: BackendChoice; data?: string; redis?: string;
-  metricsHost: string; metricsPort: number; overlap: OverlapChoice; hostShard?: string; shardHost: string; shardPort: number; shardAdvertise?: string;
+  metricsHost: string; metricsPort: number; overlap: OverlapChoice; hostShard?: string; shardHost: string; shardPort: number; shardAdvertise?: string; updateThreads?: number;
 }
 
 function parseGpus(value: string): number[] {
@@ -47,7 +48,9 @@ export function registerWorkerCommands(program: Command): void {
     .option('--shard-port <n>', 'with --host-shard: port for the other workers, 0: any free; with --gpus, GPU i of the list uses port + i (env VGG_SHARD_PORT)', intOption('--shard-port', 0, 65535),
       process.env.VGG_SHARD_PORT === undefined ? 0 : intOption('VGG_SHARD_PORT', 0, 65535)(process.env.VGG_SHARD_PORT))
     .option('--shard-advertise <url>', 'with --host-shard: the URL the other workers are told to use (env VGG_SHARD_ADVERTISE; default ws://shard-host:port, the hostname for 0.0.0.0)', process.env.VGG_SHARD_ADVERTISE)
+    .option(...UPDATE_THREADS_OPTION, intOption('--update-threads', 1, 64))
     .action(async (f: WorkerFlags) => {
+      setUpdateThreads(f.updateThreads);
       wsUrl('--coordinator', f.coordinator);
       const hostShard = f.hostShard === undefined ? undefined : hostedShard(f);
       if (f.gpus !== undefined && hostShard !== undefined && (hostShard.shard !== 'any' || hostShard.advertise !== undefined)) {

@@ -633,7 +633,7 @@ export class Aggregator {
       for (const m of this.members.values()) m.ws.terminate();
       if (this.server === undefined) resolve();
       else this.server.close(() => resolve());
-    });
+    }).then(() => this.arena?.close()); // its helper threads, if any (the weights stay readable)
     return this.closing;
   }
 }

@@ -19,7 +19,7 @@ const u32Of = (f: Float32Array) => new Uint32Array(f.buffer, f.byteOffset, f.len
 /** Staging room for the SIMD conversions of arrays that live outside an arena (12 MiB, made on first use). */
 let helper: FloatArena | null | undefined;
 const simdHelper = (): FloatArena | undefined => {
-  if (helper === undefined) helper = tryArena(3 << 20) ?? null;
+  if (helper === undefined) helper = tryArena(3 << 20, 1) ?? null;
   return helper ?? undefined;
 };
 

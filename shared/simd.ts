@@ -9,6 +9,9 @@
  * torch.optim.SGD and the single-process trainer's tfjs ops.
  */
 
+import { availableParallelism } from 'node:os';
+import { KernelPool, type PoolOp } from './kernel-pool.ts';
+
 /** Float32Array views into one wasm memory, and the kernels that run on them. */
 export class FloatArena {
   readonly memory: WebAssembly.Memory;
@@ -18,15 +21,53 @@ export class FloatArena {
   /** A chunk's worth of floats for values that arrive outside the arena (socket buffers). */
   private staging?: Float32Array;
 
-  /** Room for `floats` floats (each allocation rounded up to 16 bytes); at most 4 GiB in all. */
-  constructor(floats: number) {
+  /** Helper threads for the kernels over large ranges, when made with threads > 1 (until closed). */
+  private pool?: KernelPool;
+
+  /**
+   * Room for `floats` floats (each allocation rounded up to 16 bytes); at most 4 GiB in all.
+   * With `threads` > 1 the memory is shared and the update's kernels over large ranges (SGD, the
+   * BN means) run split over this thread and `threads` - 1 helpers (kernel-pool.ts); the reduce on
+   * arrival stays on the calling thread.
+   */
+  constructor(floats: number, threads = 1) {
     this.limit = Math.ceil((floats * 4) / 65536) * 65536 + 65536;
     const pages = this.limit / 65536;
     if (pages > 65536) throw new RangeError(`FloatArena: expected at most 4 GiB, got ${(this.limit / 2 ** 30).toFixed(2)} GiB (${floats} floats)`);
-    this.memory = new WebAssembly.Memory({ initial: pages, maximum: pages });
-    const instance = new WebAssembly.Instance(module(), { env: { memory: this.memory } });
+    if (!Number.isInteger(threads) || threads < 1) throw new RangeError(`FloatArena: expected threads >= 1, got ${threads}`);
+    const shared = threads > 1;
+    this.memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared });
+    const instance = new WebAssembly.Instance(module(shared), { env: { memory: this.memory } });
     this.k = instance.exports as unknown as Kernels;
+    if (shared) this.pool = new KernelPool(module(shared), this.memory, threads - 1);
     ARENAS.set(this.memory.buffer, this);
+  }
+
+  /**
+   * Kernel `op` over `n` units (4 or 8 lanes) from the pointers `ptrs`, each advancing by its
+   * `strides` bytes a unit, then `scalars`: on this thread, or split into parts of at least
+   * PARALLEL_MIN_UNITS over the pool. Returns the sum of the parts' results (NaN probes).
+   */
+  private run(op: PoolOp, ptrs: number[], strides: number[], n: number, scalars: number[]): number {
+    const k = this.k[op] as (...a: number[]) => number | undefined;
+    const parts = this.pool === undefined ? 1 : Math.min(this.pool.helpers + 1, Math.floor(n / PARALLEL_MIN_UNITS));
+    if (parts <= 1) return k(...ptrs, n, ...scalars) ?? 0;
+    const per = Math.ceil(n / parts);
+    const list: number[][] = [];
+    for (let lo = 0; lo < n; lo += per) list.push([...ptrs.map((q, i) => q + (strides[i] as number) * lo), Math.min(per, n - lo), ...scalars]);
+    return (this.pool as KernelPool).run(op, list, (a) => k(...a) ?? 0);
+  }
+
+  /** Threads the kernels run on: this one and the pool's helpers. */
+  get threads(): number {
+    return 1 + (this.pool?.helpers ?? 0);
+  }
+
+  /** Stops the helper threads, if any: the arena's kernels then run on the calling thread only. */
+  async close(): Promise<void> {
+    const pool = this.pool;
+    this.pool = undefined;
+    await pool?.close();
   }
 
   /** `n` zeroed floats, 16-byte aligned. */
@@ -156,6 +197,7 @@ export class FloatArena {
     g = this.staged32(g);
     const len = g.length;
     const body = len - (len % 4);
+    // On this thread only: a chunk's reduce split over the pool measured slower (see kernel-pool.ts).
     let probe = (put ? this.k.put : this.k.acc)(sum.byteOffset + 4 * offset, g.byteOffset, body / 4, n);
     for (let i = body; i < len; i += 1) {
       const a = g[i] as number;
@@ -169,7 +211,7 @@ export class FloatArena {
   sgd(w: Float32Array, v: Float32Array, s: Float32Array, lo: number, hi: number, lr: number, mu: number, wd: number, scale: number): void {
     const len = hi - lo;
     const body = len - (len % 4);
-    this.k.sgd(w.byteOffset + 4 * lo, v.byteOffset + 4 * lo, s.byteOffset + 4 * lo, body / 4, lr, mu, wd, scale);
+    this.run('sgd', [w.byteOffset + 4 * lo, v.byteOffset + 4 * lo, s.byteOffset + 4 * lo], [16, 16, 16], body / 4, [lr, mu, wd, scale]);
     const f = Math.fround;
     for (let i = lo + body; i < hi; i += 1) {
       const wi = w[i] as number;
@@ -183,12 +225,40 @@ export class FloatArena {
   mean(w: Float32Array, s: Float32Array, lo: number, hi: number, scale: number): void {
     const len = hi - lo;
     const body = len - (len % 4);
-    this.k.avg(w.byteOffset + 4 * lo, s.byteOffset + 4 * lo, body / 4, scale);
+    this.run('avg', [w.byteOffset + 4 * lo, s.byteOffset + 4 * lo], [16, 16], body / 4, [scale]);
     for (let i = lo + body; i < hi; i += 1) w[i] = (s[i] as number) * Math.fround(scale);
   }
 }
 
 const ARENAS = new WeakMap<ArrayBufferLike, FloatArena>();
+
+/** Units (vectors of 4 floats or 8 codes) a helper thread's part has at least: 256 KiB of floats. */
+export const PARALLEL_MIN_UNITS = 16384;
+
+/**
+ * Threads an aggregator's arena runs its SGD update on: VGG_UPDATE_THREADS (1-64; `--update-threads`
+ * of the commands that aggregate sets it), else a quarter of the cores, 1 to 4 (1 on this 2-core
+ * development box and in CI: no helper threads). A quarter, because a GPU node runs a worker per
+ * GPU and each may host a shard; 4, as measured on the device machine's 16-core Xeon: SGD over
+ * 138M floats 153-168 ms on one thread, 54 ms on 4 (kernel-pool.ts).
+ */
+/** `--update-threads` of the commands that aggregate (coordinator, aggregator and worker start). */
+export const UPDATE_THREADS_OPTION = ['--update-threads <n>', 'threads for the SGD update of the aggregator shard this process runs, 1-64 (env VGG_UPDATE_THREADS; default a quarter of the cores, 1 to 4)'] as const;
+
+/** Applies `--update-threads` (sets VGG_UPDATE_THREADS, which worker threads and child processes inherit). */
+export function setUpdateThreads(n: number | undefined): void {
+  if (n !== undefined) process.env.VGG_UPDATE_THREADS = String(n);
+}
+
+export function updateThreads(): number {
+  const set = process.env.VGG_UPDATE_THREADS;
+  if (set !== undefined && set !== '') {
+    const n = Number(set);
+    if (!Number.isInteger(n) || n < 1 || n > 64) throw new RangeError(`VGG_UPDATE_THREADS: expected an integer 1-64, got ${JSON.stringify(set)}`);
+    return n;
+  }
+  return Math.max(1, Math.min(4, Math.floor(availableParallelism() / 4)));
+}
 
 /** Frame slots an aggregator's arena has room for: one per member streaming a chunk at once (frame-slot.ts). */
 export const FRAME_SLOTS_MAX = 64;
@@ -209,11 +279,12 @@ export function aggregatorArenaFloats(n: number): number {
 /**
  * An arena for `floats` floats, or undefined where it cannot be had (over 4 GiB,
  * or no WebAssembly SIMD): the callers then use plain arrays and the JS loops.
+ * `threads` (default updateThreads()): see FloatArena.
  */
-export function tryArena(floats: number): FloatArena | undefined {
+export function tryArena(floats: number, threads = updateThreads()): FloatArena | undefined {
   if (process.env.VGG_NO_SIMD === '1') return undefined;
   try {
-    return new FloatArena(floats);
+    return new FloatArena(floats, threads);
   } catch {
     return undefined;
   }
@@ -305,7 +376,7 @@ const fn = (locals: [number, number][], code: number[]) => {
   return [...uleb(body.length), ...body];
 };
 
-function assemble(): Uint8Array<ArrayBuffer> {
+function assemble(shared: boolean): Uint8Array<ArrayBuffer> {
   // acc(dst 0, src 1, n4 2, k 3) -> f32; locals: i 4, kv 5, probe 6, g 7, zero 8.
   // put: the same with dst = 0 + k g (the first contribution: dst is not read; + 0 keeps -0 as the sum did).
   const accOrPut = (put: boolean) => fn([[1, I32], [4, V128]], [
@@ -377,7 +448,8 @@ function assemble(): Uint8Array<ArrayBuffer> {
   const bytes = [
     0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
     ...section(1, vec(types)),
-    ...section(2, vec([[...str('env'), ...str('memory'), 0x02, 0x00, 0x00]])),
+    // memory import: limits flag 0x00 (min 0, no max) or 0x03 (shared, min 0, max 65536 pages).
+    ...section(2, vec([[...str('env'), ...str('memory'), 0x02, ...(shared ? [0x03, 0x00, ...uleb(65536)] : [0x00, 0x00])]])),
     ...section(3, vec([[0], [1], [2], [0], [3], [3], [0], [0]])),
     ...section(7, vec([[...str('acc'), 0x00, 0], [...str('sgd'), 0x00, 1], [...str('avg'), 0x00, 2], [...str('accbf16'), 0x00, 3], [...str('bf16enc'), 0x00, 4], [...str('bf16dec'), 0x00, 5], [...str('put'), 0x00, 6], [...str('putbf16'), 0x00, 7]])),
     ...section(10, vec([accOrPut(false), sgd, avg, accOrPutBf16(false), bf16enc, bf16dec, accOrPut(true), accOrPutBf16(true)])),
@@ -385,8 +457,10 @@ function assemble(): Uint8Array<ArrayBuffer> {
   return new Uint8Array(bytes);
 }
 
-let compiled: WebAssembly.Module | undefined;
-function module(): WebAssembly.Module {
-  compiled ??= new WebAssembly.Module(assemble());
-  return compiled;
+const compiled = new Map<boolean, WebAssembly.Module>();
+/** The module importing an unshared memory, or (`shared`) a shared one of at most 4 GiB. */
+function module(shared = false): WebAssembly.Module {
+  let m = compiled.get(shared);
+  if (m === undefined) compiled.set(shared, m = new WebAssembly.Module(assemble(shared)));
+  return m;
 }

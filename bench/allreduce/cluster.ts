@@ -26,9 +26,9 @@ export const median = (xs: number[]): number => {
   return s[Math.floor((s.length - 1) / 2)] ?? NaN;
 };
 
-/** A child process; its stdout lines go to `onLine`, `done` resolves with all of it on exit 0. */
-export function run(cmd: string, args: string[], onLine?: (line: string) => void): { done: Promise<string> } {
-  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+/** A child process; its stdout lines go to `onLine`, `done` resolves with all of it on exit 0; `say` writes a line to its stdin. */
+export function run(cmd: string, args: string[], onLine?: (line: string) => void): { done: Promise<string>; say: (line: string) => void } {
+  const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'inherit'] });
   let out = '';
   let pending = '';
   child.stdout.on('data', (d: Buffer) => {
@@ -41,6 +41,7 @@ export function run(cmd: string, args: string[], onLine?: (line: string) => void
   });
   return {
     done: new Promise((resolve, reject) => child.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} ${args.join(' ')} exited with ${code}`))))),
+    say: (line) => { child.stdin.write(`${line}\n`); },
   };
 }
 
@@ -72,9 +73,17 @@ export async function runOurs(o: { workers: number; steps: number; wire: string;
     const m = JSON.parse(line) as { peakRssBytes?: number };
     if (m.peakRssBytes !== undefined) followerPeak = Math.max(followerPeak, m.peakRssBytes);
   }).done);
-  const outs = await Promise.all(Array.from({ length: o.workers }, (_, i) => node('worker-proc.ts',
+  // Every worker connected (and hosting its shard) before any joins step 0: one that came late would find
+  // the step committed without it (a stale join).
+  let ready = 0;
+  const procs = Array.from({ length: o.workers }, (_, i) => node('worker-proc.ts',
     ['--url', url, '--steps', String(o.steps + WARMUP_STEPS), '--id', String(i), '--compute-ms', String(o.computeMs ?? 0), ...(o.overlap === true ? ['--overlap'] : []),
-      ...(o.hosted === true ? ['--host-shard', `${i + 1}/${shards}`] : [])]).done));
+      ...(o.hosted === true ? ['--host-shard', `${i + 1}/${shards}`] : [])], (line) => {
+      if ((JSON.parse(line) as { ready?: boolean }).ready !== true) return;
+      ready += 1;
+      if (ready === o.workers) for (const p of procs) p.say('go');
+    }));
+  const outs = await Promise.all(procs.map((p) => p.done));
   await agg.done;
   await Promise.all(followers);
   const results = outs.map((s) => JSON.parse(s.trim().split('\n').at(-1) ?? '{}') as { arrivals: number[]; peakRssBytes: number });

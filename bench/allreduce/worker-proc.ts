@@ -28,6 +28,11 @@ const hostShard = process.argv.includes('--host-shard') ? { shard: parseShard('-
 const client = new Transport({ client: { url: arg('--url'), token: 'bench', workerId: id, host: 'bench', gpu: null, backend: 'none' }, log, hostShard });
 await client.connect();
 await client.ready(modelHash(DEFAULT_MODEL_CONFIG));
+// Wait for every worker to be connected (cluster.ts answers "go" on stdin).
+process.stdout.write(`${JSON.stringify({ ready: true, id })}\n`);
+await new Promise<void>((resolve) => {
+  process.stdin.on('data', (d: Buffer) => { if (d.toString().includes('go')) { process.stdin.destroy(); resolve(); } });
+});
 const floats = Number(arg('--floats')) || layout.totalSize;
 client.allocateGradient(floats).fill(1e-3);
 const at = floats === layout.totalSize ? layout.byName.get('fc6/kernel')?.offset ?? 0 : 0;
@@ -36,7 +41,7 @@ const arrivals: number[] = [];
 for (let step = 0; step < steps; step += 1) {
   const joined = client.next<{ t: string }>(['reply']);
   client.send({ t: 'join', step, jobId: `w${id}-s${step}`, lockToken: 'x' });
-  if ((await joined).value.t !== 'joined') throw new Error(`join of step ${step} refused`);
+  if ((await joined).value.t !== 'joined') throw new Error(`join of step ${step} refused: ${JSON.stringify((await joined).value)}`);
   const next = client.next(['weights'], (_n, s) => (s as number) === step + 1);
   const stats = { samples: 1, loss: 0, top1: 0, top5: 0, skipped: 0 };
   if (overlap && computeMs > 0) {

@@ -27,6 +27,11 @@ describe('vgg-train CLI', () => {
     const r = run('model', 'info', '--config', 'Z');
     assert.equal(r.status, 2);
     assert.match(r.stderr, /--config: expected one of A, A-LRN, B, C, D, E, got "Z"/);
+    for (const cmd of [['coordinator', 'start'], ['aggregator', 'start', '--leader', 'ws://127.0.0.1:9', '--shard', '1/2'], ['worker', 'start', '--coordinator', 'ws://127.0.0.1:9']]) {
+      const u = run(...cmd, '--update-threads', '0');
+      assert.equal(u.status, 2, cmd.join(' '));
+      assert.match(u.stderr, /--update-threads: expected an integer in \[1, 64\], got "0"/);
+    }
     const t = run('train', '--lr', '-1');
     assert.equal(t.status, 2);
     assert.match(t.stderr, /--lr: expected a number in \(0, 10\], got "-1"/);

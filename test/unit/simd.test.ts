@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { FlatMomentumSgd } from '../../shared/flat-sgd.ts';
 import { decodeBf16, decodeBf16Scalar, encodeBf16, encodeBf16Scalar } from '../../shared/half.ts';
 import { buildLayout } from '../../shared/param-layout.ts';
-import { FloatArena, arenaOf } from '../../shared/simd.ts';
+import { FloatArena, PARALLEL_MIN_UNITS, arenaOf, updateThreads } from '../../shared/simd.ts';
 import { TINY_VGG_A } from '../../shared/vgg-configs.ts';
 import { SGD, join, startAggregator, stats, type Harness } from '../helpers/aggregator-harness.ts';
 import { wave } from '../helpers/numeric.ts';
@@ -62,6 +62,49 @@ describe('the SIMD kernels (FloatArena)', () => {
     const g = wave(1023, 3);
     g[700] = Infinity;
     assert.equal(arena.accumulate(arena.alloc(1023), 0, g, 1, true), false);
+  });
+
+  test('with helper threads (shared memory) every kernel gives what one thread gives, bit for bit (SGD and the means split over them); closed, it runs alone', async () => {
+    const n = 5 * 4 * PARALLEL_MIN_UNITS + 13; // five parts' worth: split over all threads, odd tail
+    const one = new FloatArena(16 * n + 4096);
+    const four = new FloatArena(16 * n + 4096, 4);
+    assert.equal(four.threads, 4);
+    assert.ok(four.memory.buffer instanceof SharedArrayBuffer);
+    const results = [one, four].map((a) => {
+      const sum = a.alloc(n).fill(Number.NaN); // stale: put must not read it
+      const w = a.copyOf(wave(n, 1));
+      const v = a.copyOf(wave(n, 2));
+      const codes = new Uint16Array(n);
+      encodeBf16(wave(n, 3), codes);
+      const probes = [a.accumulate(sum, 0, wave(n, 4), 3, true), a.accumulateBf16(sum, 0, codes, 2), a.accumulate(sum, 7, wave(n - 7, 5), 1)];
+      a.sgd(w, v, sum, 3, n - 2, 0.01, 0.9, 5e-4, 0.25);
+      const m = a.alloc(n);
+      a.mean(m, sum, 0, n, 0.5);
+      return { probes, bytes: [sum, w, v, m].map((x) => Buffer.from(x.buffer, x.byteOffset, x.byteLength).toString('base64')) };
+    });
+    assert.deepEqual(results[1]?.probes, [true, true, true]);
+    assert.deepEqual(results[1], results[0]);
+    await four.close();
+    assert.equal(four.threads, 1);
+    const w = four.copyOf(wave(n, 1));
+    const v = four.copyOf(wave(n, 2));
+    four.sgd(w, v, four.copyOf(wave(n, 3)), 0, n, 0.01, 0.9, 0, 1);
+    assert.notDeepEqual(w, wave(n, 1));
+  });
+
+  test('VGG_UPDATE_THREADS sets the threads; a bad value is a clear error', () => {
+    const before = process.env.VGG_UPDATE_THREADS;
+    try {
+      process.env.VGG_UPDATE_THREADS = '3';
+      assert.equal(updateThreads(), 3);
+      process.env.VGG_UPDATE_THREADS = 'many';
+      assert.throws(() => updateThreads(), /VGG_UPDATE_THREADS: expected an integer 1-64, got "many"/);
+      delete process.env.VGG_UPDATE_THREADS;
+      assert.ok(updateThreads() >= 1 && updateThreads() <= 4);
+    } finally {
+      if (before === undefined) delete process.env.VGG_UPDATE_THREADS;
+      else process.env.VGG_UPDATE_THREADS = before;
+    }
   });
 
   test('momentum SGD on arena arrays equals the JS loop (fp32 per operation vs per statement: within 2 ulp), BN statistics averaged', () => {
