@@ -1,16 +1,7 @@
 #!/bin/bash
-# Device run: our benches on a 16-core box (node + node_modules carried as xz).
-cd "$(dirname "$0")/../.."
+# Device run 1 (2026-11-28): the matrix at 754200d on the 16-core box.
+source "$(dirname "$0")/setup.sh"
 t0=$(date +%s)
-mkdir -p .n
-python3 - <<'PY'
-import lzma, tarfile, shutil, os
-with lzma.open('tmp-probe/dev/node.xz') as s, open('.n/node', 'wb') as d: shutil.copyfileobj(s, d)
-os.chmod('.n/node', 0o755)
-tarfile.open('tmp-probe/dev/nm.tar.xz').extractall('.')
-PY
-export PATH=$PWD/.n:$PATH
-echo "unpacked in $(( $(date +%s) - t0 )) s"
 nproc; node --version; python3 -c 'import torch; print("torch", torch.__version__)'
 lscpu | grep -E 'Model name|^CPU\(s\)|Thread|Socket'; free -g | head -2; uname -r
 echo "== allreduce $(date +%T)"

@@ -1,16 +1,7 @@
 #!/bin/bash
-# Device run 2: the kernel pool (VGG_UPDATE_THREADS 4 vs 1) and the first-touch reduce, on the 16-core box.
-cd "$(dirname "$0")/../.."
-t0=$(date +%s)
-mkdir -p .n
-python3 - <<'PY'
-import lzma, tarfile, shutil, os
-with lzma.open('tmp-probe/dev/node.xz') as s, open('.n/node', 'wb') as d: shutil.copyfileobj(s, d)
-os.chmod('.n/node', 0o755)
-tarfile.open('tmp-probe/dev/nm.tar.xz').extractall('.')
-PY
-export PATH=$PWD/.n:$PATH
-echo "unpacked in $(( $(date +%s) - t0 )) s"; nproc; git log --oneline -1 2>/dev/null
+# Device run 2 (2026-11-28): the kernel pool (VGG_UPDATE_THREADS 4 vs 1) and the first-touch reduce.
+source "$(dirname "$0")/setup.sh"
+t0=$(date +%s); nproc; git log --oneline -1 2>/dev/null
 q() { grep -v '"level":' ; }
 echo "== allreduce threads 4 $(date +%T)"
 VGG_UPDATE_THREADS=4 timeout 110 node --import tsx bench/allreduce.bench.ts --workers 2,4 --wire fp32 --shards 1,2 --hosted yes --steps 5 --python python3 2>&1 | q | tee $OUT/allreduce-t4.txt
