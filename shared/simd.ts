@@ -28,15 +28,19 @@ export class FloatArena {
    * Room for `floats` floats (each allocation rounded up to 16 bytes); at most 4 GiB in all.
    * With `threads` > 1 the memory is shared and the update's kernels over large ranges (SGD, the
    * BN means) run split over this thread and `threads` - 1 helpers (kernel-pool.ts); the reduce on
-   * arrival stays on the calling thread.
+   * arrival stays on the calling thread. `share.shared`: the memory is shared anyway (another thread
+   * may adopt it); `share.memory`: this arena is over that shared memory, made by another thread's
+   * arena whose first `share.used` bytes are taken (`floats` is then ignored).
    */
-  constructor(floats: number, threads = 1) {
-    this.limit = Math.ceil((floats * 4) / 65536) * 65536 + 65536;
+  constructor(floats: number, threads = 1, share: { shared?: boolean; memory?: WebAssembly.Memory; used?: number } = {}) {
+    this.limit = share.memory !== undefined ? share.memory.buffer.byteLength : Math.ceil((floats * 4) / 65536) * 65536 + 65536;
     const pages = this.limit / 65536;
     if (pages > 65536) throw new RangeError(`FloatArena: expected at most 4 GiB, got ${(this.limit / 2 ** 30).toFixed(2)} GiB (${floats} floats)`);
     if (!Number.isInteger(threads) || threads < 1) throw new RangeError(`FloatArena: expected threads >= 1, got ${threads}`);
-    const shared = threads > 1;
-    this.memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared });
+    const shared = threads > 1 || share.shared === true || share.memory !== undefined;
+    if (share.memory !== undefined && !(share.memory.buffer instanceof SharedArrayBuffer)) throw new TypeError('FloatArena: expected a shared memory to adopt, got an unshared one');
+    this.memory = share.memory ?? new WebAssembly.Memory({ initial: pages, maximum: pages, shared });
+    this.next = Math.ceil((share.used ?? 0) / 16) * 16;
     const instance = new WebAssembly.Instance(module(shared), { env: { memory: this.memory } });
     this.k = instance.exports as unknown as Kernels;
     if (shared) this.pool = new KernelPool(module(shared), this.memory, threads - 1);
@@ -68,6 +72,11 @@ export class FloatArena {
     const pool = this.pool;
     this.pool = undefined;
     await pool?.close();
+  }
+
+  /** Bytes allocated so far (what an arena adopting this memory must leave alone). */
+  get used(): number {
+    return this.next;
   }
 
   /** `n` zeroed floats, 16-byte aligned. */
@@ -281,10 +290,10 @@ export function aggregatorArenaFloats(n: number): number {
  * or no WebAssembly SIMD): the callers then use plain arrays and the JS loops.
  * `threads` (default updateThreads()): see FloatArena.
  */
-export function tryArena(floats: number, threads = updateThreads()): FloatArena | undefined {
+export function tryArena(floats: number, threads = updateThreads(), share: ConstructorParameters<typeof FloatArena>[2] = {}): FloatArena | undefined {
   if (process.env.VGG_NO_SIMD === '1') return undefined;
   try {
-    return new FloatArena(floats, threads);
+    return new FloatArena(floats, threads, share);
   } catch {
     return undefined;
   }

@@ -5,6 +5,7 @@ import { connectLocal } from '../shared/local-link.ts';
 import { readIntoOneBuffer } from '../shared/socket-reads.ts';
 import type { Logger } from '../shared/logger.ts';
 import { WIRE_FORMATS, encode16, wireBytes, type WireFormat } from '../shared/half.ts';
+import { arenaOf, type FloatArena } from '../shared/simd.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import {
   CHUNK_FLOATS, CHUNK_MESSAGE_BYTES, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, chunkHeadOf, chunkMessage, decodeFragments, encode, field, fragmentBytes, sendChunk, valuesOf,
@@ -67,6 +68,31 @@ const HIGH_WATER_BYTES = 64 * 1024 * 1024;
 const LOW_WATER_BYTES = 16 * 1024 * 1024;
 /** 16-bit message buffers kept for reuse: as many as the high watermark lets be in flight, and the one being encoded. */
 const SEND_ROOMS = Math.ceil(HIGH_WATER_BYTES / CHUNK_MESSAGE_BYTES) + 2;
+/** What the arena keeps free for its own staging rooms (a chunk's floats and codes, 4 + 2 MiB, taken on first use). */
+const STAGING_MARGIN_BYTES = 8 << 20;
+/** Room the gradient's arena keeps for 16-bit send rooms (transport.ts): four connections' worth, then plain Buffers. */
+export const SEND_ROOM_RESERVE_BYTES = 4 * SEND_ROOMS * CHUNK_MESSAGE_BYTES + STAGING_MARGIN_BYTES;
+
+/** Arenas that hold a gradient and room for send rooms after it (the transport thread's). */
+const ROOM_ARENAS = new WeakSet<FloatArena>();
+
+/** Lets 16-bit send rooms for gradients in `arena` be taken from its free room. */
+export function allowSendRooms(arena: FloatArena): void {
+  ROOM_ARENAS.add(arena);
+}
+
+/**
+ * A 16-bit message buffer: in the gradient's arena while it has room (the SIMD encode then writes
+ * the codes in place instead of through its staging room), else a plain one.
+ */
+export function sendRoomFor(flat: Float32Array): Buffer {
+  const arena = arenaOf(flat);
+  if (arena !== undefined && ROOM_ARENAS.has(arena) && arena.used + CHUNK_MESSAGE_BYTES + STAGING_MARGIN_BYTES <= arena.memory.buffer.byteLength) {
+    const b = arena.allocBytes(CHUNK_MESSAGE_BYTES);
+    return Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+  }
+  return Buffer.allocUnsafeSlow(CHUNK_MESSAGE_BYTES);
+}
 
 /**
  * The worker's end of the all-reduce: handshake, receiving weight versions,
@@ -339,7 +365,7 @@ export class AggregatorClient extends EventEmitter {
       }
       // 16-bit: one message per chunk, encoded into a buffer whose last send was written to the socket
       // (no fresh pages to fault in per chunk): see chunkMessage.
-      const room = this.sendRooms.pop() ?? Buffer.allocUnsafeSlow(CHUNK_MESSAGE_BYTES);
+      const room = this.sendRooms.pop() ?? sendRoomFor(flat);
       const frame = chunkMessage('grad-chunk', step, offset, part.length * wireBytes(wire),
         (body) => encode16(wire, part, new Uint16Array(body.buffer, body.byteOffset, part.length)), room);
       ws.send(frame, () => { if (this.sendRooms.length < SEND_ROOMS) this.sendRooms.push(room); });

@@ -12,7 +12,8 @@ import { startFollower, type FollowerHandle } from '../coordinator/shard-followe
 import { createLogger } from '../shared/logger.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import { ProtocolError, type BatchStats, type ClientMessage } from '../shared/wire-protocol.ts';
-import { ConnectionLost } from './aggregator-client.ts';
+import { FloatArena } from '../shared/simd.ts';
+import { ConnectionLost, allowSendRooms } from './aggregator-client.ts';
 import { ShardGroup } from './shard-group.ts';
 import type { FromThread, ToThread, TransportInit } from './transport.ts';
 
@@ -139,9 +140,14 @@ port.on('message', (msg: ToThread) => {
     case 'body':
       bodies.get(msg.id)?.();
       return;
-    case 'gradient':
-      flat = new Float32Array(msg.buffer);
+    case 'gradient': {
+      // The main thread's arena (the gradient first, then free room): adopted here, the encode and the
+      // send rooms work in it (aggregator-client.ts).
+      const arena = msg.memory === undefined ? undefined : new FloatArena(0, 1, { memory: msg.memory, used: msg.used ?? 0 });
+      if (arena !== undefined) allowSendRooms(arena);
+      flat = new Float32Array(arena?.memory.buffer ?? msg.buffer, msg.offset, msg.floats);
       return;
+    }
     case 'give-up':
       giveUps.get(msg.id)?.(msg.value);
       giveUps.delete(msg.id);

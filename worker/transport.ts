@@ -4,7 +4,8 @@ import type { Logger } from '../shared/logger.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import type { ShardSpec } from '../shared/shard.ts';
 import { ProtocolError, type BatchStats, type ClientMessage } from '../shared/wire-protocol.ts';
-import { ConnectionLost, nextEvent, weightsOf, type GradientSplit } from './aggregator-client.ts';
+import { tryArena } from '../shared/simd.ts';
+import { ConnectionLost, SEND_ROOM_RESERVE_BYTES, nextEvent, weightsOf, type GradientSplit } from './aggregator-client.ts';
 import { readRanges, type WeightsRange } from './shard-group.ts';
 
 /** What the transport thread is started with (structured-cloneable). */
@@ -22,7 +23,7 @@ export interface TransportInit {
 export type ToThread =
   | { op: 'call'; id: number; method: 'connect' | 'ready' | 'sendGradient'; args: unknown[] }
   | { op: 'body'; id: number }
-  | { op: 'gradient'; buffer: SharedArrayBuffer }
+  | { op: 'gradient'; buffer: SharedArrayBuffer; offset: number; floats: number; memory?: WebAssembly.Memory; used?: number }
   | { op: 'give-up'; id: number; value: boolean }
   | { op: 'send'; msg: ClientMessage }
   | { op: 'recycle'; buffers: (Float32Array | undefined)[] }
@@ -82,9 +83,12 @@ export class Transport extends EventEmitter {
 
   /** The gradient buffer, `floats` long, in memory both threads see (once the model is known). */
   allocateGradient(floats: number): Float32Array<ArrayBufferLike> {
-    const buffer = new SharedArrayBuffer(floats * 4);
-    this.gradient = new Float32Array(buffer);
-    this.post({ op: 'gradient', buffer });
+    // In a shared wasm memory (where there is SIMD) that the thread adopts as its FloatArena, with room
+    // for the 16-bit send rooms after it: the bf16/fp16 encode reads the gradient and writes the codes
+    // in place (0.50 ns a float here, against 0.78 through the encoder's staging room).
+    const arena = tryArena(floats + SEND_ROOM_RESERVE_BYTES / 4, 1, { shared: true });
+    this.gradient = arena?.alloc(floats) ?? new Float32Array(new SharedArrayBuffer(floats * 4));
+    this.post({ op: 'gradient', buffer: this.gradient.buffer as SharedArrayBuffer, offset: this.gradient.byteOffset, floats, ...(arena === undefined ? {} : { memory: arena.memory, used: arena.used }) });
     return this.gradient;
   }
 

@@ -1,4 +1,5 @@
 import { afterEach, describe, test } from 'node:test';
+import { MessageChannel } from 'node:worker_threads';
 import assert from 'node:assert/strict';
 import { FlatMomentumSgd } from '../../shared/flat-sgd.ts';
 import { decodeBf16, decodeBf16Scalar, encodeBf16, encodeBf16Scalar } from '../../shared/half.ts';
@@ -90,6 +91,27 @@ describe('the SIMD kernels (FloatArena)', () => {
     const v = four.copyOf(wave(n, 2));
     four.sgd(w, v, four.copyOf(wave(n, 3)), 0, n, 0.01, 0.9, 0, 1);
     assert.notDeepEqual(w, wave(n, 1));
+  });
+
+  test('an arena adopting another thread\'s shared memory sees its floats, allocates after what it used, and refuses unshared memory', async () => {
+    const owner = new FloatArena(4096, 1, { shared: true });
+    const g = owner.alloc(1000);
+    g.set(wave(1000, 8));
+    const { port1, port2 } = new MessageChannel();
+    const got = new Promise<{ memory: WebAssembly.Memory; used: number }>((resolve) => { port2.once('message', resolve); });
+    port1.postMessage({ memory: owner.memory, used: owner.used }); // as to the transport thread
+    const { memory, used } = await got;
+    port1.close();
+    const adopted = new FloatArena(0, 1, { memory, used });
+    const view = new Float32Array(adopted.memory.buffer, g.byteOffset, 1000);
+    assert.deepEqual(view, g);
+    const codes = adopted.alloc16(1000);
+    assert.ok(codes.byteOffset >= g.byteOffset + g.byteLength, 'after the gradient');
+    encodeBf16(view, codes); // in place: both in the adopted arena
+    const expected = new Uint16Array(1000);
+    encodeBf16Scalar(g, expected);
+    assert.deepEqual(codes, expected);
+    assert.throws(() => new FloatArena(0, 1, { memory: new WebAssembly.Memory({ initial: 1, maximum: 1 }) }), /expected a shared memory to adopt, got an unshared one/);
   });
 
   test('VGG_UPDATE_THREADS sets the threads; a bad value is a clear error', () => {
