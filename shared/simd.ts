@@ -43,7 +43,7 @@ export class FloatArena {
     this.next = Math.ceil((share.used ?? 0) / 16) * 16;
     const instance = new WebAssembly.Instance(module(shared), { env: { memory: this.memory } });
     this.k = instance.exports as unknown as Kernels;
-    if (shared) this.pool = new KernelPool(module(shared), this.memory, threads - 1);
+    if (threads > 1) this.pool = new KernelPool(module(shared), this.memory, threads - 1);
     ARENAS.set(this.memory.buffer, this);
   }
 

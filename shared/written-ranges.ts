@@ -1,9 +1,8 @@
 /**
  * The ranges of a step's sum that a contribution has written so far. The first contribution to
  * a float stores it and later ones add (FloatArena.accumulate's `put`), so the sum needs no zeroing
- * pass before each step and the first member's reduce does not read it: two passes over the
- * shard's floats fewer per step (each one 553 MB at VGG-16, ~37 ms on one core of a Xeon
- * measured on the device machine). Members send their gradients in runs of chunks (from `split`
+ * pass before each step and the first member's reduce does not read it (a pass over VGG-16's
+ * 553 MB takes ~30 ms on one core of the device machine's Xeon, by its SGD's timing). Members send their gradients in runs of chunks (from `split`
  * to the end, then from 0), so the written set stays a handful of intervals.
  */
 export class WrittenRanges {
