@@ -136,8 +136,8 @@ describe('synchronous steps', () => {
     }
   });
 
-  test('a gradient split at the classifier: its head arrives while the body is still pending, and the update equals the unsplit one bit for bit', async () => {
-    const run = async (split: boolean): Promise<Float32Array> => {
+  test('a gradient split at the classifier: its head arrives while the body is still pending, and the update equals the unsplit one bit for bit (also with the other member\'s whole gradient arriving in between: the sum\'s ranges then are first written by different members)', async () => {
+    const run = async (split: boolean, otherBetween = false): Promise<Float32Array> => {
       const hh = await startAggregator();
       try {
         const { layout } = hh;
@@ -160,9 +160,10 @@ describe('synchronous steps', () => {
             await new Promise((r) => setTimeout(r, 5));
           }
         }
+        if (otherBetween) await b.sendGradient(0, 'job-2', [3], stats(1), gb);
         release();
         await sending;
-        await b.sendGradient(0, 'job-2', [3], stats(1), gb);
+        if (!otherBetween) await b.sendGradient(0, 'job-2', [3], stats(1), gb);
         await next;
         return hh.weights.slice();
       } finally {
@@ -172,6 +173,8 @@ describe('synchronous steps', () => {
     const plain = await run(false);
     const split = await run(true);
     assert.equal(Buffer.compare(Buffer.from(plain.buffer), Buffer.from(split.buffer)), 0);
+    const between = await run(true, true);
+    assert.equal(Buffer.compare(Buffer.from(plain.buffer), Buffer.from(between.buffer)), 0);
   });
 
   test('a silent member (no close, no pong) is removed after the heartbeat timeout and the step commits without it', async () => {
