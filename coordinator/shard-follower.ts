@@ -6,7 +6,7 @@ import type { Logger } from '../shared/logger.ts';
 import { listenLocal } from '../shared/local-link.ts';
 import { buildLayout, modelHash } from '../shared/param-layout.ts';
 import { sliceLayout, type ShardSpec } from '../shared/shard.ts';
-import { aggregatorArenaFloats, tryArena, type FloatArena } from '../shared/simd.ts';
+import { aggregatorArenaFloats, tryArena } from '../shared/simd.ts';
 import type { ModelConfig } from '../shared/vgg-configs.ts';
 import { MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, decodeFrame, encode, field, type ShardMessage } from '../shared/wire-protocol.ts';
 import { Aggregator } from './aggregator.ts';
@@ -28,12 +28,6 @@ export interface FollowerOptions {
   backoffMs?: number;
   /** Stops retrying an unreachable leader (startFollower then rejects). */
   signal?: AbortSignal;
-  /**
-   * The arena for the shard's state (weights, momentum, the aggregator's sum and slots), given its
-   * range's floats and the model; undefined or absent: one of its own. A hosting worker's transport
-   * thread puts its gradient in the same memory (worker/transport-thread.ts).
-   */
-  arena?: (rangeFloats: number, model: ModelConfig) => FloatArena | undefined;
 }
 
 export interface FollowerHandle {
@@ -198,7 +192,7 @@ function connectLeader(o: FollowerOptions): Promise<{ ws: WebSocket; init: Init 
             secret: Buffer.from(field<string>(msg, 'secret', 'string'), 'hex'), run: field<Record<string, unknown>>(msg, 'run', 'object'),
           };
           // Weights and momentum, then the aggregator's sum and scratch, in one FloatArena (SIMD loops).
-          state = (o.arena?.(hi - lo, init.model) ?? tryArena(aggregatorArenaFloats(hi - lo)))?.alloc(2 * (hi - lo)) ?? new Float32Array(2 * (hi - lo));
+          state = tryArena(aggregatorArenaFloats(hi - lo))?.alloc(2 * (hi - lo)) ?? new Float32Array(2 * (hi - lo));
           receiver = new RangeStateReceiver(state.subarray(0, hi - lo), state.subarray(hi - lo));
           return;
         }

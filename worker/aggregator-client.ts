@@ -70,20 +70,15 @@ const LOW_WATER_BYTES = 16 * 1024 * 1024;
 const SEND_ROOMS = Math.ceil(HIGH_WATER_BYTES / CHUNK_MESSAGE_BYTES) + 2;
 /** What the arena keeps free for its own staging rooms (a chunk's floats and codes, 4 + 2 MiB, taken on first use). */
 const STAGING_MARGIN_BYTES = 8 << 20;
-/** Send rooms a gradient's arena gives at most: four connections' worth, then plain Buffers. */
-const SEND_ROOM_BUDGET_BYTES = 4 * SEND_ROOMS * CHUNK_MESSAGE_BYTES;
-/** Room an arena holding a gradient keeps for its send rooms and its staging (transport.ts, transport-thread.ts). */
-export const SEND_ROOM_RESERVE_BYTES = SEND_ROOM_BUDGET_BYTES + STAGING_MARGIN_BYTES;
+/** Room the gradient's arena keeps for 16-bit send rooms (transport.ts): four connections' worth, then plain Buffers. */
+export const SEND_ROOM_RESERVE_BYTES = 4 * SEND_ROOMS * CHUNK_MESSAGE_BYTES + STAGING_MARGIN_BYTES;
 
-/** Arenas that hold a gradient, and the bytes of send rooms each may still give. */
-const ROOM_BUDGETS = new WeakMap<FloatArena, number>();
+/** Arenas that hold a gradient and room for send rooms after it (the transport thread's). */
+const ROOM_ARENAS = new WeakSet<FloatArena>();
 
-/**
- * Lets 16-bit send rooms for gradients in `arena` be taken from its free room, up to the room it
- * reserved for them (SEND_ROOM_RESERVE_BYTES): a hosted shard's frame slots, made later, keep theirs.
- */
+/** Lets 16-bit send rooms for gradients in `arena` be taken from its free room. */
 export function allowSendRooms(arena: FloatArena): void {
-  if (!ROOM_BUDGETS.has(arena)) ROOM_BUDGETS.set(arena, SEND_ROOM_BUDGET_BYTES);
+  ROOM_ARENAS.add(arena);
 }
 
 /**
@@ -92,9 +87,7 @@ export function allowSendRooms(arena: FloatArena): void {
  */
 export function sendRoomFor(flat: Float32Array): Buffer {
   const arena = arenaOf(flat);
-  const budget = arena === undefined ? 0 : ROOM_BUDGETS.get(arena) ?? 0;
-  if (arena !== undefined && budget >= CHUNK_MESSAGE_BYTES && arena.used + CHUNK_MESSAGE_BYTES + STAGING_MARGIN_BYTES <= arena.memory.buffer.byteLength) {
-    ROOM_BUDGETS.set(arena, budget - CHUNK_MESSAGE_BYTES);
+  if (arena !== undefined && ROOM_ARENAS.has(arena) && arena.used + CHUNK_MESSAGE_BYTES + STAGING_MARGIN_BYTES <= arena.memory.buffer.byteLength) {
     const b = arena.allocBytes(CHUNK_MESSAGE_BYTES);
     return Buffer.from(b.buffer, b.byteOffset, b.byteLength);
   }

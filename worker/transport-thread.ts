@@ -12,10 +12,8 @@ import { startFollower, type FollowerHandle } from '../coordinator/shard-followe
 import { createLogger } from '../shared/logger.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import { ProtocolError, type BatchStats, type ClientMessage } from '../shared/wire-protocol.ts';
-import { buildLayout } from '../shared/param-layout.ts';
-import { FloatArena, aggregatorArenaFloats, tryArena, updateThreads } from '../shared/simd.ts';
-import type { ModelConfig } from '../shared/vgg-configs.ts';
-import { ConnectionLost, SEND_ROOM_RESERVE_BYTES, allowSendRooms } from './aggregator-client.ts';
+import { FloatArena } from '../shared/simd.ts';
+import { ConnectionLost, allowSendRooms } from './aggregator-client.ts';
 import { ShardGroup } from './shard-group.ts';
 import type { FromThread, ToThread, TransportInit } from './transport.ts';
 
@@ -37,7 +35,7 @@ let hostedOnce = false;
 // Closing stops a start still waiting for its coordinator (after the run ended there is none to wait for).
 const stopHosting = new AbortController();
 const host = (hostShard: NonNullable<TransportInit['hostShard']>, retryMs = 1000): void => {
-  const started = startFollower({ leader: init.client.url, token: init.client.token, log, signal: stopHosting.signal, arena: arenaForShard, ...hostShard }).catch((err: Error) => {
+  const started = startFollower({ leader: init.client.url, token: init.client.token, log, signal: stopHosting.signal, ...hostShard }).catch((err: Error) => {
     // --host-shard auto and every shard taken (or the run started): this worker only trains.
     if (hostShard.shard !== 'any' || !(err instanceof ProtocolError) || err.code !== 'VGG_ERR_SHARD_UNAVAILABLE') throw err;
     log.info({ reason: err.message }, 'no aggregator shard to host; training only');
@@ -55,24 +53,6 @@ const host = (hostShard: NonNullable<TransportInit['hostShard']>, retryMs = 1000
   });
 };
 if (init.hostShard !== undefined) host(init.hostShard);
-
-/**
- * The first hosted shard's arena holds the gradient too (before the shard's state), with room for the
- * 16-bit send rooms: the shard's reduce of this worker's own gradient then reads it in place (no
- * staging copy). Offered to the main thread, whose allocateGradient takes it. A shard hosted again
- * later (a resumed coordinator) gets an arena of its own: the gradient stays where it is.
- */
-let hostedGradient: { arena: FloatArena; offset: number; floats: number } | undefined;
-function arenaForShard(rangeFloats: number, model: ModelConfig): FloatArena | undefined {
-  if (hostedGradient !== undefined) return undefined;
-  const floats = buildLayout(model).totalSize;
-  const arena = tryArena(aggregatorArenaFloats(rangeFloats) + floats + SEND_ROOM_RESERVE_BYTES / 4, updateThreads(), { shared: true });
-  if (arena === undefined) return undefined;
-  const g = arena.alloc(floats);
-  hostedGradient = { arena, offset: g.byteOffset, floats };
-  post({ op: 'hosted-gradient', memory: arena.memory, offset: g.byteOffset, floats });
-  return arena;
-}
 
 /**
  * Waits until the hosted shard (if any) serves or was declined, asking `giveUp` every second (the run
@@ -163,8 +143,7 @@ port.on('message', (msg: ToThread) => {
     case 'gradient': {
       // The main thread's arena (the gradient first, then free room): adopted here, the encode and the
       // send rooms work in it (aggregator-client.ts).
-      const arena = msg.hosted === true ? hostedGradient?.arena
-        : msg.memory === undefined ? undefined : new FloatArena(0, 1, { memory: msg.memory, used: msg.used ?? 0 });
+      const arena = msg.memory === undefined ? undefined : new FloatArena(0, 1, { memory: msg.memory, used: msg.used ?? 0 });
       if (arena !== undefined) allowSendRooms(arena);
       flat = new Float32Array(arena?.memory.buffer ?? msg.buffer, msg.offset, msg.floats);
       return;

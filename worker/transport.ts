@@ -23,7 +23,7 @@ export interface TransportInit {
 export type ToThread =
   | { op: 'call'; id: number; method: 'connect' | 'ready' | 'sendGradient'; args: unknown[] }
   | { op: 'body'; id: number }
-  | { op: 'gradient'; buffer: SharedArrayBuffer; offset: number; floats: number; memory?: WebAssembly.Memory; used?: number; hosted?: boolean }
+  | { op: 'gradient'; buffer: SharedArrayBuffer; offset: number; floats: number; memory?: WebAssembly.Memory; used?: number }
   | { op: 'give-up'; id: number; value: boolean }
   | { op: 'send'; msg: ClientMessage }
   | { op: 'recycle'; buffers: (Float32Array | undefined)[] }
@@ -36,9 +36,7 @@ export type FromThread =
   | { op: 'event'; name: 'reply' | 'disconnected'; value: unknown }
   | { op: 'resend'; step: number; attempt: number }
   | { op: 'started'; step: number; attempt: number }
-  | { op: 'give-up?'; id: number; call: number }
-  /** The hosted shard's arena has room for the gradient at `offset` (allocateGradient takes it). */
-  | { op: 'hosted-gradient'; memory: WebAssembly.Memory; offset: number; floats: number };
+  | { op: 'give-up?'; id: number; call: number };
 
 /**
  * The worker's link to the aggregator shards, run on a transport thread
@@ -51,8 +49,6 @@ export type FromThread =
 export class Transport extends EventEmitter {
   /** Write gradients here (shared with the transport thread; see allocateGradient); sendGradient sends from it. */
   gradient: Float32Array<ArrayBufferLike> = new Float32Array(0);
-  /** Room for the gradient in the hosted shard's arena, offered by the thread once. */
-  private offeredGradient?: { memory: WebAssembly.Memory; offset: number; floats: number };
   run?: Record<string, unknown>;
   learningRate = 0;
   weightsStep = -1;
@@ -87,14 +83,6 @@ export class Transport extends EventEmitter {
 
   /** The gradient buffer, `floats` long, in memory both threads see (once the model is known). */
   allocateGradient(floats: number): Float32Array<ArrayBufferLike> {
-    const offered = this.offeredGradient;
-    if (offered !== undefined && offered.floats === floats) {
-      // In the hosted shard's arena: its reduce of this worker's own gradient reads it in place.
-      this.offeredGradient = undefined;
-      this.gradient = new Float32Array(offered.memory.buffer, offered.offset, floats);
-      this.post({ op: 'gradient', buffer: this.gradient.buffer as SharedArrayBuffer, offset: offered.offset, floats, hosted: true });
-      return this.gradient;
-    }
     // In a shared wasm memory (where there is SIMD) that the thread adopts as its FloatArena, with room
     // for the 16-bit send rooms after it: the bf16/fp16 encode reads the gradient and writes the codes
     // in place (0.50 ns a float here, against 0.78 through the encoder's staging room).
@@ -135,9 +123,6 @@ export class Transport extends EventEmitter {
         void ask().catch(() => true).then((value) => this.post({ op: 'give-up', id: m.id, value }));
         return;
       }
-      case 'hosted-gradient':
-        this.offeredGradient = { memory: m.memory, offset: m.offset, floats: m.floats };
-        return;
       case 'weights': {
         // The previous version's buffers go back to be received into again.
         const old = this.parts.map((p) => p.weights);

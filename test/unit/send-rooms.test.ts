@@ -17,14 +17,6 @@ describe('16-bit send rooms in the gradient\'s arena', () => {
     allowSendRooms(arena);
     const rooms = [sendRoomFor(gradient), sendRoomFor(gradient), sendRoomFor(gradient)];
     assert.deepEqual(rooms.map((r) => r.buffer === arena.memory.buffer), [true, true, false]);
-    // A large arena gives at most its budget (four connections' worth), whatever room it has left.
-    const big = new FloatArena(floats + (1 << 28), 1, { shared: true });
-    const g2 = big.alloc(floats);
-    allowSendRooms(big);
-    let fromArena = 0;
-    for (let i = 0; i < 200; i += 1) if (sendRoomFor(g2).buffer === big.memory.buffer) fromArena += 1;
-    assert.ok(fromArena > 0 && fromArena < 200, `${fromArena} rooms from the arena`);
-    assert.ok(big.memory.buffer.byteLength - big.used > 300 << 20, 'room left for the rest (a hosted shard\'s frame slots)');
     const expected = new Uint16Array(floats);
     encodeBf16Scalar(gradient, expected);
     for (const room of rooms) {
