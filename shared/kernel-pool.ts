@@ -9,7 +9,9 @@
  * the steps slower on that machine (bench:allreduce, same run, 4 threads against 1: 1 aggregator
  * with 4 workers 2,438 against 1,570 ms, 4 hosted shards 866 against 654 ms), and the reduce's
  * calibration loop gained little (110 against 134 ms: its input is staged into the arena by one
- * memcpy per chunk anyway).
+ * memcpy per chunk anyway). Mind also that the pool needs the arena's memory shared, and V8 copies
+ * into a SharedArrayBuffer (the frame slots' TypedArray.set from socket reads) about half as fast as
+ * into plain memory (relaxed memmove): `--update-threads` is opt-in for that reason (simd.ts).
  *
  * The hand-off is synchronous, as the kernels are: the caller posts each helper its part through
  * a shared control block (Atomics.notify), runs its own part, and waits (Atomics.wait) for the

@@ -9,7 +9,6 @@
  * torch.optim.SGD and the single-process trainer's tfjs ops.
  */
 
-import { availableParallelism } from 'node:os';
 import { KernelPool, type PoolOp } from './kernel-pool.ts';
 
 /** Float32Array views into one wasm memory, and the kernels that run on them. */
@@ -244,21 +243,23 @@ const ARENAS = new WeakMap<ArrayBufferLike, FloatArena>();
 /** Units (vectors of 4 floats or 8 codes) a helper thread's part has at least: 256 KiB of floats. */
 export const PARALLEL_MIN_UNITS = 16384;
 
-/**
- * Threads an aggregator's arena runs its SGD update on: VGG_UPDATE_THREADS (1-64; `--update-threads`
- * of the commands that aggregate sets it), else a quarter of the cores, 1 to 4 (1 on this 2-core
- * development box and in CI: no helper threads). A quarter, because a GPU node runs a worker per
- * GPU and each may host a shard; 4, as measured on the device machine's 16-core Xeon: SGD over
- * 138M floats 153-168 ms on one thread, 54 ms on 4 (kernel-pool.ts).
- */
 /** `--update-threads` of the commands that aggregate (coordinator, aggregator and worker start). */
-export const UPDATE_THREADS_OPTION = ['--update-threads <n>', 'threads for the SGD update of the aggregator shard this process runs, 1-64 (env VGG_UPDATE_THREADS; default a quarter of the cores, 1 to 4)'] as const;
+export const UPDATE_THREADS_OPTION = ['--update-threads <n>', 'threads for the SGD update of the aggregator shard this process runs, 1-64 (env VGG_UPDATE_THREADS; default 1). More than 1 makes the shard\'s memory shared, which slows the copies from its sockets: measure before raising it'] as const;
 
 /** Applies `--update-threads` (sets VGG_UPDATE_THREADS, which worker threads and child processes inherit). */
 export function setUpdateThreads(n: number | undefined): void {
   if (n !== undefined) process.env.VGG_UPDATE_THREADS = String(n);
 }
 
+/**
+ * Threads an aggregator's arena runs its SGD update on: VGG_UPDATE_THREADS (1-64; `--update-threads`
+ * of the commands that aggregate sets it), else 1. Opt-in, because more than 1 makes the arena's
+ * memory shared, and V8 copies into a SharedArrayBuffer (TypedArray.set: the socket reads into the
+ * frame slots) with its relaxed memmove: 4 MiB in 0.19-0.21 ms here against 0.09 ms into plain memory.
+ * On the device machine's 16-core Xeon SGD over 138M floats took 153-168 ms on one thread and 54 ms on
+ * 4 (kernel-pool.ts), but whole steps with 4 threads were slower in most layouts there (the reduce was
+ * split too in that run): the trade is the update's time against every received byte's copy.
+ */
 export function updateThreads(): number {
   const set = process.env.VGG_UPDATE_THREADS;
   if (set !== undefined && set !== '') {
@@ -266,7 +267,7 @@ export function updateThreads(): number {
     if (!Number.isInteger(n) || n < 1 || n > 64) throw new RangeError(`VGG_UPDATE_THREADS: expected an integer 1-64, got ${JSON.stringify(set)}`);
     return n;
   }
-  return Math.max(1, Math.min(4, Math.floor(availableParallelism() / 4)));
+  return 1;
 }
 
 /** Frame slots an aggregator's arena has room for: one per member streaming a chunk at once (frame-slot.ts). */
