@@ -2,9 +2,9 @@ import type { Command } from 'commander';
 import { startFollower } from '../coordinator/shard-follower.ts';
 import { ConfigError } from '../shared/errors.ts';
 import { createLogger } from '../shared/logger.ts';
-import { intOption, tokenFromEnv, wsUrl } from '../shared/option-parsers.ts';
+import { UPDATE_THREADS_OPTION, intOption, tokenFromEnv, wsUrl } from '../shared/option-parsers.ts';
 import { parseShard } from '../shared/shard.ts';
-import { UPDATE_THREADS_OPTION, setUpdateThreads } from '../shared/simd.ts';
+import { setUpdateThreads } from '../shared/simd.ts';
 
 interface AggregatorFlags { leader: string; shard: string; host: string; port: number; advertise?: string; token?: string; updateThreads?: number }
 
@@ -18,7 +18,7 @@ export function registerAggregatorCommands(program: Command): void {
     .option('--port <n>', 'port for workers, 0: any free (env VGG_PORT)', intOption('--port', 0, 65535), process.env.VGG_PORT === undefined ? 7071 : intOption('VGG_PORT', 0, 65535)(process.env.VGG_PORT))
     .option('--advertise <url>', 'the URL workers are told to reach this shard at (env VGG_ADVERTISE; default ws://host:port, the hostname for 0.0.0.0)', process.env.VGG_ADVERTISE)
     .option('--token <token>', 'run token (env VGG_TOKEN, or a file named by VGG_TOKEN_FILE)')
-    .option(...UPDATE_THREADS_OPTION, intOption('--update-threads', 1, 64))
+    .option(...UPDATE_THREADS_OPTION)
     .action(async (f: AggregatorFlags) => {
       setUpdateThreads(f.updateThreads);
       wsUrl('--leader', f.leader);

@@ -2,15 +2,15 @@ import type { Command } from 'commander';
 import { startCoordinator } from '../coordinator/coordinator.ts';
 import { resolveRunConfig, type RunConfig } from '../coordinator/run-config.ts';
 import { createLogger } from '../shared/logger.ts';
-import { intOption } from '../shared/option-parsers.ts';
-import { UPDATE_THREADS_OPTION, setUpdateThreads } from '../shared/simd.ts';
+import { UPDATE_THREADS_OPTION } from '../shared/option-parsers.ts';
+import { setUpdateThreads } from '../shared/simd.ts';
 import { addRunOptions } from './run-options.ts';
 
 export function registerCoordinatorCommands(program: Command): void {
   const coordinator = program.command('coordinator').description('the run: dataset, job queues, embedded aggregator, checkpoints');
   addRunOptions(coordinator.command('start').description('start the coordinator of a run (one per run)'))
     .option('--json', 'print the run summary as one JSON object at the end', false)
-    .option(...UPDATE_THREADS_OPTION, intOption('--update-threads', 1, 64))
+    .option(...UPDATE_THREADS_OPTION)
     .action(async (flags: Partial<Record<keyof RunConfig, unknown>> & { configFile?: string; json: boolean; updateThreads?: number }) => {
       const { updateThreads, ...runFlags } = flags;
       setUpdateThreads(updateThreads);

@@ -2,9 +2,9 @@ import { spawn } from 'node:child_process';
 import type { Command } from 'commander';
 import { ConfigError } from '../shared/errors.ts';
 import { createLogger } from '../shared/logger.ts';
-import { choiceOption, intOption, tokenFromEnv, wsUrl } from '../shared/option-parsers.ts';
+import { UPDATE_THREADS_OPTION, choiceOption, intOption, tokenFromEnv, wsUrl } from '../shared/option-parsers.ts';
 import { parseShard, type ShardSpec } from '../shared/shard.ts';
-import { UPDATE_THREADS_OPTION, setUpdateThreads } from '../shared/simd.ts';
+import { setUpdateThreads } from '../shared/simd.ts';
 import { BACKEND_CHOICES, type BackendChoice } from '../worker/backend.ts';
 import { OVERLAP_CHOICES, runWorker, type OverlapChoice } from '../worker/job-loop.ts';
 
@@ -48,7 +48,7 @@ export function registerWorkerCommands(program: Command): void {
     .option('--shard-port <n>', 'with --host-shard: port for the other workers, 0: any free; with --gpus, GPU i of the list uses port + i (env VGG_SHARD_PORT)', intOption('--shard-port', 0, 65535),
       process.env.VGG_SHARD_PORT === undefined ? 0 : intOption('VGG_SHARD_PORT', 0, 65535)(process.env.VGG_SHARD_PORT))
     .option('--shard-advertise <url>', 'with --host-shard: the URL the other workers are told to use (env VGG_SHARD_ADVERTISE; default ws://shard-host:port, the hostname for 0.0.0.0)', process.env.VGG_SHARD_ADVERTISE)
-    .option(...UPDATE_THREADS_OPTION, intOption('--update-threads', 1, 64))
+    .option(...UPDATE_THREADS_OPTION)
     .action(async (f: WorkerFlags) => {
       setUpdateThreads(f.updateThreads);
       wsUrl('--coordinator', f.coordinator);

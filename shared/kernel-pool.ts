@@ -19,8 +19,8 @@
  */
 import { Worker } from 'node:worker_threads';
 
-/** Kernel names in the order the control block numbers them. */
-export const POOL_OPS = ['acc', 'put', 'accbf16', 'putbf16', 'sgd', 'avg'] as const;
+/** Kernel names in the order the control block numbers them: the update's (the reduce stays on its thread). */
+export const POOL_OPS = ['sgd', 'avg'] as const;
 export type PoolOp = (typeof POOL_OPS)[number];
 
 /** Int32 slots per helper in the control block: [request, done, op]. */
@@ -75,7 +75,7 @@ export class KernelPool {
 
   /**
    * Runs `op` on every part: `parts[0]` on this thread, the rest on helpers (at most `helpers`
-   * of them), and returns the sum of the kernels' results (the reduce's NaN probes; 0 for the rest).
+   * of them), and returns the sum of the kernels' results (0 for the update's kernels, which return none).
    * `own` runs this thread's part.
    */
   run(op: PoolOp, parts: number[][], own: (args: number[]) => number): number {

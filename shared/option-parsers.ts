@@ -1,6 +1,13 @@
 import { readFileSync } from 'node:fs';
 import { ConfigError } from './errors.ts';
 
+/** `--update-threads` of the commands that aggregate (coordinator, aggregator and worker start): flags, help, parser (simd.ts's updateThreads). */
+export const UPDATE_THREADS_OPTION = [
+  '--update-threads <n>',
+  'threads for the SGD update of the aggregator shard this process runs, 1-64 (env VGG_UPDATE_THREADS; default 1). More than 1 makes the shard\'s memory shared, which slows the copies from its sockets: measure before raising it',
+  intOption('--update-threads', 1, 64),
+] as const;
+
 /** commander argument parsers that throw ConfigError naming the option. */
 export function intOption(option: string, min = 0, max = Number.MAX_SAFE_INTEGER) {
   return (value: string): number => {

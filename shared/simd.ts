@@ -243,9 +243,6 @@ const ARENAS = new WeakMap<ArrayBufferLike, FloatArena>();
 /** Units (vectors of 4 floats or 8 codes) a helper thread's part has at least: 256 KiB of floats. */
 export const PARALLEL_MIN_UNITS = 16384;
 
-/** `--update-threads` of the commands that aggregate (coordinator, aggregator and worker start). */
-export const UPDATE_THREADS_OPTION = ['--update-threads <n>', 'threads for the SGD update of the aggregator shard this process runs, 1-64 (env VGG_UPDATE_THREADS; default 1). More than 1 makes the shard\'s memory shared, which slows the copies from its sockets: measure before raising it'] as const;
-
 /** Applies `--update-threads` (sets VGG_UPDATE_THREADS, which worker threads and child processes inherit). */
 export function setUpdateThreads(n: number | undefined): void {
   if (n !== undefined) process.env.VGG_UPDATE_THREADS = String(n);
