@@ -110,6 +110,12 @@ export async function startFollower(o: FollowerOptions): Promise<FollowerHandle>
             totalSamples: field<number>(msg, 'totalSamples', 'int'), learningRate: field<number>(msg, 'learningRate', 'number'),
           });
           return;
+        case 'roster':
+          aggregator.leaderRoster({
+            step: field<number>(msg, 'step', 'int'), attempt: field<number>(msg, 'attempt', 'int'), jobs: field<string[]>(msg, 'jobs', 'object'),
+            totalSamples: field<number>(msg, 'totalSamples', 'int'), learningRate: field<number>(msg, 'learningRate', 'number'),
+          });
+          return;
         case 'abort':
           aggregator.leaderAbort(field<number>(msg, 'step', 'int'), field<number>(msg, 'attempt', 'int'));
           return;
@@ -119,7 +125,7 @@ export async function startFollower(o: FollowerOptions): Promise<FollowerHandle>
           while (ws.readyState === WebSocket.OPEN && ws.bufferedAmount > 0) await new Promise((r) => setTimeout(r, 1));
           return;
         default:
-          throw new ProtocolError('VGG_ERR_UNKNOWN_TYPE', `leader frame.t: expected commit, abort or state-request, got ${JSON.stringify(msg.t)}`);
+          throw new ProtocolError('VGG_ERR_UNKNOWN_TYPE', `leader frame.t: expected roster, commit, abort or state-request, got ${JSON.stringify(msg.t)}`);
       }
     }).catch((err: Error) => {
       log.error({ err: err.message }, 'leader frame failed; leaving');

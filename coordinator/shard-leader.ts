@@ -3,7 +3,7 @@ import type { WebSocket } from 'ws';
 import { shardRange, type FloatRange } from '../shared/shard.ts';
 import type { ModelConfig } from '../shared/vgg-configs.ts';
 import { PROTOCOL_VERSION, ProtocolError, encode, field, sameSecret, type ShardMessage } from '../shared/wire-protocol.ts';
-import type { Aggregator } from './aggregator.ts';
+import type { Aggregator, Roster } from './aggregator.ts';
 import type { ShardState } from './run-state.ts';
 import { RangeStateReceiver, sendRangeState } from './shard-state.ts';
 
@@ -105,6 +105,11 @@ export class ShardLeader {
       l.haves.clear();
       this.send(l, { t: 'commit', step, attempt, jobs, totalSamples, learningRate });
     }
+  }
+
+  /** The step's membership is sealed: the followers may update and send each range every job has sent. */
+  roster(r: Roster): void {
+    for (const l of this.links.values()) this.send(l, { t: 'roster', ...r });
   }
 
   abort(step: number, attempt: number): void {

@@ -25,33 +25,95 @@ export class FlatMomentumSgd {
    * One update from `sum` times `scale` (the sample-weighted gradient sum and
    * 1/samples: the mean, formed here in the same pass): averaged gradients at
    * trainable entries, averaged moving statistics at the rest. Each mean value
-   * is rounded to fp32 first, as if a scaled copy had been stored.
+   * is rounded to fp32 first, as if a scaled copy had been stored. Over
+   * [lo, hi) only when given (the rest untouched).
    */
-  apply(weights: Float32Array, sum: Float32Array, scale = 1): void {
+  apply(weights: Float32Array, sum: Float32Array, scale = 1, lo = 0, hi = weights.length): void {
     const { learningRate: lr, momentum: mu, weightDecay } = this.options;
     const v = this.velocity;
     // Arrays in one FloatArena: the SIMD kernels (fp32 per operation).
     const arena = arenaOf(weights, v, sum);
-    if (arena !== undefined) {
-      for (const e of this.layout.entries) {
-        if (e.trainable) arena.sgd(weights, v, sum, e.offset, e.offset + e.size, lr, mu, e.decay ? weightDecay : 0, scale);
-        else arena.mean(weights, sum, e.offset, e.offset + e.size, scale);
+    for (const [e, a, b] of this.within(lo, hi)) {
+      if (arena !== undefined) {
+        if (e.trainable) arena.sgd(weights, v, sum, a, b, lr, mu, e.decay ? weightDecay : 0, scale);
+        else arena.mean(weights, sum, a, b, scale);
+        continue;
       }
-      return;
-    }
-    for (const e of this.layout.entries) {
-      const end = e.offset + e.size;
       if (!e.trainable) {
-        for (let i = e.offset; i < end; i += 1) weights[i] = (sum[i] as number) * scale;
+        for (let i = a; i < b; i += 1) weights[i] = (sum[i] as number) * scale;
         continue;
       }
       const wd = e.decay ? weightDecay : 0;
-      for (let i = e.offset; i < end; i += 1) {
+      for (let i = a; i < b; i += 1) {
         const w = weights[i] as number;
         const vi = Math.fround(mu * (v[i] as number) + (Math.fround((sum[i] as number) * scale) + wd * w));
         v[i] = vi;
         weights[i] = w - lr * vi;
       }
+    }
+  }
+
+  /**
+   * apply() over [lo, hi) staged, for a broadcast before the step is decided: the new
+   * weights go to `out` (out[0] is lo's), the new momentum over `sum`'s range; the
+   * weights and momentum stay as they are (an aborted step leaves them so). finish()
+   * then makes the state what apply() would have left, bit for bit; moving statistics
+   * are taken from `sum`, which stage() leaves alone at their entries.
+   */
+  stage(weights: Float32Array, sum: Float32Array, scale: number, lo: number, hi: number, out: Float32Array): void {
+    const { learningRate: lr, momentum: mu, weightDecay } = this.options;
+    const v = this.velocity;
+    const arena = arenaOf(weights, v, sum, out);
+    for (const [e, a, b] of this.within(lo, hi)) {
+      const o = out.subarray(a - lo, b - lo);
+      if (arena !== undefined) {
+        if (e.trainable) arena.sgdTo(weights, v, sum, a, b, o, lr, mu, e.decay ? weightDecay : 0, scale);
+        else arena.meanTo(sum, a, b, o, scale);
+        continue;
+      }
+      if (!e.trainable) {
+        for (let i = a; i < b; i += 1) o[i - a] = (sum[i] as number) * scale;
+        continue;
+      }
+      const wd = e.decay ? weightDecay : 0;
+      for (let i = a; i < b; i += 1) {
+        const w = weights[i] as number;
+        const vi = Math.fround(mu * (v[i] as number) + (Math.fround((sum[i] as number) * scale) + wd * w));
+        sum[i] = vi;
+        o[i - a] = w - lr * vi;
+      }
+    }
+  }
+
+  /** Applies what stage() computed over [lo, hi) (same options and scale). */
+  finish(weights: Float32Array, sum: Float32Array, scale: number, lo: number, hi: number): void {
+    const lr = this.options.learningRate;
+    const v = this.velocity;
+    const arena = arenaOf(weights, v, sum);
+    for (const [e, a, b] of this.within(lo, hi)) {
+      if (!e.trainable) {
+        if (arena !== undefined) arena.mean(weights, sum, a, b, scale);
+        else for (let i = a; i < b; i += 1) weights[i] = (sum[i] as number) * scale;
+        continue;
+      }
+      if (arena !== undefined) {
+        arena.sgdFinish(weights, v, sum, a, b, lr);
+        continue;
+      }
+      for (let i = a; i < b; i += 1) {
+        const vi = sum[i] as number;
+        v[i] = vi;
+        weights[i] = (weights[i] as number) - lr * vi;
+      }
+    }
+  }
+
+  /** The layout entries meeting [lo, hi), each with its part of that range. */
+  private *within(lo: number, hi: number): Generator<[ParamLayout['entries'][number], number, number]> {
+    for (const e of this.layout.entries) {
+      const a = Math.max(lo, e.offset);
+      const b = Math.min(hi, e.offset + e.size);
+      if (a < b) yield [e, a, b];
     }
   }
 }

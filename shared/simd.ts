@@ -229,6 +229,44 @@ export class FloatArena {
     }
   }
 
+  /**
+   * sgd's update of [lo, hi) staged, w and v left as they are: s <- v' (the new momentum, over the
+   * sum it was computed from), out[i - lo] <- w' (the new weights). sgdFinish later makes them the
+   * state, bit for bit what sgd would have left. On this thread (a chunk at a time).
+   */
+  sgdTo(w: Float32Array, v: Float32Array, s: Float32Array, lo: number, hi: number, out: Float32Array, lr: number, mu: number, wd: number, scale: number): void {
+    const len = hi - lo;
+    const body = len - (len % 4);
+    this.k.sgdto(w.byteOffset + 4 * lo, v.byteOffset + 4 * lo, s.byteOffset + 4 * lo, out.byteOffset, s.byteOffset + 4 * lo, body / 4, lr, mu, wd, scale);
+    const f = Math.fround;
+    for (let i = lo + body; i < hi; i += 1) {
+      const wi = w[i] as number;
+      const vi = f(f(f(mu) * (v[i] as number)) + f(f((s[i] as number) * f(scale)) + f(f(wd) * wi)));
+      s[i] = vi;
+      out[i - lo] = f(wi - f(f(lr) * vi));
+    }
+  }
+
+  /** After sgdTo over [lo, hi): v <- s; w <- w - lr s (the `out` it gave). */
+  sgdFinish(w: Float32Array, v: Float32Array, s: Float32Array, lo: number, hi: number, lr: number): void {
+    const len = hi - lo;
+    const body = len - (len % 4);
+    this.k.fin(w.byteOffset + 4 * lo, v.byteOffset + 4 * lo, s.byteOffset + 4 * lo, body / 4, lr);
+    const f = Math.fround;
+    for (let i = lo + body; i < hi; i += 1) {
+      v[i] = s[i] as number;
+      w[i] = f((w[i] as number) - f(f(lr) * (s[i] as number)));
+    }
+  }
+
+  /** out[i - lo] <- scale s[i] over [lo, hi) (mean's value, staged). */
+  meanTo(s: Float32Array, lo: number, hi: number, out: Float32Array, scale: number): void {
+    const len = hi - lo;
+    const body = len - (len % 4);
+    this.k.avg(out.byteOffset, s.byteOffset + 4 * lo, body / 4, scale);
+    for (let i = lo + body; i < hi; i += 1) out[i - lo] = (s[i] as number) * Math.fround(scale);
+  }
+
   /** w <- scale s over [lo, hi) (averaged BN statistics). */
   mean(w: Float32Array, s: Float32Array, lo: number, hi: number, scale: number): void {
     const len = hi - lo;
@@ -275,13 +313,18 @@ export const FRAME_SLOT_FLOATS = (1 << 20) + 16 * 1024;
 /**
  * Room an aggregator over `n` floats takes in its arena: weights, momentum, the
  * sum, the 16-bit weights of a bf16/fp16 broadcast, chunk-sized staging (a
- * 16-bit chunk's decoded floats) and up to FRAME_SLOTS_MAX frame slots of a
- * chunk (4 MiB) each. (Unused room costs address space, not memory: pages are
+ * 16-bit chunk's decoded floats), up to FRAME_SLOTS_MAX frame slots of a
+ * chunk (4 MiB) each and STAGE_ROOMS rooms of early-committed weights. (Unused room costs address space, not memory: pages are
  * touched on use, a slot only once that many members stream at once.)
  */
 export function aggregatorArenaFloats(n: number): number {
-  return 3 * n + Math.ceil(n / 2) + 4 * (1 << 20) + FRAME_SLOTS_MAX * FRAME_SLOT_FLOATS;
+  return 3 * n + Math.ceil(n / 2) + 4 * (1 << 20) + FRAME_SLOTS_MAX * FRAME_SLOT_FLOATS + STAGE_ROOMS * STAGE_ROOM_FLOATS * 1.5;
 }
+
+/** Rooms of a chunk's staged new weights (fp32 and its 16-bit codes) for the early commit's broadcast (aggregator.ts). */
+export const STAGE_ROOMS = 8;
+/** Floats of one stage room: a chunk (CHUNK_FLOATS of wire-protocol.ts). */
+export const STAGE_ROOM_FLOATS = 1 << 20;
 
 /**
  * An arena for `floats` floats, or undefined where it cannot be had (over 4 GiB,
@@ -312,6 +355,8 @@ interface Kernels {
   bf16dec(src: number, dst: number, n8: number): void;
   sgd(w: number, v: number, s: number, n4: number, lr: number, mu: number, wd: number, scale: number): void;
   avg(w: number, s: number, n4: number, scale: number): void;
+  sgdto(w: number, v: number, s: number, wo: number, vo: number, n4: number, lr: number, mu: number, wd: number, scale: number): void;
+  fin(w: number, v: number, s: number, n4: number, lr: number): void;
 }
 
 // ---- the module, assembled ---------------------------------------------------------------
@@ -407,6 +452,28 @@ function assemble(shared: boolean): Uint8Array<ArrayBuffer> {
       ...get(0), ...get(13), ...get(14), ...get(9), ...mul, ...sub, ...store,
     ], [0, 1, 2]),
   ]);
+  // sgdto(w 0, v 1, s 2, wo 3, vo 4, n4 5, lr 6, mu 7, wd 8, scale 9); locals: i 10, lrv 11, muv 12, wdv 13, scv 14, wv 15, vv 16:
+  // sgd's arithmetic, operation for operation, with its results elsewhere: vo <- mu v + (scale s + wd w), wo <- w - lr vo.
+  const sgdTo = fn([[1, I32], [6, V128]], [
+    ...get(6), ...splat, ...set(11), ...get(7), ...splat, ...set(12), ...get(8), ...splat, ...set(13), ...get(9), ...splat, ...set(14),
+    ...forEach(10, 5, [
+      ...get(0), ...load, ...set(15),
+      ...get(1), ...load, ...get(12), ...mul,
+      ...get(2), ...load, ...get(14), ...mul, ...get(15), ...get(13), ...mul, ...add,
+      ...add, ...set(16),
+      ...get(4), ...get(16), ...store,
+      ...get(3), ...get(15), ...get(16), ...get(11), ...mul, ...sub, ...store,
+    ], [0, 1, 2, 3, 4]),
+  ]);
+  // fin(w 0, v 1, s 2, n4 3, lr 4); locals: i 5, lrv 6, sv 7: v <- s; w <- w - lr s (sgdto's wo when s holds its vo).
+  const fin = fn([[1, I32], [2, V128]], [
+    ...get(4), ...splat, ...set(6),
+    ...forEach(5, 3, [
+      ...get(2), ...load, ...set(7),
+      ...get(1), ...get(7), ...store,
+      ...get(0), ...get(0), ...load, ...get(7), ...get(6), ...mul, ...sub, ...store,
+    ], [0, 1, 2]),
+  ]);
   // avg(w 0, s 1, n4 2, scale 3); locals: i 4, scv 5
   const avg = fn([[1, I32], [1, V128]], [
     ...get(3), ...splat, ...set(5),
@@ -451,15 +518,17 @@ function assemble(shared: boolean): Uint8Array<ArrayBuffer> {
     [0x60, ...vec([[I32], [I32], [I32], [I32], [F32], [F32], [F32], [F32]]), ...vec([])],
     [0x60, ...vec([[I32], [I32], [I32], [F32]]), ...vec([])],
     [0x60, ...vec([[I32], [I32], [I32]]), ...vec([])],
+    [0x60, ...vec([[I32], [I32], [I32], [I32], [I32], [I32], [F32], [F32], [F32], [F32]]), ...vec([])],
+    [0x60, ...vec([[I32], [I32], [I32], [I32], [F32]]), ...vec([])],
   ];
   const bytes = [
     0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
     ...section(1, vec(types)),
     // memory import: limits flag 0x00 (min 0, no max) or 0x03 (shared, min 0, max 65536 pages).
     ...section(2, vec([[...str('env'), ...str('memory'), 0x02, ...(shared ? [0x03, 0x00, ...uleb(65536)] : [0x00, 0x00])]])),
-    ...section(3, vec([[0], [1], [2], [0], [3], [3], [0], [0]])),
-    ...section(7, vec([[...str('acc'), 0x00, 0], [...str('sgd'), 0x00, 1], [...str('avg'), 0x00, 2], [...str('accbf16'), 0x00, 3], [...str('bf16enc'), 0x00, 4], [...str('bf16dec'), 0x00, 5], [...str('put'), 0x00, 6], [...str('putbf16'), 0x00, 7]])),
-    ...section(10, vec([accOrPut(false), sgd, avg, accOrPutBf16(false), bf16enc, bf16dec, accOrPut(true), accOrPutBf16(true)])),
+    ...section(3, vec([[0], [1], [2], [0], [3], [3], [0], [0], [4], [5]])),
+    ...section(7, vec([[...str('acc'), 0x00, 0], [...str('sgd'), 0x00, 1], [...str('avg'), 0x00, 2], [...str('accbf16'), 0x00, 3], [...str('bf16enc'), 0x00, 4], [...str('bf16dec'), 0x00, 5], [...str('put'), 0x00, 6], [...str('putbf16'), 0x00, 7], [...str('sgdto'), 0x00, 8], [...str('fin'), 0x00, 9]])),
+    ...section(10, vec([accOrPut(false), sgd, avg, accOrPutBf16(false), bf16enc, bf16dec, accOrPut(true), accOrPutBf16(true), sgdTo, fin])),
   ];
   return new Uint8Array(bytes);
 }

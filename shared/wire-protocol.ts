@@ -35,9 +35,9 @@ export type ClientMessage =
 
 export type ServerMessage =
   | { t: 'welcome'; memberId: number; step: number; modelHash: string; run: Record<string, unknown> }
-  | { t: 'weights-begin'; step: number; totalFloats: number; learningRate: number }
+  | { t: 'weights-begin'; step: number; totalFloats: number; learningRate: number; split?: number }
   | { t: 'weights-chunk'; step: number; offset: number; data: Uint8Array }
-  | { t: 'weights-end'; step: number }
+  | { t: 'weights-end'; step: number; learningRate?: number }
   /** Your join/gradient is for an older step; new weights follow or came already. */
   | { t: 'stale'; step: number }
   /** A member was lost mid-step: send your gradient for `step` again, as attempt `attempt`. */
@@ -59,6 +59,7 @@ export type ShardMessage =
   | { t: 'shard-ready'; url: string }
   | { t: 'have'; step: number; attempt: number; jobId: string }
   | { t: 'lost'; workerId: string }
+  | { t: 'roster'; step: number; attempt: number; jobs: string[]; totalSamples: number; learningRate: number }
   | { t: 'commit'; step: number; attempt: number; jobs: string[]; totalSamples: number; learningRate: number }
   | { t: 'abort'; step: number; attempt: number }
   | { t: 'state-request'; step: number }
@@ -171,9 +172,10 @@ export function decodeFragments(parts: Buffer[]): Record<string, unknown> {
 }
 
 /** Sends a chunkFrame as one message in two fragments: the floats are not copied (the caller keeps them unchanged until sent). */
-export function sendChunk(ws: { send: (data: Uint8Array, options: { binary: boolean; fin: boolean }) => void }, [head, body]: [Buffer, Uint8Array]): void {
+/** A chunkFrame as one message of two fragments; `done` once its bytes are out (or the socket failed). */
+export function sendChunk(ws: { send: (data: Uint8Array, options: { binary: boolean; fin: boolean }, cb?: (err?: Error) => void) => void }, [head, body]: [Buffer, Uint8Array], done?: (err?: Error) => void): void {
   ws.send(head, { binary: true, fin: false });
-  ws.send(body, { binary: true, fin: true });
+  ws.send(body, { binary: true, fin: true }, done);
 }
 
 /** Decodes any frame into a plain object; garbage bytes become a ProtocolError. */

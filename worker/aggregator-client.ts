@@ -112,7 +112,12 @@ export class AggregatorClient extends EventEmitter {
   wire: WireFormat = 'fp32';
   private ws?: WebSocket;
   private lastSeen = 0;
-  private incoming?: { step: number; buf: Float32Array; next: number };
+  /**
+   * The weights being assembled: floats [split, length) in order, then [0, split) (an early
+   * stream follows the gradients' order; a plain broadcast has split 0). `next` is where the
+   * next chunk must start, `wrapped` once [split, length) is in.
+   */
+  private incoming?: { step: number; buf: Float32Array; next: number; split: number; wrapped: boolean };
   /** Weights chunks whose floats ws gathered straight into place (see weightsRoom). */
   gatheredInPlace = 0;
   /** 16-bit weights chunks whose codes ws gathered into room16. */
@@ -232,7 +237,7 @@ export class AggregatorClient extends EventEmitter {
     if (previous === undefined || inc === undefined || n % size !== 0) return undefined;
     const head = chunkHeadOf(previous);
     if (head === undefined || head.bytes !== n || head.msg.t !== 'weights-chunk' || head.msg.step !== inc.step || head.msg.offset !== inc.next
-      || inc.next + n / size > inc.buf.length) return undefined;
+      || inc.next + n / size > runEnd(inc)) return undefined;
     if (size === 2) {
       if (n > CHUNK_FLOATS * 2) return undefined;
       this.gatheredCodes += 1;
@@ -245,26 +250,34 @@ export class AggregatorClient extends EventEmitter {
   /** Frames after the welcome; malformed ones throw a ProtocolError (the caller drops the connection). */
   private onMessage(msg: Record<string, unknown>): void {
     switch (msg.t) {
-      case 'weights-begin':
-        this.incoming = { step: field<number>(msg, 'step', 'int'), buf: this.scratch(field<number>(msg, 'totalFloats', 'int')), next: 0 };
+      case 'weights-begin': {
+        // A second begin of a step restarts it (an early stream of an aborted attempt is void).
+        const n = field<number>(msg, 'totalFloats', 'int');
+        const split = msg.split === undefined ? 0 : field<number>(msg, 'split', 'int');
+        if (split < 0 || (split > 0 && split >= n)) throw new ProtocolError('VGG_ERR_LAYOUT', `weights-begin.split: expected 0..${n - 1}, got ${split}`);
+        const buf = this.incoming?.buf.length === n ? this.incoming.buf : this.scratch(n);
+        this.incoming = { step: field<number>(msg, 'step', 'int'), buf, next: split, split, wrapped: split === 0 };
         this.learningRate = field<number>(msg, 'learningRate', 'number');
         return;
+      }
       case 'weights-chunk': {
         const inc = this.incoming;
         const raw = field<Uint8Array>(msg, 'data', 'bytes');
         if (inc === undefined || msg.step !== inc.step || msg.offset !== inc.next) return;
         // 16-bit codes are decoded straight into place; fp32 values are there already (weightsRoom) or copied there.
         const data = valuesOf(raw, this.wire, inc.buf.subarray(inc.next, inc.next + CHUNK_FLOATS));
-        if (inc.next + data.length > inc.buf.length) {
-          throw new ProtocolError('VGG_ERR_LAYOUT', `weights-chunk: expected at most ${inc.buf.length - inc.next} floats, got ${data.length}`);
+        if (inc.next + data.length > runEnd(inc)) {
+          throw new ProtocolError('VGG_ERR_LAYOUT', `weights-chunk at ${inc.next}: expected at most ${runEnd(inc) - inc.next} floats, got ${data.length}`);
         }
         if (data.buffer !== inc.buf.buffer || data.byteOffset !== inc.buf.byteOffset + 4 * inc.next) inc.buf.set(data, inc.next);
         inc.next += data.length;
+        if (!inc.wrapped && inc.next === inc.buf.length) Object.assign(inc, { next: 0, wrapped: true });
         return;
       }
       case 'weights-end': {
         const inc = this.incoming;
-        if (inc === undefined || inc.next !== inc.buf.length) return;
+        if (inc === undefined || !inc.wrapped || inc.next !== runEnd(inc)) return;
+        if (msg.learningRate !== undefined) this.learningRate = field<number>(msg, 'learningRate', 'number');
         this.incoming = undefined;
         const previous = this.weights;
         this.weights = inc.buf;
@@ -382,4 +395,9 @@ export class AggregatorClient extends EventEmitter {
   terminate(): void {
     this.ws?.terminate();
   }
+}
+
+/** Where the weights' current run of chunks ends: the layout's end, or after the wrap the split. */
+function runEnd(inc: { buf: Float32Array; split: number; wrapped: boolean }): number {
+  return inc.wrapped && inc.split > 0 ? inc.split : inc.buf.length;
 }

@@ -195,6 +195,117 @@ describe('synchronous steps', () => {
   });
 });
 
+describe('early commit: a range\'s update goes out once every member of the step has sent it', () => {
+  // FC 2048: 4,494,522 floats; the classifier [144,560, end) is 4.15 chunks, the conv body one partial chunk.
+  const layout = buildLayout({ ...TINY_VGG_A, fcUnits: 2048 });
+  const at = layout.byName.get('fc6/kernel')?.offset ?? 0;
+  const ga = Float32Array.from({ length: layout.totalSize }, (_, i) => Math.sin(i) / 10);
+  const gb = Float32Array.from({ length: layout.totalSize }, (_, i) => Math.cos(i) / 10);
+  const same = (x: Float32Array, y: Float32Array) => Buffer.compare(Buffer.from(x.buffer, x.byteOffset, x.byteLength), Buffer.from(y.buffer, y.byteOffset, y.byteLength)) === 0;
+  const until = async (what: string, ok: () => boolean) => {
+    for (let k = 0; !ok(); k += 1) {
+      if (k > 4000) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  };
+  /** Runs `scenario` on a fresh aggregator (early commit off with `early` false); its weights, momentum and what it returns. */
+  const withAggregator = async <T>(o: { early: boolean; arena: boolean; wire: 'fp32' | 'bf16' }, scenario: (hh: Harness) => Promise<T>) => {
+    if (!o.early) process.env.VGG_EARLY_COMMIT = '0';
+    const hh = await startAggregator({ layout, arena: o.arena, wire: o.wire }).finally(() => { delete process.env.VGG_EARLY_COMMIT; });
+    try {
+      const out = await scenario(hh);
+      return { out, weights: hh.weights.slice(), velocity: hh.agg.options.sgd.velocity.slice(), early: hh.agg.lastEarlyFloats };
+    } finally {
+      await hh.close();
+    }
+  };
+
+  for (const o of [{ arena: true, wire: 'fp32' }, { arena: false, wire: 'fp32' }, { arena: true, wire: 'bf16' }] as const) {
+    test(`${o.wire}${o.arena ? '' : ', JS loops'}: the classifier's update goes out while a member's conv body is pending, the master weights stay untouched until the commit, and the state after it is the update without early commit, bit for bit`, async () => {
+      const step = (early: boolean) => withAggregator({ ...o, early }, async (hh) => {
+        const a = await hh.group('a');
+        const b = await hh.group('b');
+        assert.equal(await join(a, 'job-1'), 'joined');
+        assert.equal(await join(b, 'job-2'), 'joined');
+        const next = [a, b].map((c) => c.next(['weights'], (_n, s) => (s as number) === 1));
+        await a.sendGradient(0, 'job-1', [1, 2], stats(2), ga, { at, body: Promise.resolve() });
+        let release!: () => void;
+        const sending = b.sendGradient(0, 'job-2', [3], stats(1), gb, { at, body: new Promise<void>((r) => { release = r; }) });
+        let staged = 0;
+        if (early) {
+          await until('the classifier staged', () => hh.agg.earlyFloats >= layout.totalSize - at);
+          staged = hh.agg.earlyFloats;
+          assert.ok(same(hh.weights, hh.initial), 'the master weights are not touched before the commit');
+        }
+        release();
+        await sending;
+        await Promise.all(next);
+        return { staged, a: a.read(0, layout.totalSize), b: b.read(0, layout.totalSize) };
+      });
+      const plain = await step(false);
+      const early = await step(true);
+      assert.equal(plain.early, 0);
+      assert.equal(early.out.staged, layout.totalSize - at, 'every whole classifier chunk, and none of the body, before the body was sent');
+      assert.ok(early.early >= layout.totalSize - at);
+      assert.ok(same(plain.weights, early.weights), 'master weights');
+      assert.ok(same(plain.velocity, early.velocity), 'momentum');
+      for (const w of [early.out.a, early.out.b]) assert.ok(same(w, plain.out.a), 'what the workers assembled');
+    });
+  }
+
+  test('a member lost after part of the update went out: the step is aborted, the survivor resends, and weights, momentum and what the survivor assembled are exactly its update alone', async () => {
+    const o = { arena: true, wire: 'fp32' } as const;
+    const alone = await withAggregator({ ...o, early: true }, async (hh) => {
+      const a = await hh.group('a');
+      assert.equal(await join(a, 'job-1'), 'joined');
+      const next = a.next(['weights'], (_n, s) => (s as number) === 1);
+      await a.sendGradient(0, 'job-1', [1, 2], stats(2), ga, { at, body: Promise.resolve() });
+      await next;
+      return a.read(0, layout.totalSize);
+    });
+    const aborted = await withAggregator({ ...o, early: true }, async (hh) => {
+      const a = await hh.group('a');
+      const b = await hh.group('b');
+      assert.equal(await join(a, 'job-1'), 'joined');
+      assert.equal(await join(b, 'job-2'), 'joined');
+      const resend = a.next(['resend']);
+      await a.sendGradient(0, 'job-1', [1, 2], stats(2), ga, { at, body: Promise.resolve() });
+      b.sendGradient(0, 'job-2', [3], stats(1), gb, { at, body: new Promise<void>(() => {}) }).catch(() => {});
+      await until('part of the update sent', () => hh.agg.earlyFloats >= layout.totalSize - at);
+      b.terminate();
+      await resend;
+      assert.equal(hh.agg.attempt, 1);
+      assert.ok(same(hh.weights, hh.initial), 'an aborted early update leaves the master weights as they were');
+      const next = a.next(['weights'], (_n, s) => (s as number) === 1);
+      await a.sendGradient(0, 'job-1', [1, 2], stats(2), ga, { at, body: Promise.resolve() });
+      await next;
+      assert.deepEqual(hh.commits.at(-1)?.map((c) => c.jobId), ['job-1']);
+      return a.read(0, layout.totalSize);
+    });
+    assert.ok(same(alone.weights, aborted.weights), 'master weights');
+    assert.ok(same(alone.velocity, aborted.velocity), 'momentum');
+    assert.ok(same(alone.out, aborted.out), 'what the survivor assembled');
+    assert.ok(same(aborted.out, aborted.weights), 'the survivor has the master weights');
+  });
+
+  test('a join after the step is sealed (every ready member has begun its gradient) waits for the next step', async () => {
+    h = await startAggregator({ layout });
+    const a = await h.group('a');
+    const b = await h.group('b');
+    assert.equal(await join(a, 'job-1'), 'joined');
+    b.send({ t: 'idle', step: 0 });
+    let release!: () => void;
+    const sending = a.sendGradient(0, 'job-1', [1], stats(1), ga, { at, body: new Promise<void>((r) => { release = r; }) });
+    await until('the classifier staged', () => (h as Harness).agg.earlyFloats > 0);
+    assert.equal(await join(b, 'job-2'), 'stale');
+    release();
+    await sending;
+    await b.waitForWeights(1);
+    assert.deepEqual(h.commits.at(-1)?.map((c) => c.jobId), ['job-1']);
+    assert.equal(await join(b, 'job-2'), 'joined');
+  });
+});
+
 describe('16-bit wires', () => {
   for (const wire of ['bf16', 'fp16'] as const) {
     test(`${wire}: workers get the master weights rounded; the fp32 master takes exactly the SGD step of the decoded gradient`, async () => {

@@ -151,6 +151,28 @@ describe('the SIMD kernels (FloatArena)', () => {
     assert.equal(w[bn.offset], Math.fround((s[bn.offset] as number) * 0.25));
     assert.notDeepEqual(w, wave(n, 4));
   });
+
+  test('the staged update (early commit): stage() writes the new weights elsewhere and leaves weights and momentum alone; finish() then leaves exactly what apply() does, BN statistics included, over ranges cut anywhere, SIMD and JS', () => {
+    const layout = buildLayout({ ...TINY_VGG_A, batchNorm: true });
+    const n = layout.totalSize;
+    const cuts = [0, 3, 1001, 4099, Math.floor(n / 2) + 1, n - 5, n];
+    for (const simd of [true, false]) {
+      const arena = new FloatArena(10 * n + 256);
+      const make = (seed: number) => simd ? arena.copyOf(wave(n, seed)) : wave(n, seed);
+      const want = { w: make(4), sgd: new FlatMomentumSgd(layout, SGD, make(5)), s: make(6) };
+      want.sgd.apply(want.w, want.s, 0.25);
+      const w = make(4);
+      const sgd = new FlatMomentumSgd(layout, SGD, make(5));
+      const s = make(6);
+      const out = simd ? arena.alloc(n) : new Float32Array(n);
+      for (let k = 0; k + 1 < cuts.length; k += 1) sgd.stage(w, s, 0.25, cuts[k] as number, cuts[k + 1] as number, out.subarray(cuts[k] as number));
+      assert.deepEqual([w, sgd.velocity], [make(4), make(5)], 'weights and momentum untouched by stage');
+      assert.deepEqual(out, want.w, `${simd ? 'SIMD' : 'JS'}: the staged weights are the update's`);
+      for (let k = cuts.length - 1; k > 0; k -= 1) sgd.finish(w, s, 0.25, cuts[k - 1] as number, cuts[k] as number);
+      assert.deepEqual(w, want.w, `${simd ? 'SIMD' : 'JS'} weights`);
+      assert.deepEqual(sgd.velocity, want.sgd.velocity, `${simd ? 'SIMD' : 'JS'} momentum`);
+    }
+  });
 });
 
 let hs: Harness[] = [];
