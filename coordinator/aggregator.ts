@@ -82,7 +82,19 @@ export interface AggregatorOptions {
   shardLeader?: ShardLeader;
   /** This is a follower shard: `weights` and `sgd` cover its range; the leader decides each step. */
   follower?: FollowerHooks;
+  /**
+   * Early commit: a commit that staged more than this many floats finishes them after its weights
+   * went out, a slice per turn of the event loop (settle() forces the rest). @defaultValue DEFER_FINISH_FLOATS
+   */
+  deferFinishAbove?: number;
+  /** Early commit (see EarlyStream); a follower shard follows its leader's rosters either way. @defaultValue earlyCommitEnabled() */
+  earlyCommit?: boolean;
+  /** Floats a deferred finish does per turn of the event loop. @defaultValue 4 chunks (16 MiB) */
+  finishSliceFloats?: number;
 }
+
+/** Staged floats a commit finishes at once (fewer: not worth a deferral); 8 chunks, 32 MiB. */
+const DEFER_FINISH_FLOATS = 8 * (1 << 20);
 
 export interface FollowerHooks {
   /** The leader's per-run secret: a gradient is admitted with the ticket of its `joined`. */
@@ -106,16 +118,22 @@ export interface Roster { step: number; attempt: number; jobs: string[]; totalSa
 interface StageRoom { f32: Float32Array; u16?: Uint16Array; busy: number }
 
 /**
- * Early commit (on unless VGG_EARLY_COMMIT=0): the update of a range and its new weights' broadcast
- * start as soon as every member of the step has sent that range, while the rest of the gradients
- * still arrive (the classifier's 89% while the conv body differentiates). Positions count floats in
- * the gradients' order (from `split` to the end, then from 0): [0, pos) went out to `targets`.
+ * Early commit (opt-in: VGG_EARLY_COMMIT=1 where the coordinator or aggregator runs): the update of a
+ * range and its new weights' broadcast start as soon as every member of the step has sent that range,
+ * while the rest of the gradients still arrive (the classifier's 89% while the conv body
+ * differentiates). Positions count floats in the gradients' order (from `split` to the end, then
+ * from 0): [0, pos) went out to `targets`. Measured on the 2-core development box (2026-11-28):
+ * bench:scaling with overlap, 1 worker hosting its shard 340-364 ms a step against 429 (85% / 80%
+ * efficiency against 68%), but 2 hosting workers 692-763 against 647, 1 aggregator 584-715 against
+ * 529, and bench:allreduce (no compute) 2 hosting workers 553-564 against 457-476 ms: where every
+ * core is busy already, its extra pass (finish) and the two streams at once cost more than they hide.
+ * Opt-in until a many-core or multi-host run shows where it pays.
  */
 interface EarlyStream { split: number; pos: number; targets: Set<Member> }
 
-/** Early commit is on unless the environment says VGG_EARLY_COMMIT=0 (to measure against it). */
+/** Early commit is opt-in: VGG_EARLY_COMMIT=1 (a follower shard follows its leader's rosters either way). */
 export function earlyCommitEnabled(): boolean {
-  return process.env.VGG_EARLY_COMMIT !== '0';
+  return process.env.VGG_EARLY_COMMIT === '1';
 }
 
 /**
@@ -177,7 +195,9 @@ export class Aggregator {
   private earlyFailed = false;
   /** Sends of a broadcast (straight from the weights) not yet out: the next update waits for them (drained()). */
   private weightSends = 0;
-  private readonly earlyCommit = earlyCommitEnabled();
+  private readonly earlyCommit: boolean;
+  /** A commit's staged ranges not yet finished into the weights and momentum (settle()). */
+  private unfinished?: { runs: [number, number][]; scale: number; lr: number };
   /** Floats of the last committed step whose update went out before its commit (early commit). */
   lastEarlyFloats = 0;
 
@@ -189,6 +209,7 @@ export class Aggregator {
   constructor(options: AggregatorOptions) {
     this.options = options;
     this.step = options.step;
+    this.earlyCommit = options.earlyCommit ?? earlyCommitEnabled();
     this.learningRate = options.sgd.options.learningRate;
     const own = options.shardLeader?.attach(this, options.weights, options.sgd.velocity);
     const { sgd } = options;
@@ -435,6 +456,7 @@ export class Aggregator {
       }
       case 'grad-chunk': {
         if (m.discarding) return;
+        this.settle(); // the sum still holds the last commit's staged momentum until it is finished
         const r = m.receiving;
         const offset = field<number>(msg, 'offset', 'int');
         if (r === undefined) throw new ProtocolError('VGG_ERR_NOT_JOINED', `grad-chunk: expected a grad-begin first, got a chunk at ${offset}`);
@@ -542,7 +564,7 @@ export class Aggregator {
    * finishes those ranges and updates the rest in place; workers use nothing before `weights-end`.
    */
   private advanceEarly(): void {
-    if (!this.earlyCommit || this.committing || this.staging || this.earlyFailed) return;
+    if ((!this.earlyCommit && this.options.follower === undefined) || this.committing || this.staging || this.earlyFailed) return;
     if (this.roster === undefined) {
       if (this.options.follower !== undefined) return;
       let totalSamples = 0;
@@ -575,6 +597,7 @@ export class Aggregator {
       common = Math.min(common, g.split === 0 ? g.next : g.wrapped ? total - g.split + g.next : g.next - g.split);
     }
     const e = this.early ??= { split: split ?? 0, pos: 0, targets: new Set() };
+    this.settle();
     this.staging = true;
     try {
       while (e.pos < common) {
@@ -677,15 +700,18 @@ export class Aggregator {
         }
       }
       await this.drained();
+      this.settle();
       this.options.shardLeader?.commit(this.step, this.attempt, contributions.map((c) => c.jobId), this.totalSamples, this.learningRate);
       if (this.totalSamples > 0) {
         if (!this.written.covers(0, this.sum.length)) throw new Error(`commit of step ${this.step}: expected every float of the sum written by ${contributions.length} complete gradients, got gaps`);
         const scale = 1 / this.totalSamples;
         if (early === undefined) this.sgd.apply(this.weights, this.sum, scale);
         else {
-          // What went out early is finished (the staged update made the state), the rest updated in place.
-          for (const [lo, hi] of runsOf(early.split, 0, early.pos, this.sum.length)) this.sgd.finish(this.weights, this.sum, scale, lo, hi);
+          // The rest updated in place; what went out early is finished (the staged update made the state):
+          // past DEFER_FINISH_FLOATS after the weights went out, off the step's path (settle() before any use).
           for (const [lo, hi] of runsOf(early.split, early.pos, this.sum.length, this.sum.length)) this.sgd.apply(this.weights, this.sum, scale, lo, hi);
+          this.unfinished = { runs: runsOf(early.split, 0, early.pos, this.sum.length), scale, lr: this.sgd.options.learningRate };
+          if (early.pos <= (this.options.deferFinishAbove ?? DEFER_FINISH_FLOATS)) this.settle();
         }
       }
       this.step += 1;
@@ -699,10 +725,37 @@ export class Aggregator {
         if (m !== undefined) Object.assign(m, { jobId: undefined, lockToken: undefined });
       }
       this.sendWeights(this.readyMembers(), early);
+      if (this.unfinished !== undefined) this.finishLater();
       pending?.resolve();
     } finally {
       this.committing = false;
     }
+  }
+
+  /** Finishes the last commit's staged ranges now: before anything reads the weights or momentum, or writes the sum. */
+  settle(): void {
+    const u = this.unfinished;
+    if (u === undefined) return;
+    this.unfinished = undefined;
+    for (const [lo, hi] of u.runs) this.sgd.finish(this.weights, this.sum, u.scale, lo, hi, u.lr);
+  }
+
+  /** Finishes the staged ranges a few chunks per turn of the event loop (sockets and links served between). */
+  private finishLater(): void {
+    setImmediate(() => {
+      const u = this.unfinished;
+      if (u === undefined) return;
+      for (let budget = this.options.finishSliceFloats ?? 4 * CHUNK_FLOATS; budget > 0 && u.runs.length > 0;) {
+        const [lo, hi] = u.runs[0] as [number, number];
+        const end = Math.min(hi, lo + budget);
+        this.sgd.finish(this.weights, this.sum, u.scale, lo, end, u.lr);
+        budget -= end - lo;
+        if (end === hi) u.runs.shift();
+        else u.runs[0] = [end, hi];
+      }
+      if (u.runs.length === 0) this.unfinished = undefined;
+      else this.finishLater();
+    });
   }
 
   private resetStep(): void {
@@ -770,6 +823,7 @@ export class Aggregator {
 
   /** `runs` of the weights (in order), with a `weights-begin` first if `begin`, then `weights-end`. */
   private broadcast(targets: Member[], runs: [number, number][], begin: boolean): void {
+    if (begin) this.settle();
     let w: Float32Array | Uint16Array = this.weights;
     if (this.weights16 !== undefined && this.wire !== 'fp32') {
       // Re-encoded per broadcast; the sockets have drained the previous one (see drained()).
@@ -818,6 +872,7 @@ export class Aggregator {
 
   close(): Promise<void> {
     clearInterval(this.heartbeat);
+    this.settle();
     this.options.shardLeader?.close();
     this.closing ??= new Promise<void>((resolve) => {
       for (const m of this.members.values()) m.ws.terminate();

@@ -152,6 +152,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
   await redis.set(keys.meta, JSON.stringify(meta));
   const checkpoint = async () => {
     if (cfg.checkpointDir === '') return;
+    aggregator.settle(); // early commit: the last step's staged ranges finished into weights and momentum
     // The follower shards' ranges of the weights and momentum, as of this step.
     await leader?.gather(step);
     const dir = await saveCheckpoint(cfg.checkpointDir, {

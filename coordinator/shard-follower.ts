@@ -121,6 +121,7 @@ export async function startFollower(o: FollowerOptions): Promise<FollowerHandle>
           return;
         case 'state-request':
           // Straight from the arrays: the next leader frame (a commit) is not handled until the bytes are out.
+          aggregator.settle();
           sendRangeState(ws, aggregator.step, weights, sgd.velocity);
           while (ws.readyState === WebSocket.OPEN && ws.bufferedAmount > 0) await new Promise((r) => setTimeout(r, 1));
           return;

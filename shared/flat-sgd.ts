@@ -85,9 +85,8 @@ export class FlatMomentumSgd {
     }
   }
 
-  /** Applies what stage() computed over [lo, hi) (same options and scale). */
-  finish(weights: Float32Array, sum: Float32Array, scale: number, lo: number, hi: number): void {
-    const lr = this.options.learningRate;
+  /** Applies what stage() computed over [lo, hi) (same options, scale and learning rate). */
+  finish(weights: Float32Array, sum: Float32Array, scale: number, lo: number, hi: number, lr = this.options.learningRate): void {
     const v = this.velocity;
     const arena = arenaOf(weights, v, sum);
     for (const [e, a, b] of this.within(lo, hi)) {

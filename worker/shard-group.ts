@@ -165,7 +165,8 @@ export class ShardGroup extends EventEmitter {
     await Promise.all(this.parts.map(async ({ client, lo, hi }) => {
       const range = flat.subarray(lo, hi);
       const end = lo + range.length;
-      if (split === undefined || split.at <= lo) return client.sendGradient(step, jobId, sampleIds, stats, range, admit);
+      // An empty range (shard 0 when the workers host the shards) goes at once: its begin seals the step at the leader (early commit).
+      if (split === undefined || split.at <= lo || hi === lo) return client.sendGradient(step, jobId, sampleIds, stats, range, admit);
       if (split.at >= end) {
         await split.body;
         return client.sendGradient(step, jobId, sampleIds, stats, range, admit);

@@ -208,10 +208,9 @@ describe('early commit: a range\'s update goes out once every member of the step
       await new Promise((r) => setTimeout(r, 5));
     }
   };
-  /** Runs `scenario` on a fresh aggregator (early commit off with `early` false); its weights, momentum and what it returns. */
+  /** Runs `scenario` on a fresh aggregator (early commit on or off); its weights, momentum and what it returns. */
   const withAggregator = async <T>(o: { early: boolean; arena: boolean; wire: 'fp32' | 'bf16' }, scenario: (hh: Harness) => Promise<T>) => {
-    if (!o.early) process.env.VGG_EARLY_COMMIT = '0';
-    const hh = await startAggregator({ layout, arena: o.arena, wire: o.wire }).finally(() => { delete process.env.VGG_EARLY_COMMIT; });
+    const hh = await startAggregator({ layout, arena: o.arena, wire: o.wire, earlyCommit: o.early });
     try {
       const out = await scenario(hh);
       return { out, weights: hh.weights.slice(), velocity: hh.agg.options.sgd.velocity.slice(), early: hh.agg.lastEarlyFloats };
@@ -288,8 +287,41 @@ describe('early commit: a range\'s update goes out once every member of the step
     assert.ok(same(aborted.out, aborted.weights), 'the survivor has the master weights');
   });
 
+  test('a commit that finishes its staged ranges after its weights went out (deferred, a slice per turn) leaves, over three steps, exactly the state without early commit; the next gradient waits for the finish', async () => {
+    const o = { arena: true, wire: 'fp32' } as const;
+    const run = (early: boolean) => {
+      // Small slices: the finish is still running when the next step's gradients come.
+      return startAggregator({ layout, ...o, deferFinishAbove: 0, finishSliceFloats: 4096, earlyCommit: early }).then(async (hh) => {
+        try {
+          const a = await hh.group('a');
+          const b = await hh.group('b');
+          for (let s = 0; s < 3; s += 1) {
+            assert.equal(await join(a, `job-a${s}`), 'joined');
+            assert.equal(await join(b, `job-b${s}`), 'joined');
+            const next = [a, b].map((c) => c.next(['weights'], (_n, v) => (v as number) === s + 1));
+            // b's whole gradient right after a's: the step's first chunk arrives while the last commit may still be finishing.
+            await Promise.all([a.sendGradient(s, `job-a${s}`, [1, 2], stats(2), ga, { at, body: Promise.resolve() }), b.sendGradient(s, `job-b${s}`, [3], stats(1), gb, { at, body: Promise.resolve() })]);
+            await Promise.all(next);
+          }
+          const seen = { early: hh.agg.lastEarlyFloats, client: a.read(0, layout.totalSize) };
+          hh.agg.settle();
+          return { ...seen, weights: hh.weights.slice(), velocity: hh.agg.options.sgd.velocity.slice() };
+        } finally {
+          await hh.close();
+        }
+      });
+    };
+    const plain = await run(false);
+    const early = await run(true);
+    assert.equal(plain.early, 0);
+    assert.ok(early.early > 0, 'part of the last step went out early');
+    assert.ok(same(plain.weights, early.weights), 'master weights');
+    assert.ok(same(plain.velocity, early.velocity), 'momentum');
+    assert.ok(same(plain.client, early.client), 'what the workers assembled');
+  });
+
   test('a join after the step is sealed (every ready member has begun its gradient) waits for the next step', async () => {
-    h = await startAggregator({ layout });
+    h = await startAggregator({ layout, earlyCommit: true });
     const a = await h.group('a');
     const b = await h.group('b');
     assert.equal(await join(a, 'job-1'), 'joined');
