@@ -43,13 +43,7 @@ export class FlatMomentumSgd {
         for (let i = a; i < b; i += 1) weights[i] = (sum[i] as number) * scale;
         continue;
       }
-      const wd = e.decay ? weightDecay : 0;
-      for (let i = a; i < b; i += 1) {
-        const w = weights[i] as number;
-        const vi = Math.fround(mu * (v[i] as number) + (Math.fround((sum[i] as number) * scale) + wd * w));
-        v[i] = vi;
-        weights[i] = w - lr * vi;
-      }
+      sgdLoop(weights, v, sum, a, b, { lr, mu, wd: e.decay ? weightDecay : 0, scale }, v, weights, 0);
     }
   }
 
@@ -75,13 +69,7 @@ export class FlatMomentumSgd {
         for (let i = a; i < b; i += 1) o[i - a] = (sum[i] as number) * scale;
         continue;
       }
-      const wd = e.decay ? weightDecay : 0;
-      for (let i = a; i < b; i += 1) {
-        const w = weights[i] as number;
-        const vi = Math.fround(mu * (v[i] as number) + (Math.fround((sum[i] as number) * scale) + wd * w));
-        sum[i] = vi;
-        o[i - a] = w - lr * vi;
-      }
+      sgdLoop(weights, v, sum, a, b, { lr, mu, wd: e.decay ? weightDecay : 0, scale }, sum, o, a);
     }
   }
 
@@ -114,5 +102,20 @@ export class FlatMomentumSgd {
       const b = Math.min(hi, e.offset + e.size);
       if (a < b) yield [e, a, b];
     }
+  }
+}
+
+/**
+ * The JS update over [a, b) (no arena): v' = mu v + (scale s + wd w) into vOut[i],
+ * w - lr v' into wOut[i - wAt]; per statement in double, rounded when stored.
+ */
+function sgdLoop(w: Float32Array, v: Float32Array, s: Float32Array, a: number, b: number, k: { lr: number; mu: number; wd: number; scale: number },
+  vOut: Float32Array, wOut: Float32Array, wAt: number): void {
+  const { lr, mu, wd, scale } = k;
+  for (let i = a; i < b; i += 1) {
+    const wi = w[i] as number;
+    const vi = Math.fround(mu * (v[i] as number) + (Math.fround((s[i] as number) * scale) + wd * wi));
+    vOut[i] = vi;
+    wOut[i - wAt] = wi - lr * vi;
   }
 }
