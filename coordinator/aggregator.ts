@@ -117,6 +117,9 @@ export interface Roster { step: number; attempt: number; jobs: string[]; totalSa
  */
 interface StageRoom { f32: Float32Array; u16?: Uint16Array; busy: number }
 
+/** A 16-bit broadcast in progress: its chunks [lo, hi), the next to send, its targets and end frame. */
+interface Broadcast16 { targets: Member[]; units: [number, number][]; next: number; step: number; end: Buffer }
+
 /**
  * Early commit (opt-in: VGG_EARLY_COMMIT=1 where the coordinator or aggregator runs): the update of a
  * range and its new weights' broadcast start as soon as every member of the step has sent that range,
@@ -168,9 +171,6 @@ export class Aggregator {
   private readonly wire: WireFormat;
   /** Decoded values of one 16-bit chunk. */
   private readonly scratch: Float32Array;
-  /** The weights as 16-bit codes for the broadcast (16-bit wires only). */
-  private readonly weights16?: Uint16Array;
-  private weights16Step = -1;
   private totalSamples = 0;
   private readonly done = new Map<number, Contribution>();
   private committing = false;
@@ -190,6 +190,8 @@ export class Aggregator {
   private roster?: Roster;
   private early?: EarlyStream;
   private readonly rooms: StageRoom[] = [];
+  /** 16-bit broadcasts still sending (the next update waits for them: drained()). */
+  private readonly streams = new Set<Broadcast16>();
   private roomsMade = 0;
   private staging = false;
   private earlyFailed = false;
@@ -220,7 +222,6 @@ export class Aggregator {
     this.sum = floats(this.weights.length);
     this.wire = options.wire ?? 'fp32';
     this.scratch = floats(this.wire === 'fp32' ? 0 : CHUNK_FLOATS);
-    if (this.wire !== 'fp32') this.weights16 = this.arena?.alloc16(this.weights.length) ?? new Uint16Array(this.weights.length);
     // Gradient chunks gathered straight into the arena as they arrive: one copy from the socket to the reduce.
     // One slot per socket streaming at once (the members' frames interleave), made as needed.
     const arena = this.arena;
@@ -616,21 +617,7 @@ export class Aggregator {
         this.sgd.stage(this.weights, this.sum, 1 / r.totalSamples, lo, hi, out);
         let values: Float32Array | Uint16Array = out;
         if (room.u16 !== undefined) encode16(this.wire as 'bf16' | 'fp16', out, values = room.u16.subarray(0, hi - lo));
-        const frame = chunkFrame('weights-chunk', this.step + 1, lo, values);
-        const release = () => {
-          room.busy -= 1;
-          if (room.busy > 0) return;
-          this.rooms.push(room);
-          setImmediate(() => this.advanceEarly());
-        };
-        room.busy = 1; // held while sending: a callback that comes at once does not free it early
-        for (const m of e.targets) {
-          if (m.ws.readyState !== m.ws.OPEN) continue;
-          room.busy += 1;
-          this.options.metrics?.sentBytes.inc(frame[0].length + frame[1].length);
-          sendChunk(m.ws, frame, release);
-        }
-        release();
+        this.sendRoom(room, chunkFrame('weights-chunk', this.step + 1, lo, values), e.targets);
         e.pos = end;
       }
     } catch (err) {
@@ -821,32 +808,33 @@ export class Aggregator {
     if (fresh.length > 0) this.broadcast(fresh, [[0, total]], true);
   }
 
-  /** `runs` of the weights (in order), with a `weights-begin` first if `begin`, then `weights-end`. */
+  /**
+   * `runs` of the weights (in order), with a `weights-begin` first if `begin`, then `weights-end`.
+   * fp32: every chunk sent straight from the weights at once. 16-bit: a chunk at a time encoded
+   * into a stage room and sent to every target (no 16-bit copy of all the weights: half the
+   * weights' bytes less memory), the next when a room is free (pump()).
+   */
   private broadcast(targets: Member[], runs: [number, number][], begin: boolean): void {
     if (begin) this.settle();
-    let w: Float32Array | Uint16Array = this.weights;
-    if (this.weights16 !== undefined && this.wire !== 'fp32') {
-      // Re-encoded per broadcast; the sockets have drained the previous one (see drained()).
-      if (this.weights16Step !== this.step) {
-        for (const [lo, hi] of runs) encode16(this.wire, this.weights.subarray(lo, hi), this.weights16.subarray(lo, hi));
-        if (begin) this.weights16Step = this.step;
-      }
-      w = this.weights16;
-    }
-    const frames: Buffer[] = [];
-    if (begin) frames.push(encode({ t: 'weights-begin', step: this.step, totalFloats: w.length, learningRate: this.learningRate }));
-    const chunks: [Buffer, Uint8Array][] = [];
-    for (const [lo, hi] of runs) {
-      for (let offset = lo; offset < hi; offset += CHUNK_FLOATS) {
-        chunks.push(chunkFrame('weights-chunk', this.step, offset, w.subarray(offset, Math.min(hi, offset + CHUNK_FLOATS))));
-      }
-    }
+    const live = targets.filter((m) => m.ws.readyState === m.ws.OPEN);
+    if (live.length === 0) return;
+    const total = this.weights.length;
+    const first = begin ? encode({ t: 'weights-begin', step: this.step, totalFloats: total, learningRate: this.learningRate }) : undefined;
     const end = encode({ t: 'weights-end', step: this.step, learningRate: this.learningRate });
-    const bytes = frames.reduce((n, f) => n + f.length, end.length) + chunks.reduce((n, [head, body]) => n + head.length + body.length, 0);
-    for (const m of targets) {
-      if (m.ws.readyState !== m.ws.OPEN) continue;
+    const units: [number, number][] = [];
+    for (const [lo, hi] of runs) for (let offset = lo; offset < hi; offset += CHUNK_FLOATS) units.push([offset, Math.min(hi, offset + CHUNK_FLOATS)]);
+    for (const m of live) if (first !== undefined) m.ws.send(first);
+    if (this.wire !== 'fp32') {
+      this.options.metrics?.sentBytes.inc(live.length * ((first?.length ?? 0) + end.length)); // the chunks: sendRoom
+      const b: Broadcast16 = { targets: live, units, next: 0, step: this.step, end };
+      this.streams.add(b);
+      this.pump(b);
+      return;
+    }
+    const chunks = units.map(([lo, hi]) => chunkFrame('weights-chunk', this.step, lo, this.weights.subarray(lo, hi)));
+    const bytes = (first?.length ?? 0) + end.length + chunks.reduce((n, [head, body]) => n + head.length + body.length, 0);
+    for (const m of live) {
       this.options.metrics?.sentBytes.inc(bytes);
-      for (const f of frames) m.ws.send(f);
       for (const c of chunks) {
         this.weightSends += 1;
         sendChunk(m.ws, c, () => { this.weightSends -= 1; });
@@ -856,16 +844,58 @@ export class Aggregator {
   }
 
   /**
+   * Sends a 16-bit broadcast's next chunks while stage rooms are free; its end once all are out.
+   * A room is free once every target took its chunk: a member that does not read holds the
+   * broadcast for all until the heartbeat drops it (with the old full 16-bit copy it held the
+   * next commit instead, drained()).
+   */
+  private pump(b: Broadcast16): void {
+    const wire = this.wire as 'bf16' | 'fp16';
+    while (b.next < b.units.length) {
+      const room = this.room();
+      if (room === undefined) return; // resumed when a room is free
+      const [lo, hi] = b.units[b.next] as [number, number];
+      b.next += 1;
+      const codes = (room.u16 as Uint16Array).subarray(0, hi - lo);
+      encode16(wire, this.weights.subarray(lo, hi), codes);
+      this.sendRoom(room, chunkFrame('weights-chunk', b.step, lo, codes), b.targets);
+    }
+    for (const m of b.targets) if (m.ws.readyState === m.ws.OPEN) m.ws.send(b.end);
+    this.streams.delete(b);
+  }
+
+  /** `frame` (its bytes in `room`) to every open target; the room is free again once all those sends are out. */
+  private sendRoom(room: StageRoom, frame: [Buffer, Uint8Array], targets: Iterable<Member>): void {
+    const release = () => {
+      room.busy -= 1;
+      if (room.busy > 0) return;
+      this.rooms.push(room);
+      setImmediate(() => {
+        for (const b of this.streams) this.pump(b);
+        this.advanceEarly();
+      });
+    };
+    room.busy = 1; // held while sending: a callback that comes at once does not free it early
+    for (const m of targets) {
+      if (m.ws.readyState !== m.ws.OPEN) continue;
+      room.busy += 1;
+      this.options.metrics?.sentBytes.inc(frame[0].length + frame[1].length);
+      sendChunk(m.ws, frame, release);
+    }
+    release();
+  }
+
+  /**
    * Resolves when no socket still holds queued bytes of the weights: they are
    * sent without a copy, so the update must not run before. Members of the
    * step have drained by construction (they had the weights before computing);
-   * this waits only for slow bystanders. (Bytes of the early stream, in stage
-   * rooms, are not waited for.)
+   * this waits only for slow bystanders, and for 16-bit broadcasts still
+   * encoding from the weights. (Bytes in stage rooms are not waited for.)
    */
   private async drained(): Promise<void> {
     for (;;) {
       const busy = [...this.members.values()].some((m) => m.ws.readyState === m.ws.OPEN && m.ws.bufferedAmount > 0);
-      if (!busy || this.weightSends === 0) return;
+      if ((!busy || this.weightSends === 0) && this.streams.size === 0) return;
       await new Promise((r) => setTimeout(r, 1));
     }
   }

@@ -312,13 +312,14 @@ export const FRAME_SLOT_FLOATS = (1 << 20) + 16 * 1024;
 
 /**
  * Room an aggregator over `n` floats takes in its arena: weights, momentum, the
- * sum, the 16-bit weights of a bf16/fp16 broadcast, chunk-sized staging (a
+ * sum, chunk-sized staging (a
  * 16-bit chunk's decoded floats), up to FRAME_SLOTS_MAX frame slots of a
- * chunk (4 MiB) each and STAGE_ROOMS rooms of early-committed weights. (Unused room costs address space, not memory: pages are
+ * chunk (4 MiB) each and STAGE_ROOMS rooms of staged weights (early commit) or
+ * 16-bit codes (a bf16/fp16 broadcast, encoded a chunk at a time). (Unused room costs address space, not memory: pages are
  * touched on use, a slot only once that many members stream at once.)
  */
 export function aggregatorArenaFloats(n: number): number {
-  return 3 * n + Math.ceil(n / 2) + 4 * (1 << 20) + FRAME_SLOTS_MAX * FRAME_SLOT_FLOATS + STAGE_ROOMS * STAGE_ROOM_FLOATS * 1.5;
+  return 3 * n + 4 * (1 << 20) + FRAME_SLOTS_MAX * FRAME_SLOT_FLOATS + STAGE_ROOMS * STAGE_ROOM_FLOATS * 1.5;
 }
 
 /** Rooms of a chunk's staged new weights (fp32 and its 16-bit codes) for the early commit's broadcast (aggregator.ts). */

@@ -358,6 +358,28 @@ describe('16-bit wires', () => {
       assert.deepEqual(c.weights, round(expected));
     });
   }
+
+  test('bf16: a broadcast of more chunks than stage rooms (each chunk encoded into a room, sent, the room reused) gives every member every chunk, also two members and a third that becomes ready meanwhile, over two steps', async () => {
+    // FC 4096: 20.9M floats, 20 chunks against 8 rooms.
+    const layout = buildLayout({ ...TINY_VGG_A, fcUnits: 4096 });
+    h = await startAggregator({ layout, wire: 'bf16', arena: true });
+    const round = (x: Float32Array) => { const q = new Uint16Array(x.length); encode16('bf16', x, q); const y = new Float32Array(x.length); decode16('bf16', q, y); return y; };
+    const a = await h.group('a');
+    const b = await h.group('b');
+    assert.ok(layout.totalSize > 16 * (1 << 20));
+    for (let s = 0; s < 2; s += 1) {
+      assert.equal(await join(a, `job-a${s}`), 'joined');
+      assert.equal(await join(b, `job-b${s}`), 'joined');
+      const next = [a, b].map((c) => c.next(['weights'], (_n, v) => (v as number) === s + 1));
+      await a.sendGradient(s, `job-a${s}`, [1], stats(1), Float32Array.from({ length: layout.totalSize }, (_, i) => Math.sin(i + s) / 10));
+      const late = s === 0 ? h.group('c') : undefined; // its broadcast of step 0 may meet the commit's
+      await b.sendGradient(s, `job-b${s}`, [2], stats(1), Float32Array.from({ length: layout.totalSize }, (_, i) => Math.cos(i - s) / 10));
+      await Promise.all(next);
+      await late;
+      const want = round(h.weights);
+      for (const c of [a, b]) assert.deepEqual(c.read(0, layout.totalSize), want, `step ${s + 1}`);
+    }
+  });
 });
 
 describe('the handshake refuses bad peers with a stable code and closes', () => {
