@@ -121,7 +121,7 @@ interface StageRoom { f32: Float32Array; u16?: Uint16Array; busy: number }
 interface Broadcast16 { targets: Member[]; units: [number, number][]; next: number; step: number; end: Buffer }
 
 /**
- * Early commit (opt-in: VGG_EARLY_COMMIT=1 where the coordinator or aggregator runs): the update of a
+ * Early commit (opt-in: the run option --early-commit, or VGG_EARLY_COMMIT=1 where the coordinator runs): the update of a
  * range and its new weights' broadcast start as soon as every member of the step has sent that range,
  * while the rest of the gradients still arrive (the classifier's 89% while the conv body
  * differentiates). Positions count floats in the gradients' order (from `split` to the end, then

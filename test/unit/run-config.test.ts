@@ -34,6 +34,11 @@ describe('run configuration', () => {
     writeFileSync(file, JSON.stringify({ epoch: 3 }));
     assert.throws(() => resolveRunConfig({}, {}, file), /--config-file: unknown keys epoch; expected some of/);
     assert.throws(() => resolveRunConfig({ hostedShards: 'true' }, {}), new ConfigError('--hosted-shards: expected --shards K >= 2 (the coordinator plus at least one worker-hosted shard), got --shards 1'));
+    assert.throws(() => resolveRunConfig({ earlyCommit: 'soon' }, {}), new ConfigError('--early-commit: expected true or false, got "soon"'));
+  });
+
+  test('--early-commit is off unless the flag or VGG_EARLY_COMMIT turns it on', () => {
+    assert.deepEqual([false, true, true].map((_, i) => resolveRunConfig(i === 1 ? { earlyCommit: 'true' } : {}, i === 2 ? { VGG_EARLY_COMMIT: '1' } : {}).earlyCommit), [false, true, true]);
   });
 
   test('--lr-drop-epochs takes a list; without it the plateau rule applies', () => {
