@@ -12,15 +12,23 @@
  * classifier's gradients (fc6-fc8, 89% of the bytes) 43% into the simulated compute and the conv
  * body's at its end, as the worker does; an H200 has the classifier's gradients complete 1 ms into
  * the backward and runs the body's backward for 57% of the fp32 step after that
- * (docs/measurements/h200-vgg16-overlap.json). The model, a table without and one with overlap:
- *   step(N) = compute + wire(N) + cpu(N)
- *   wire(N) = max(2 P / B (a worker's link: P out, P in, one after the other),
- *                 N P / (K B) (a shard's link, each direction; full duplex))
- *   cpu(N)  = (N P / K) c_reduce + (P / K) c_update   (per shard, on its VGG_UPDATE_THREADS threads)
+ * (docs/measurements/h200-vgg16-overlap.json). `--early-commit false,true`: measured without and/or
+ * with early commit (each range's new weights sent once every worker has sent it).
+ *
+ * The model (ninth session; before it, the tables credited the weights' return to the overlap and to
+ * full duplex, which only early commit gives). Per step, phases of a step:
+ *   up(N)   = max(P / B (a worker's link), N P / (K B) (a shard's link)): the gradients in
+ *   down(N) = the same: the new weights out          (K = N hosted: (N - 1) P / (N B) each, a ring's bytes)
+ *   reduce  = (N P / K) c_reduce, update = (P / K) c_update   (per shard, on its VGG_UPDATE_THREADS threads)
  *   P = gradient bytes on the wire (fp32: 553 MB; bf16: half), B = link bytes/s,
  *   c_reduce, c_update = measured ns per byte of our reduce-on-arrival and SGD loops.
- *   with overlap: step(N) = compute + comm - min(0.89 comm, 0.57 compute), comm = wire + cpu.
- *   K = N hosted (the workers host the shards): wire(N) = 2 (N - 1) P / (N B), a ring all-reduce's bytes.
+ * Default (no early commit): the weights go out after the update, after every gradient is in.
+ *   no overlap:   step = compute + up + reduce + update + down
+ *   overlap:      step = compute + comm - min(0.89 (up + reduce), 0.57 compute)   (the classifier's share of
+ *                 the gradients' phase hides in the body's backward; the update and the weights do not)
+ * Early commit: the weights of a range go out while later ranges come in (full duplex), at the price of
+ *   one more pass over the updated floats (finish: 0.8 c_update, 16 of SGD's 20 bytes per float):
+ *   comm_e = max(up, down) + reduce + 1.8 update;  step = compute + comm_e - min(0.89 comm_e, 0.57 compute).
  *
  *   npm run bench:scaling [-- --workers 1,2,4 --compute-ms 290 --steps 3 --shards 1,2 --overlap false,true --hosted false,true]
  */
@@ -47,8 +55,9 @@ const o = new Command('bench:scaling')
   .option('--shards <list>', 'aggregator shard counts K of the measured runs', intListOption('--shards'), [1])
   .option('--overlap <list>', 'measure without (false) and/or with (true) the classifier sent during the backward', boolList, [false, true])
   .option('--hosted <list>', 'also measure with the workers hosting N shards (true; worker start --host-shard) instead of --shards', boolList, [false, true])
+  .option('--early-commit <list>', 'measure without (false) and/or with (true) early commit', boolList, [false])
   .parse(process.argv)
-  .opts<{ workers: number[]; computeMs: number; steps: number; wire: string; shards: number[]; overlap: boolean[]; hosted: boolean[] }>();
+  .opts<{ workers: number[]; computeMs: number; steps: number; wire: string; shards: number[]; overlap: boolean[]; hosted: boolean[]; earlyCommit: boolean[] }>();
 
 // Calibration: our per-byte CPU costs, measured here on the aggregator's real loops (138M floats in a
 // FloatArena: SIMD; each 4 MiB chunk staged in from outside the arena, as from a socket).
@@ -71,53 +80,59 @@ const cUpdate = (updateMs * 1e6) / (n * 4);
 process.stdout.write(`calibration (${threads} update thread${threads > 1 ? 's' : ''}): reduce ${reduceMs.toFixed(0)} ms, SGD update ${updateMs.toFixed(0)} ms per 138M floats (${cReduce.toFixed(2)}, ${cUpdate.toFixed(2)} ns/byte)\n`);
 
 // Measured here: one machine, loopback, N worker processes.
-const measured: { workers: number; shards: number; hosted: boolean; overlap: boolean; stepMs: number; efficiency: number }[] = [];
+const measured: { workers: number; shards: number; hosted: boolean; overlap: boolean; earlyCommit: boolean; stepMs: number; efficiency: number }[] = [];
 const layouts = o.hosted.flatMap((hosted): { hosted: boolean; shards: number }[] => (hosted ? [{ hosted, shards: 0 }] : o.shards.map((shards) => ({ hosted, shards }))));
-for (const overlap of o.overlap) for (const layout of layouts) for (const workers of o.workers) {
+for (const earlyCommit of o.earlyCommit) for (const overlap of o.overlap) for (const layout of layouts) for (const workers of o.workers) {
   // Hosted: worker i hosts shard i + 1 of N + 1, the leader owns no floats (N shards with bytes).
   const shards = layout.hosted ? workers : layout.shards;
-  const r = await runOurs({ workers, steps: o.steps, wire: o.wire, computeMs: o.computeMs, shards, overlap, hosted: layout.hosted });
+  const r = await runOurs({ workers, steps: o.steps, wire: o.wire, computeMs: o.computeMs, shards, overlap, hosted: layout.hosted, earlyCommit });
   const efficiency = o.computeMs / r.stepMs;
-  measured.push({ workers, shards, hosted: layout.hosted, overlap, stepMs: Math.round(r.stepMs), efficiency: Number(efficiency.toFixed(3)) });
-  process.stdout.write(`measured, ${workers} worker(s), ${shards} shard(s)${layout.hosted ? ' hosted by the workers' : ''}, ${o.wire}, ${overlap ? 'overlap' : 'no overlap'}, compute ${o.computeMs} ms: step ${r.stepMs.toFixed(0)} ms, efficiency ${(100 * efficiency).toFixed(1)}%\n`);
+  measured.push({ workers, shards, hosted: layout.hosted, overlap, earlyCommit, stepMs: Math.round(r.stepMs), efficiency: Number(efficiency.toFixed(3)) });
+  process.stdout.write(`measured, ${workers} worker(s), ${shards} shard(s)${layout.hosted ? ' hosted by the workers' : ''}, ${o.wire}, ${overlap ? 'overlap' : 'no overlap'}${earlyCommit ? ', early commit' : ''}, compute ${o.computeMs} ms: step ${r.stepMs.toFixed(0)} ms, efficiency ${(100 * efficiency).toFixed(1)}%\n`);
 }
 process.stdout.write('(every process shares this machine\'s 2 cores and one memory bus: the measured figures are a floor, not a cluster)\n');
 
 // Projection for a cluster.
 const projections: { link: string; wire: string; shards: string; workers: number; efficiency: number }[] = [];
 const links = { '25GbE': 25e9 / 8, '100GbE': 100e9 / 8 };
-const rows: string[] = [];
-const overlapRows: string[] = [];
+const tables = { plain: [] as string[], overlap: [] as string[], early: [] as string[] };
 const overlapProjections: typeof projections = [];
+const earlyCommitProjections: typeof projections = [];
 // H200, fp32, batch 64 (docs/measurements/h200-vgg16-overlap.json): classifier bytes / all bytes, body backward after them / step.
 const CLASSIFIER_FRACTION = 494_571_424 / 553_430_176;
+const pct = (e: number) => `${(100 * e).toFixed(0)}%`.padStart(5);
 for (const [link, bytesPerSec] of Object.entries(links)) {
   for (const wire of ['fp32', 'bf16']) {
     const P = n * (wire === 'fp32' ? 4 : 2);
     // The CPU loops touch fp32 values: bytes of fp32 regardless of the wire.
     const P32 = n * 4;
     for (const shards of ['1', 'N/8', 'N', 'N hosted']) {
-      const cells: string[] = [];
-      const overlapCells: string[] = [];
+      const cells = { plain: [] as string[], overlap: [] as string[], early: [] as string[] };
       for (const N of [4, 8, 16, 32, 64]) {
         const K = shards === '1' ? 1 : shards === 'N/8' ? Math.max(1, N / 8) : N;
-        // Hosted by the workers: a worker's own slice stays in process, so its link moves (N - 1) / N of P
-        // each way per phase (gradients, then weights): the ring all-reduce's bytes.
-        const wireMs = (shards === 'N hosted' ? (2 * (N - 1) * P) / (N * bytesPerSec) : Math.max((2 * P) / bytesPerSec, (N * P) / (K * bytesPerSec))) * 1000;
-        const cpuMs = ((N * P32) / K * cReduce + (P32 / K) * cUpdate) / 1e6;
-        const eff = o.computeMs / (o.computeMs + wireMs + cpuMs);
-        projections.push({ link, wire, shards, workers: N, efficiency: Number(eff.toFixed(3)) });
-        cells.push(`${(100 * eff).toFixed(0)}%`.padStart(5));
-        const comm = wireMs + cpuMs;
-        const effOverlap = o.computeMs / (o.computeMs + comm - Math.min(CLASSIFIER_FRACTION * comm, WINDOW_FRACTION * o.computeMs));
-        overlapProjections.push({ link, wire, shards, workers: N, efficiency: Number(effOverlap.toFixed(3)) });
-        overlapCells.push(`${(100 * effOverlap).toFixed(0)}%`.padStart(5));
+        // One phase's bytes over the busiest link. Hosted by the workers: a worker's own slice stays in
+        // process, so its link moves (N - 1) / N of P each way: the ring all-reduce's bytes.
+        const phaseMs = (shards === 'N hosted' ? ((N - 1) * P) / (N * bytesPerSec) : Math.max(P / bytesPerSec, (N * P) / (K * bytesPerSec))) * 1000;
+        const reduceMs = ((N * P32) / K) * cReduce / 1e6;
+        const updateMs = (P32 / K) * cUpdate / 1e6;
+        const comm = 2 * phaseMs + reduceMs + updateMs;
+        const plain = o.computeMs / (o.computeMs + comm);
+        const overlap = o.computeMs / (o.computeMs + comm - Math.min(CLASSIFIER_FRACTION * (phaseMs + reduceMs), WINDOW_FRACTION * o.computeMs));
+        const commEarly = phaseMs + reduceMs + 1.8 * updateMs;
+        const early = o.computeMs / (o.computeMs + commEarly - Math.min(CLASSIFIER_FRACTION * commEarly, WINDOW_FRACTION * o.computeMs));
+        const at = { link, wire, shards, workers: N };
+        projections.push({ ...at, efficiency: Number(plain.toFixed(3)) });
+        overlapProjections.push({ ...at, efficiency: Number(overlap.toFixed(3)) });
+        earlyCommitProjections.push({ ...at, efficiency: Number(early.toFixed(3)) });
+        cells.plain.push(pct(plain));
+        cells.overlap.push(pct(overlap));
+        cells.early.push(pct(early));
       }
-      rows.push(`${link.padEnd(7)} ${wire.padEnd(5)} K=${shards.padEnd(8)} ${cells.join(' ')}`);
-      overlapRows.push(`${link.padEnd(7)} ${wire.padEnd(5)} K=${shards.padEnd(8)} ${overlapCells.join(' ')}`);
+      for (const k of ['plain', 'overlap', 'early'] as const) tables[k].push(`${link.padEnd(7)} ${wire.padEnd(5)} K=${shards.padEnd(8)} ${cells[k].join(' ')}`);
     }
   }
 }
-process.stdout.write(`\nprojected efficiency, compute ${o.computeMs} ms/step, no overlap (N = 4 8 16 32 64):\n${rows.join('\n')}\n`);
-process.stdout.write(`\nprojected with the classifier's gradients sent during the body's backward (what the worker does):\n${overlapRows.join('\n')}\n`);
-process.stdout.write(`${JSON.stringify({ bench: 'scaling', computeMs: o.computeMs, wire: o.wire, calibration: { updateThreads: threads, reduceMs, updateMs, cReduceNsPerByte: cReduce, cUpdateNsPerByte: cUpdate }, measured, projections, overlapProjections })}\n`);
+process.stdout.write(`\nprojected efficiency, compute ${o.computeMs} ms/step, no overlap (N = 4 8 16 32 64):\n${tables.plain.join('\n')}\n`);
+process.stdout.write(`\nprojected with the classifier's gradients sent during the body's backward (what the worker does; the weights come back after the commit):\n${tables.overlap.join('\n')}\n`);
+process.stdout.write(`\nprojected with that and --early-commit (each range's weights go out while later ranges come in; one more pass over the update):\n${tables.early.join('\n')}\n`);
+process.stdout.write(`${JSON.stringify({ bench: 'scaling', computeMs: o.computeMs, wire: o.wire, calibration: { updateThreads: threads, reduceMs, updateMs, cReduceNsPerByte: cReduce, cUpdateNsPerByte: cUpdate }, measured, projections, overlapProjections, earlyCommitProjections })}\n`);

@@ -134,9 +134,9 @@ interface Broadcast16 { targets: Member[]; units: [number, number][]; next: numb
  */
 interface EarlyStream { split: number; pos: number; targets: Set<Member> }
 
-/** Early commit is opt-in: VGG_EARLY_COMMIT=1 (a follower shard follows its leader's rosters either way). */
+/** Early commit is opt-in: VGG_EARLY_COMMIT=1|true|yes, as the run option reads it (a follower shard follows its leader's rosters either way). */
 export function earlyCommitEnabled(): boolean {
-  return process.env.VGG_EARLY_COMMIT === '1';
+  return ['1', 'true', 'yes'].includes(process.env.VGG_EARLY_COMMIT ?? '');
 }
 
 /**

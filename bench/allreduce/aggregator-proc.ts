@@ -3,7 +3,8 @@
  * layout (138,357,544 trainable floats). Prints {"port"} when listening and,
  * after `--steps` commits, {"peakRssBytes"} (VmHWM), and exits once the workers hung up.
  * `--shards K`: this is shard 0 of K (the leader); `--follow URL --shard i/K`: a follower shard;
- * `--hosted`: the workers host shards 1..K-1 and this leader owns no floats.
+ * `--hosted`: the workers host shards 1..K-1 and this leader owns no floats. `--early-commit`: the
+ * leader seals each step and sends the followers its roster (early commit; else VGG_EARLY_COMMIT).
  */
 import { Aggregator } from '../../coordinator/aggregator.ts';
 import { startFollower } from '../../coordinator/shard-follower.ts';
@@ -44,7 +45,7 @@ const leader = shards === 1 ? undefined : new ShardLeader({
 const agg: Aggregator = new Aggregator({
   host: '127.0.0.1', port: 0, token: 'bench', modelHash: hash, step: 0, runInfo: { run: 'bench', wire }, wire, shardLeader: leader,
   weights, sgd: new FlatMomentumSgd(layout, sgdOptions, velocity),
-  jobStatus: () => 'pending', onMemberLost: () => {}, log,
+  jobStatus: () => 'pending', onMemberLost: () => {}, log, earlyCommit: process.argv.includes('--early-commit') ? true : undefined,
   onCommit: async (step) => {
     if (step < steps) return;
     process.stdout.write(`${JSON.stringify({ peakRssBytes: peakRssBytes(), floats: layout.totalSize })}\n`);

@@ -54,16 +54,17 @@ export interface OursResult { stepMs: number; steps: number[]; peakRssBytes: num
 /**
  * `steps` timed steps (after WARMUP_STEPS untimed ones) of `workers` workers through `shards` aggregator processes (default 1);
  * `overlap`: the workers send the classifier's gradients before the simulated compute ends (worker-proc.ts);
- * `hosted`: each worker hosts one of the N shards (its transport thread), the leader owns no floats.
+ * `hosted`: each worker hosts one of the N shards (its transport thread), the leader owns no floats;
+ * `earlyCommit`: the leader seals each step and the shards send each range's weights once all have sent it.
  */
-export async function runOurs(o: { workers: number; steps: number; wire: string; computeMs?: number; shards?: number; overlap?: boolean; hosted?: boolean }): Promise<OursResult> {
+export async function runOurs(o: { workers: number; steps: number; wire: string; computeMs?: number; shards?: number; overlap?: boolean; hosted?: boolean; earlyCommit?: boolean }): Promise<OursResult> {
   // Hosted: worker i hosts shard i + 1 of N + 1 and the leader owns no floats.
   const shards = o.hosted === true ? o.workers + 1 : o.shards ?? 1;
   let resolvePort!: (p: number) => void;
   const port = new Promise<number>((r) => { resolvePort = r; });
   let peak = 0;
   let followerPeak = 0;
-  const agg = node('aggregator-proc.ts', ['--steps', String(o.steps + WARMUP_STEPS), '--wire', o.wire, '--shards', String(shards), ...(o.hosted === true ? ['--hosted'] : [])], (line) => {
+  const agg = node('aggregator-proc.ts', ['--steps', String(o.steps + WARMUP_STEPS), '--wire', o.wire, '--shards', String(shards), ...(o.hosted === true ? ['--hosted'] : []), ...(o.earlyCommit === true ? ['--early-commit'] : [])], (line) => {
     const m = JSON.parse(line) as { port?: number; peakRssBytes?: number };
     if (m.port !== undefined) resolvePort(m.port);
     if (m.peakRssBytes !== undefined) peak = m.peakRssBytes;
