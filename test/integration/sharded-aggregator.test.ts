@@ -83,7 +83,7 @@ describe('a sharded aggregator (coordinator --shards K, aggregator start --shard
     await redis.stop();
   });
 
-  test('3 shards, in their own processes or hosted by the workers, give the weights and momentum of one aggregator, bit for bit; checkpoints gather every range', async (t) => {
+  test('3 shards, in their own processes or hosted by the workers (also with --early-commit), give the weights and momentum of one aggregator, bit for bit; checkpoints gather every range', async (t) => {
     const common = { data, redis: redis.url, trainLimit: '128', valLimit: '32', seed: '4', minWorkers: '2', checkpointEvery: '1', epochs: '2' };
     const oneDir = tempDir('ck-shards-1');
     const threeDir = tempDir('ck-shards-3');
@@ -92,13 +92,16 @@ describe('a sharded aggregator (coordinator --shards K, aggregator start --shard
     // The two workers host shards 1 and 2 of 3 (each reaches its own in process); shard 0 owns no floats.
     const hostedDir = tempDir('ck-shards-hosted');
     const hosted = await runSharded(tinyRun({ ...common, run: 'shh', shards: '3', hostedShards: 'true', checkpointDir: hostedDir }), 2);
-    for (const r of [one, three, hosted]) assert.equal(r.summary.steps, 8);
+    // Early commit: the leader's rosters, each range's weights sent by its hosting worker once both gradients have it.
+    const earlyDir = tempDir('ck-shards-early');
+    const early = await runSharded(tinyRun({ ...common, run: 'she', shards: '3', hostedShards: 'true', earlyCommit: 'true', checkpointDir: earlyDir }), 2);
+    for (const r of [one, three, hosted, early]) assert.equal(r.summary.steps, 8);
     for (const f of three.followers) assert.equal(await f.exited, 0, `a follower leaves cleanly when the run ends\n${f.output()}`);
     for (const w of hosted.workers) assert.equal(await w.exited, 0, `a worker hosting a shard leaves cleanly when the run ends\n${w.output()}`);
-    for (const run of ['sh1', 'sh3', 'shh']) await assertExactlyOnce(run, 2, 128);
+    for (const run of ['sh1', 'sh3', 'shh', 'she']) await assertExactlyOnce(run, 2, 128);
     for (const file of ['weights.bin', 'momentum.bin']) {
       const a = await checkpointFile(oneDir, file);
-      for (const dir of [threeDir, hostedDir]) {
+      for (const dir of [threeDir, hostedDir, earlyDir]) {
         const b = await checkpointFile(dir, file);
         assert.equal(a.length, b.length);
         let differ = 0;
@@ -118,6 +121,7 @@ describe('a sharded aggregator (coordinator --shards K, aggregator start --shard
     t.diagnostic(`val top-1 ${one.summary.valTop1} (1 shard), ${three.summary.valTop1} (3 shards), ${hosted.summary.valTop1} (3 shards, 2 hosted by the workers)`);
     assert.equal(three.summary.valTop1, one.summary.valTop1);
     assert.equal(hosted.summary.valTop1, one.summary.valTop1);
+    assert.equal(early.summary.valTop1, one.summary.valTop1);
   });
 
   test('a worker killed mid-step does not stall a sharded run; a lost follower stops the run, and --resume with a new one repeats and skips no sample', async () => {
