@@ -10,6 +10,7 @@
  * owning 1/K of the bytes (the largest follower's peak RSS is printed too).
  * `--hosted yes|no|only`: also (or only) with N shards hosted by the N workers themselves
  * (`worker start --host-shard`; the leader owns no floats; the largest hosting worker's peak RSS is printed).
+ * `VGG_EARLY_COMMIT=1` (inherited by the aggregator processes): with early commit.
  * Last line: one JSON object.
  *
  *   npm run bench:allreduce [-- --workers 2,4 --steps 4 --wire fp32,bf16 --shards 1,2 --hosted yes]
@@ -18,6 +19,7 @@ import path from 'node:path';
 import { Command } from 'commander';
 import { freePort } from '../coordinator/redis-server.ts';
 import { intListOption, intOption } from '../shared/option-parsers.ts';
+import { earlyCommitEnabled } from '../coordinator/aggregator.ts';
 import { updateThreads } from '../shared/simd.ts';
 import { VGG16_FLOATS, median, run, runOurs } from './allreduce/cluster.ts';
 
@@ -46,7 +48,7 @@ async function gloo(workers: number): Promise<{ stepMs: number; steps: number[];
 
 const bytes = FLOATS * 4;
 const rows: Record<string, unknown>[] = [];
-process.stdout.write(`bench:allreduce: ${FLOATS.toLocaleString('en-US')} fp32 floats (${(bytes / 2 ** 20).toFixed(0)} MiB), ${o.steps} timed steps, median; aggregator update threads ${updateThreads()} (VGG_UPDATE_THREADS)\n`);
+process.stdout.write(`bench:allreduce: ${FLOATS.toLocaleString('en-US')} fp32 floats (${(bytes / 2 ** 20).toFixed(0)} MiB), ${o.steps} timed steps, median; aggregator update threads ${updateThreads()} (VGG_UPDATE_THREADS); early commit ${earlyCommitEnabled() ? 'on' : 'off'} (VGG_EARLY_COMMIT)\n`);
 for (const n of o.workers) {
   const g = await gloo(n);
   // Shard counts K through separate aggregator processes, then (hosted) N shards on the workers' transport threads.
@@ -66,4 +68,4 @@ for (const n of o.workers) {
     process.stdout.write(`${n} workers, ours ${wire}, ${where}: ${row.oursMs} ms, gloo fp32 ${row.glooFp32Ms} ms, ours/gloo ${row.ratio} (${goal}); ${hosted ? 'leader' : 'aggregator'} peak RSS ${(a.peakRssBytes / 2 ** 30).toFixed(2)} GiB = ${row.rssOverParamBytes}x the fp32 parameter bytes${follower}\n`);
   }
 }
-process.stdout.write(`${JSON.stringify({ bench: 'allreduce', floats: FLOATS, updateThreads: updateThreads(), rows })}\n`);
+process.stdout.write(`${JSON.stringify({ bench: 'allreduce', floats: FLOATS, updateThreads: updateThreads(), earlyCommit: earlyCommitEnabled(), rows })}\n`);
