@@ -192,6 +192,8 @@ export class Aggregator {
   private readonly rooms: StageRoom[] = [];
   /** 16-bit broadcasts still sending (the next update waits for them: drained()). */
   private readonly streams = new Set<Broadcast16>();
+  /** Waiting for a free stage room (the commit's 16-bit chunks): called when one is released. */
+  private roomWaiters: (() => void)[] = [];
   private roomsMade = 0;
   private staging = false;
   private earlyFailed = false;
@@ -388,7 +390,8 @@ export class Aggregator {
       }
       if (m.ready) throw new ProtocolError('VGG_ERR_HANDSHAKE', 'ready: expected once per connection, got it again');
       m.ready = true;
-      this.sendWeights([m]);
+      // During a commit the weights are half updated: the commit sends this member the new ones at its end.
+      if (!this.committing) this.sendWeights([m]);
       return;
     }
     if (!m.ready) throw new ProtocolError('VGG_ERR_HANDSHAKE', `frame ${JSON.stringify(msg.t)}: expected "ready" first`);
@@ -679,6 +682,8 @@ export class Aggregator {
     try {
       const contributions = [...this.done.values()];
       const early = this.early;
+      /** Members that got this commit's weights chunk by chunk as they were updated (they need the end only). */
+      let streamed: Set<Member> | undefined;
       if (early !== undefined) {
         const jobs = new Set(contributions.map((c) => c.jobId));
         const roster = this.roster as Roster;
@@ -692,7 +697,7 @@ export class Aggregator {
       if (this.totalSamples > 0) {
         if (!this.written.covers(0, this.sum.length)) throw new Error(`commit of step ${this.step}: expected every float of the sum written by ${contributions.length} complete gradients, got gaps`);
         const scale = 1 / this.totalSamples;
-        if (early === undefined) this.sgd.apply(this.weights, this.sum, scale);
+        if (early === undefined) streamed = await this.updateAndSend(scale);
         else {
           // The rest updated in place; what went out early is finished (the staged update made the state):
           // past DEFER_FINISH_FLOATS after the weights went out, off the step's path (settle() before any use).
@@ -711,12 +716,53 @@ export class Aggregator {
         const m = this.members.get(c.memberId);
         if (m !== undefined) Object.assign(m, { jobId: undefined, lockToken: undefined });
       }
-      this.sendWeights(this.readyMembers(), early);
+      if (streamed === undefined) this.sendWeights(this.readyMembers(), early);
+      else {
+        const end = encode({ t: 'weights-end', step: this.step, learningRate: this.learningRate });
+        for (const m of streamed) if (m.ws.readyState === m.ws.OPEN) m.ws.send(end);
+        this.sendWeights(this.readyMembers().filter((m) => !streamed.has(m)));
+      }
       if (this.unfinished !== undefined) this.finishLater();
       pending?.resolve();
     } finally {
       this.committing = false;
     }
+  }
+
+  /**
+   * The commit's update a chunk at a time, each chunk's new weights sent to every ready member
+   * right after it is updated (from cache; fp32 straight from the weights, 16-bit through a stage
+   * room), the event loop turned between chunks so the sockets drain while the rest is updated,
+   * instead of the whole update first and then the whole broadcast. `weights-end` follows after
+   * onCommit (the caller): workers use nothing before it. Returns the members sent to.
+   */
+  private async updateAndSend(scale: number): Promise<Set<Member>> {
+    const total = this.sum.length;
+    const step = this.step + 1;
+    const targets = new Set(this.readyMembers().filter((m) => m.ws.readyState === m.ws.OPEN));
+    const begin = encode({ t: 'weights-begin', step, totalFloats: total, learningRate: this.learningRate });
+    for (const m of targets) m.ws.send(begin);
+    for (let lo = 0; lo < total; lo += CHUNK_FLOATS) {
+      const hi = Math.min(total, lo + CHUNK_FLOATS);
+      this.sgd.apply(this.weights, this.sum, scale, lo, hi);
+      if (this.wire === 'fp32') {
+        const frame = chunkFrame('weights-chunk', step, lo, this.weights.subarray(lo, hi));
+        for (const m of targets) {
+          if (m.ws.readyState !== m.ws.OPEN) continue;
+          this.options.metrics?.sentBytes.inc(frame[0].length + frame[1].length);
+          this.weightSends += 1;
+          sendChunk(m.ws, frame, () => { this.weightSends -= 1; });
+        }
+      } else {
+        let room = this.room();
+        while (room === undefined) room = await new Promise<StageRoom | undefined>((resolve) => { this.roomWaiters.push(() => resolve(this.room())); });
+        const codes = (room.u16 as Uint16Array).subarray(0, hi - lo);
+        encode16(this.wire, this.weights.subarray(lo, hi), codes);
+        this.sendRoom(room, chunkFrame('weights-chunk', step, lo, codes), targets);
+      }
+      await new Promise((r) => setImmediate(r));
+    }
+    return targets;
   }
 
   /** Finishes the last commit's staged ranges now: before anything reads the weights or momentum, or writes the sum. */
@@ -870,6 +916,7 @@ export class Aggregator {
       room.busy -= 1;
       if (room.busy > 0) return;
       this.rooms.push(room);
+      this.roomWaiters.shift()?.();
       setImmediate(() => {
         for (const b of this.streams) this.pump(b);
         this.advanceEarly();
