@@ -19,9 +19,8 @@ import path from 'node:path';
 import { Command } from 'commander';
 import { freePort } from '../coordinator/redis-server.ts';
 import { intListOption, intOption } from '../shared/option-parsers.ts';
-import { earlyCommitEnabled } from '../coordinator/aggregator.ts';
 import { updateThreads } from '../shared/simd.ts';
-import { VGG16_FLOATS, median, run, runOurs } from './allreduce/cluster.ts';
+import { VGG16_FLOATS, earlyCommitEnabled, median, run, runOurs } from './allreduce/cluster.ts';
 
 const o = new Command('bench:allreduce')
   .option('--workers <list>', 'worker counts', intListOption('--workers'), [2, 4])

@@ -2,6 +2,7 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import type { Logger } from '../shared/logger.ts';
 import { FlatMomentumSgd } from '../shared/flat-sgd.ts';
 import { WrittenRanges } from '../shared/written-ranges.ts';
+import { advance, complete, position, runEnd, runsOf, startAt, unitAt, type SplitCursor } from '../shared/split-order.ts';
 import { encode16, type WireFormat } from '../shared/half.ts';
 import { sliceLayout } from '../shared/shard.ts';
 import { FrameSlot } from '../shared/frame-slot.ts';
@@ -27,12 +28,8 @@ export interface Member {
   active: boolean;
   jobId?: string;
   lockToken?: string;
-  /**
-   * The gradient coming in: floats [split, total) in order, then [0, split) (the classifier's
-   * gradients are ready first and sit at the end of the layout; split 0: plain order).
-   * `next` is the offset the next chunk must start at; `wrapped` once [split, total) is in.
-   */
-  receiving?: { jobId: string; sampleIds: number[]; stats: BatchStats; next: number; split: number; wrapped: boolean };
+  /** The gradient coming in, in the order of shared/split-order.ts (the classifier's part first). */
+  receiving?: SplitCursor & { jobId: string; sampleIds: number[]; stats: BatchStats };
   discarding: boolean;
   /** Sent a matching model hash; gets weights and may join steps. */
   ready: boolean;
@@ -87,7 +84,7 @@ export interface AggregatorOptions {
    * went out, a slice per turn of the event loop (settle() forces the rest). @defaultValue DEFER_FINISH_FLOATS
    */
   deferFinishAbove?: number;
-  /** Early commit (see EarlyStream); a follower shard follows its leader's rosters either way. @defaultValue earlyCommitEnabled() */
+  /** Early commit (see EarlyStream; the run option --early-commit); a follower shard follows its leader's rosters either way. @defaultValue false */
   earlyCommit?: boolean;
   /** Floats a deferred finish does per turn of the event loop. @defaultValue 4 chunks (16 MiB) */
   finishSliceFloats?: number;
@@ -134,10 +131,6 @@ interface Broadcast16 { targets: Member[]; units: [number, number][]; next: numb
  */
 interface EarlyStream { split: number; pos: number; targets: Set<Member> }
 
-/** Early commit is opt-in: VGG_EARLY_COMMIT=1|true|yes, as the run option reads it (a follower shard follows its leader's rosters either way). */
-export function earlyCommitEnabled(): boolean {
-  return ['1', 'true', 'yes'].includes(process.env.VGG_EARLY_COMMIT ?? '');
-}
 
 /**
  * Errors a trusted peer can cause by racing the step (an old step, a job that
@@ -213,7 +206,7 @@ export class Aggregator {
   constructor(options: AggregatorOptions) {
     this.options = options;
     this.step = options.step;
-    this.earlyCommit = options.earlyCommit ?? earlyCommitEnabled();
+    this.earlyCommit = options.earlyCommit ?? false;
     this.learningRate = options.sgd.options.learningRate;
     const own = options.shardLeader?.attach(this, options.weights, options.sgd.velocity);
     const { sgd } = options;
@@ -453,7 +446,7 @@ export class Aggregator {
         const sampleIds = field<number[]>(msg, 'sampleIds', 'int[]');
         const split = msg.split === undefined ? 0 : field<number>(msg, 'split', 'int');
         if (split > 0 && split >= total) throw new ProtocolError('VGG_ERR_LAYOUT', `grad-begin.split: expected 0..${total - 1}, got ${split}`);
-        m.receiving = { jobId, sampleIds, stats: checkStats(field<Record<string, unknown>>(msg, 'stats', 'object'), sampleIds.length), next: split, split, wrapped: split === 0 };
+        m.receiving = { jobId, sampleIds, stats: checkStats(field<Record<string, unknown>>(msg, 'stats', 'object'), sampleIds.length), ...startAt(split) };
         m.discarding = false;
         this.advanceEarly();
         return;
@@ -472,12 +465,11 @@ export class Aggregator {
         const g = codes === undefined ? valuesOf(raw, this.wire, this.scratch) : undefined;
         const length = codes?.length ?? (g as Float32Array).length;
         if (offset !== r.next) throw new ProtocolError('VGG_ERR_LAYOUT', `grad-chunk.offset: expected ${r.next}, got ${offset}`);
-        const limit = r.wrapped ? this.lastRunEnd(r) : this.sum.length;
+        const limit = runEnd(r, this.sum.length);
         if (offset + length > limit) {
           throw new ProtocolError('VGG_ERR_LAYOUT', `grad-chunk at ${offset}: expected at most ${limit - offset} floats (layout of ${this.sum.length}${r.split === 0 ? '' : `, split at ${r.split}`}), got ${length}`);
         }
-        r.next = offset + length;
-        if (!r.wrapped && r.next === this.sum.length) Object.assign(r, { next: 0, wrapped: true });
+        advance(r, length, this.sum.length);
         const n = r.stats.samples;
         const { arena, sum } = this;
         // The first contribution to a range of the sum stores it, later ones add (no zeroing pass).
@@ -502,9 +494,8 @@ export class Aggregator {
         const r = m.receiving;
         const endStep = field<number>(msg, 'step', 'int');
         if (r !== undefined && endStep !== this.step) throw new ProtocolError('VGG_ERR_STEP_MISMATCH', `grad-end.step: expected ${this.step}, got ${endStep}`);
-        const complete = r !== undefined && r.wrapped && r.next === this.lastRunEnd(r);
-        if (!complete) {
-          const got = r === undefined ? 0 : r.split === 0 ? r.next : r.wrapped ? this.sum.length - r.split + r.next : r.next - r.split;
+        if (r === undefined || !complete(r, this.sum.length)) {
+          const got = r === undefined ? 0 : position(r, this.sum.length);
           throw new ProtocolError('VGG_ERR_LAYOUT', `grad-end: expected ${this.sum.length} floats, got ${got}`);
         }
         m.receiving = undefined;
@@ -518,11 +509,6 @@ export class Aggregator {
       default:
         throw new ProtocolError('VGG_ERR_UNKNOWN_TYPE', `frame.t: expected ready, join, idle, grad-begin, grad-chunk or grad-end, got ${JSON.stringify(msg.t)}`);
     }
-  }
-
-  /** Where a gradient's last run of chunks ends: the split, or the layout's end for an unsplit gradient. */
-  private lastRunEnd(r: { split: number }): number {
-    return r.split === 0 ? this.sum.length : r.split;
   }
 
   /** Leader with shards: `m` joined this step, so part of its gradient may be at a follower already. */
@@ -598,7 +584,7 @@ export class Aggregator {
       if (g === undefined) return;
       if (split !== undefined && g.split !== split) return; // an odd order: the commit does the rest
       split = g.split;
-      common = Math.min(common, g.split === 0 ? g.next : g.wrapped ? total - g.split + g.next : g.next - g.split);
+      common = Math.min(common, position(g, total));
     }
     const e = this.early ??= { split: split ?? 0, pos: 0, targets: new Set() };
     this.settle();
@@ -618,9 +604,8 @@ export class Aggregator {
         }
         const out = room.f32.subarray(0, hi - lo);
         this.sgd.stage(this.weights, this.sum, 1 / r.totalSamples, lo, hi, out);
-        let values: Float32Array | Uint16Array = out;
-        if (room.u16 !== undefined) encode16(this.wire as 'bf16' | 'fp16', out, values = room.u16.subarray(0, hi - lo));
-        this.sendRoom(room, chunkFrame('weights-chunk', this.step + 1, lo, values), e.targets);
+        if (room.u16 !== undefined) this.sendCodes(room, out, this.step + 1, lo, e.targets);
+        else this.sendRoom(room, chunkFrame('weights-chunk', this.step + 1, lo, out), e.targets);
         e.pos = end;
       }
     } catch (err) {
@@ -745,20 +730,11 @@ export class Aggregator {
     for (let lo = 0; lo < total; lo += CHUNK_FLOATS) {
       const hi = Math.min(total, lo + CHUNK_FLOATS);
       this.sgd.apply(this.weights, this.sum, scale, lo, hi);
-      if (this.wire === 'fp32') {
-        const frame = chunkFrame('weights-chunk', step, lo, this.weights.subarray(lo, hi));
-        for (const m of targets) {
-          if (m.ws.readyState !== m.ws.OPEN) continue;
-          this.options.metrics?.sentBytes.inc(frame[0].length + frame[1].length);
-          this.weightSends += 1;
-          sendChunk(m.ws, frame, () => { this.weightSends -= 1; });
-        }
-      } else {
+      if (this.wire === 'fp32') this.sendFromWeights(step, lo, hi, targets);
+      else {
         let room = this.room();
         while (room === undefined) room = await new Promise<StageRoom | undefined>((resolve) => { this.roomWaiters.push(() => resolve(this.room())); });
-        const codes = (room.u16 as Uint16Array).subarray(0, hi - lo);
-        encode16(this.wire, this.weights.subarray(lo, hi), codes);
-        this.sendRoom(room, chunkFrame('weights-chunk', step, lo, codes), targets);
+        this.sendCodes(room, this.weights.subarray(lo, hi), step, lo, targets);
       }
       await new Promise((r) => setImmediate(r));
     }
@@ -877,16 +853,27 @@ export class Aggregator {
       this.pump(b);
       return;
     }
-    const chunks = units.map(([lo, hi]) => chunkFrame('weights-chunk', this.step, lo, this.weights.subarray(lo, hi)));
-    const bytes = (first?.length ?? 0) + end.length + chunks.reduce((n, [head, body]) => n + head.length + body.length, 0);
-    for (const m of live) {
-      this.options.metrics?.sentBytes.inc(bytes);
-      for (const c of chunks) {
-        this.weightSends += 1;
-        sendChunk(m.ws, c, () => { this.weightSends -= 1; });
-      }
-      m.ws.send(end);
+    this.options.metrics?.sentBytes.inc(live.length * ((first?.length ?? 0) + end.length));
+    for (const [lo, hi] of units) this.sendFromWeights(this.step, lo, hi, live);
+    for (const m of live) m.ws.send(end);
+  }
+
+  /** fp32 weights [lo, hi) of `step` to every open target, straight from the weights (drained() waits for them). */
+  private sendFromWeights(step: number, lo: number, hi: number, targets: Iterable<Member>): void {
+    const frame = chunkFrame('weights-chunk', step, lo, this.weights.subarray(lo, hi));
+    for (const m of targets) {
+      if (m.ws.readyState !== m.ws.OPEN) continue;
+      this.options.metrics?.sentBytes.inc(frame[0].length + frame[1].length);
+      this.weightSends += 1;
+      sendChunk(m.ws, frame, () => { this.weightSends -= 1; });
     }
+  }
+
+  /** `values` (the weights at `lo` of `step`) as 16-bit codes in `room`, sent to every open target (sendRoom). */
+  private sendCodes(room: StageRoom, values: Float32Array, step: number, lo: number, targets: Iterable<Member>): void {
+    const codes = (room.u16 as Uint16Array).subarray(0, values.length);
+    encode16(this.wire as 'bf16' | 'fp16', values, codes);
+    this.sendRoom(room, chunkFrame('weights-chunk', step, lo, codes), targets);
   }
 
   /**
@@ -896,15 +883,12 @@ export class Aggregator {
    * next commit instead, drained()).
    */
   private pump(b: Broadcast16): void {
-    const wire = this.wire as 'bf16' | 'fp16';
     while (b.next < b.units.length) {
       const room = this.room();
       if (room === undefined) return; // resumed when a room is free
       const [lo, hi] = b.units[b.next] as [number, number];
       b.next += 1;
-      const codes = (room.u16 as Uint16Array).subarray(0, hi - lo);
-      encode16(wire, this.weights.subarray(lo, hi), codes);
-      this.sendRoom(room, chunkFrame('weights-chunk', b.step, lo, codes), b.targets);
+      this.sendCodes(room, this.weights.subarray(lo, hi), b.step, lo, b.targets);
     }
     for (const m of b.targets) if (m.ws.readyState === m.ws.OPEN) m.ws.send(b.end);
     this.streams.delete(b);
@@ -958,23 +942,6 @@ export class Aggregator {
     }).then(() => this.arena?.close()); // its helper threads, if any (the weights stay readable)
     return this.closing;
   }
-}
-
-/** The float range at `pos` in the gradients' order from `split` (a chunk, cut at the order's runs). */
-function unitAt(pos: number, split: number, total: number): [number, number] {
-  const first = total - split;
-  if (pos < first) return [split + pos, Math.min(total, split + pos + CHUNK_FLOATS)];
-  const lo = pos - first;
-  return [lo, Math.min(split, lo + CHUNK_FLOATS)];
-}
-
-/** Positions [from, to) of the gradients' order from `split` as float ranges, in that order. */
-function runsOf(split: number, from: number, to: number, total: number): [number, number][] {
-  const first = total - split;
-  const runs: [number, number][] = [];
-  if (from < Math.min(to, first)) runs.push([split + from, split + Math.min(to, first)]);
-  if (to > Math.max(from, first)) runs.push([Math.max(from, first) - first, to - first]);
-  return runs;
 }
 
 /** A batch's metrics: counts are integers, `samples` is the number of sample ids sent, the loss is finite. */

@@ -249,7 +249,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
       return applied.has(p) ? 'applied' : 'pending';
     },
     onCommit, onMemberLost, log, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs, metrics, wire: cfg.wire,
-    earlyCommit: cfg.earlyCommit || undefined, // else VGG_EARLY_COMMIT
+    earlyCommit: cfg.earlyCommit, // the flag, the config file or VGG_EARLY_COMMIT
   });
   const port = await aggregator.start();
   let stopping = false;

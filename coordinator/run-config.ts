@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { ConfigError } from '../shared/errors.ts';
 import { WIRE_FORMATS, type WireFormat } from '../shared/half.ts';
-import { choiceOption, intListOption, intOption, numberOption, scaleRangeOption, tokenFromEnv } from '../shared/option-parsers.ts';
+import { boolOption as bool, choiceOption, intListOption, intOption, numberOption, scaleRangeOption, tokenFromEnv } from '../shared/option-parsers.ts';
 import { CONFIG_NAMES, INITIALIZERS, type ConfigName, type InitializerName } from '../shared/vgg-configs.ts';
 
 /** Everything a distributed run is defined by. */
@@ -69,11 +69,6 @@ export interface RunConfig {
 
 interface Spec { key: keyof RunConfig; flag: string; parse: (v: string) => unknown; description: string }
 
-const bool = (flag: string) => (v: string): boolean => {
-  if (['true', '1', 'yes'].includes(v)) return true;
-  if (['false', '0', 'no'].includes(v)) return false;
-  throw new ConfigError(`${flag}: expected true or false, got ${JSON.stringify(v)}`);
-};
 const str = (flag: string) => (v: string): string => {
   if (typeof v !== 'string') throw new ConfigError(`${flag}: expected a string, got ${JSON.stringify(v)}`);
   return v;

@@ -19,6 +19,15 @@ export function intOption(option: string, min = 0, max = Number.MAX_SAFE_INTEGER
   };
 }
 
+/** true|1|yes or false|0|no (run options and the environment variables that mirror them). */
+export function boolOption(option: string) {
+  return (value: string): boolean => {
+    if (['true', '1', 'yes'].includes(value)) return true;
+    if (['false', '0', 'no'].includes(value)) return false;
+    throw new ConfigError(`${option}: expected true or false, got ${JSON.stringify(value)}`);
+  };
+}
+
 export function numberOption(option: string, min = -Infinity, max = Infinity, exclusiveMin = false) {
   return (value: string): number => {
     const n = Number(value);

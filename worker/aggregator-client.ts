@@ -3,6 +3,7 @@ import WebSocket from 'ws';
 import { gatherFrames } from '../shared/frame-slot.ts';
 import { connectLocal } from '../shared/local-link.ts';
 import { readIntoOneBuffer } from '../shared/socket-reads.ts';
+import { advance, complete, runEnd, startAt, type SplitCursor } from '../shared/split-order.ts';
 import type { Logger } from '../shared/logger.ts';
 import { WIRE_FORMATS, encode16, wireBytes, type WireFormat } from '../shared/half.ts';
 import { arenaOf, type FloatArena } from '../shared/simd.ts';
@@ -113,11 +114,10 @@ export class AggregatorClient extends EventEmitter {
   private ws?: WebSocket;
   private lastSeen = 0;
   /**
-   * The weights being assembled: floats [split, length) in order, then [0, split) (an early
-   * stream follows the gradients' order; a plain broadcast has split 0). `next` is where the
-   * next chunk must start, `wrapped` once [split, length) is in.
+   * The weights being assembled, in the order of shared/split-order.ts (an early stream follows
+   * the gradients' order; a plain broadcast has split 0).
    */
-  private incoming?: { step: number; buf: Float32Array; next: number; split: number; wrapped: boolean };
+  private incoming?: SplitCursor & { step: number; buf: Float32Array };
   /** Weights chunks whose floats ws gathered straight into place (see weightsRoom). */
   gatheredInPlace = 0;
   /** 16-bit weights chunks whose codes ws gathered into room16. */
@@ -237,7 +237,7 @@ export class AggregatorClient extends EventEmitter {
     if (previous === undefined || inc === undefined || n % size !== 0) return undefined;
     const head = chunkHeadOf(previous);
     if (head === undefined || head.bytes !== n || head.msg.t !== 'weights-chunk' || head.msg.step !== inc.step || head.msg.offset !== inc.next
-      || inc.next + n / size > runEnd(inc)) return undefined;
+      || inc.next + n / size > runEnd(inc, inc.buf.length)) return undefined;
     if (size === 2) {
       if (n > CHUNK_FLOATS * 2) return undefined;
       this.gatheredCodes += 1;
@@ -256,7 +256,7 @@ export class AggregatorClient extends EventEmitter {
         const split = msg.split === undefined ? 0 : field<number>(msg, 'split', 'int');
         if (split < 0 || (split > 0 && split >= n)) throw new ProtocolError('VGG_ERR_LAYOUT', `weights-begin.split: expected 0..${n - 1}, got ${split}`);
         const buf = this.incoming?.buf.length === n ? this.incoming.buf : this.scratch(n);
-        this.incoming = { step: field<number>(msg, 'step', 'int'), buf, next: split, split, wrapped: split === 0 };
+        this.incoming = { step: field<number>(msg, 'step', 'int'), buf, ...startAt(split) };
         this.learningRate = field<number>(msg, 'learningRate', 'number');
         return;
       }
@@ -266,17 +266,17 @@ export class AggregatorClient extends EventEmitter {
         if (inc === undefined || msg.step !== inc.step || msg.offset !== inc.next) return;
         // 16-bit codes are decoded straight into place; fp32 values are there already (weightsRoom) or copied there.
         const data = valuesOf(raw, this.wire, inc.buf.subarray(inc.next, inc.next + CHUNK_FLOATS));
-        if (inc.next + data.length > runEnd(inc)) {
-          throw new ProtocolError('VGG_ERR_LAYOUT', `weights-chunk at ${inc.next}: expected at most ${runEnd(inc) - inc.next} floats, got ${data.length}`);
+        const end = runEnd(inc, inc.buf.length);
+        if (inc.next + data.length > end) {
+          throw new ProtocolError('VGG_ERR_LAYOUT', `weights-chunk at ${inc.next}: expected at most ${end - inc.next} floats, got ${data.length}`);
         }
         if (data.buffer !== inc.buf.buffer || data.byteOffset !== inc.buf.byteOffset + 4 * inc.next) inc.buf.set(data, inc.next);
-        inc.next += data.length;
-        if (!inc.wrapped && inc.next === inc.buf.length) Object.assign(inc, { next: 0, wrapped: true });
+        advance(inc, data.length, inc.buf.length);
         return;
       }
       case 'weights-end': {
         const inc = this.incoming;
-        if (inc === undefined || !inc.wrapped || inc.next !== runEnd(inc)) return;
+        if (inc === undefined || !complete(inc, inc.buf.length)) return;
         if (msg.learningRate !== undefined) this.learningRate = field<number>(msg, 'learningRate', 'number');
         this.incoming = undefined;
         const previous = this.weights;
@@ -395,9 +395,4 @@ export class AggregatorClient extends EventEmitter {
   terminate(): void {
     this.ws?.terminate();
   }
-}
-
-/** Where the weights' current run of chunks ends: the layout's end, or after the wrap the split. */
-function runEnd(inc: { buf: Float32Array; split: number; wrapped: boolean }): number {
-  return inc.wrapped && inc.split > 0 ? inc.split : inc.buf.length;
 }

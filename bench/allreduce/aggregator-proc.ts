@@ -4,7 +4,7 @@
  * after `--steps` commits, {"peakRssBytes"} (VmHWM), and exits once the workers hung up.
  * `--shards K`: this is shard 0 of K (the leader); `--follow URL --shard i/K`: a follower shard;
  * `--hosted`: the workers host shards 1..K-1 and this leader owns no floats. `--early-commit`: the
- * leader seals each step and sends the followers its roster (early commit; else VGG_EARLY_COMMIT).
+ * leader seals each step and sends the followers its roster (early commit; also with VGG_EARLY_COMMIT).
  */
 import { Aggregator } from '../../coordinator/aggregator.ts';
 import { startFollower } from '../../coordinator/shard-follower.ts';
@@ -16,7 +16,7 @@ import { buildLayout, modelHash } from '../../shared/param-layout.ts';
 import { parseShard } from '../../shared/shard.ts';
 import { aggregatorArenaFloats, tryArena } from '../../shared/simd.ts';
 import { DEFAULT_MODEL_CONFIG } from '../../shared/vgg-configs.ts';
-import { peakRssBytes } from './cluster.ts';
+import { earlyCommitEnabled, peakRssBytes } from './cluster.ts';
 
 const arg = (name: string, fallback: string) => (process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1] ?? fallback : fallback);
 const steps = Number(arg('--steps', '1'));
@@ -45,7 +45,7 @@ const leader = shards === 1 ? undefined : new ShardLeader({
 const agg: Aggregator = new Aggregator({
   host: '127.0.0.1', port: 0, token: 'bench', modelHash: hash, step: 0, runInfo: { run: 'bench', wire }, wire, shardLeader: leader,
   weights, sgd: new FlatMomentumSgd(layout, sgdOptions, velocity),
-  jobStatus: () => 'pending', onMemberLost: () => {}, log, earlyCommit: process.argv.includes('--early-commit') ? true : undefined,
+  jobStatus: () => 'pending', onMemberLost: () => {}, log, earlyCommit: process.argv.includes('--early-commit') || earlyCommitEnabled(),
   onCommit: async (step) => {
     if (step < steps) return;
     process.stdout.write(`${JSON.stringify({ peakRssBytes: peakRssBytes(), floats: layout.totalSize })}\n`);

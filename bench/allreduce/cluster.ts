@@ -6,6 +6,7 @@
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
+import { boolOption } from '../../shared/option-parsers.ts';
 
 export const VGG16_FLOATS = 138_357_544;
 /**
@@ -48,6 +49,12 @@ export function run(cmd: string, args: string[], onLine?: (line: string) => void
 /** BENCH_NODE_ARGS: more node flags for every child (e.g. `--require ./probe.cjs` or `--perf-basic-prof` to profile). */
 const node = (script: string, args: string[], onLine?: (l: string) => void) =>
   run(process.execPath, ['--max-old-space-size=8192', ...(process.env.BENCH_NODE_ARGS?.split(' ').filter(Boolean) ?? []), '--import', 'tsx', path.join(here, script), ...args], onLine);
+
+/** VGG_EARLY_COMMIT, read as the run option --early-commit reads it: the benchmarks' leaders use early commit. */
+export function earlyCommitEnabled(): boolean {
+  const v = process.env.VGG_EARLY_COMMIT;
+  return v !== undefined && v !== '' && boolOption('VGG_EARLY_COMMIT')(v);
+}
 
 export interface OursResult { stepMs: number; steps: number[]; peakRssBytes: number; followerPeakRssBytes: number; workerPeakRssBytes: number }
 
