@@ -163,9 +163,11 @@ export class FloatArena {
       const body = part.length - (part.length % 8);
       const direct = this.owns(out);
       const d = direct ? out : this.scratch16(part.length);
-      this.k.bf16enc(s.byteOffset, d.byteOffset, body / 8);
-      if (!direct) out.set(d.subarray(0, body));
-      tail(part.subarray(body), out.subarray(body));
+      if (this.k.bf16enc(s.byteOffset, d.byteOffset, body / 8) !== 0) tail(part, out); // a NaN: exact, element by element
+      else {
+        if (!direct) out.set(d.subarray(0, body));
+        tail(part.subarray(body), out.subarray(body));
+      }
     }
   }
 
@@ -352,7 +354,7 @@ interface Kernels {
   accbf16(dst: number, src: number, n8: number, k: number): number;
   put(dst: number, src: number, n4: number, k: number): number;
   putbf16(dst: number, src: number, n8: number, k: number): number;
-  bf16enc(src: number, dst: number, n8: number): void;
+  bf16enc(src: number, dst: number, n8: number): number;
   bf16dec(src: number, dst: number, n8: number): void;
   sgd(w: number, v: number, s: number, n4: number, lr: number, mu: number, wd: number, scale: number): void;
   avg(w: number, s: number, n4: number, scale: number): void;
@@ -395,7 +397,7 @@ const mul = simd(0xe6);
 const i32splat = simd(0x11);
 const and = simd(0x4e);
 const or = simd(0x50);
-const bitselect = simd(0x52);
+const anyTrue = simd(0x53); // v128.any_true
 const gtS = simd(0x3b); // i32x4.gt_s
 const narrowU = simd(0x86); // i16x8.narrow_i32x4_u
 const extLowU = simd(0xa9); // i32x4.extend_low_i16x8_u
@@ -495,16 +497,20 @@ function assemble(shared: boolean): Uint8Array<ArrayBuffer> {
     ], [[0, 32], 1]),
     ...get(6), ...lane(0), ...get(6), ...lane(1), ...F32ADD, ...get(6), ...lane(2), ...F32ADD, ...get(6), ...lane(3), ...F32ADD,
   ]);
-  // bf16enc(src 0, dst 1, n8 2); locals: i 3, x 4; per 4 lanes of x: NaN ? (x >> 16) | 0x40 : (x + 0x7fff + ((x >> 16) & 1)) >> 16
+  // bf16enc(src 0, dst 1, n8 2) -> i32; locals: i 3, x 4, h 5, then constants splat once (V8 does not hoist a splat out of
+  // the loop) 1 6, 0x7fff 7, 0x7fffffff 8, 0x7f800000 9, and the NaN probe 10. Per 4 lanes of x, with h = x >> 16:
+  // (x + 0x7fff + (h & 1)) >> 16, rounded to nearest even; the probe ORs in each lane's |x| > Inf. A NaN would round
+  // wrongly (to Inf, or past the sign bit): a call whose probe is set is redone by the caller element by element.
   const round = (at: number) => [
     ...get(0), ...load.slice(0, -1), at, ...set(4),
-    ...get(4), ...i32c(16), ...shrU, ...i32v(0x40), ...or,
-    ...get(4), ...get(4), ...i32c(16), ...shrU, ...i32v(1), ...and, ...i32v(0x7fff), ...iadd, ...iadd, ...i32c(16), ...shrU,
-    ...get(4), ...i32v(0x7fffffff), ...and, ...i32v(0x7f800000), ...gtS,
-    ...bitselect,
+    ...get(4), ...i32c(16), ...shrU, ...set(5),
+    ...get(4), ...get(7), ...iadd, ...get(5), ...get(6), ...and, ...iadd, ...i32c(16), ...shrU,
+    ...get(10), ...get(4), ...get(8), ...and, ...get(9), ...gtS, ...or, ...set(10),
   ];
-  const bf16enc = fn([[1, I32], [1, V128]], [
+  const bf16enc = fn([[1, I32], [7, V128]], [
+    ...i32v(1), ...set(6), ...i32v(0x7fff), ...set(7), ...i32v(0x7fffffff), ...set(8), ...i32v(0x7f800000), ...set(9),
     ...forEach(3, 2, [...get(1), ...round(0), ...round(16), ...narrowU, ...store], [[0, 32], 1]),
+    ...get(10), ...anyTrue,
   ]);
   // bf16dec(src 0, dst 1, n8 2); locals: i 3, c 4
   const bf16dec = fn([[1, I32], [1, V128]], [
@@ -521,13 +527,14 @@ function assemble(shared: boolean): Uint8Array<ArrayBuffer> {
     [0x60, ...vec([[I32], [I32], [I32]]), ...vec([])],
     [0x60, ...vec([[I32], [I32], [I32], [I32], [I32], [I32], [F32], [F32], [F32], [F32]]), ...vec([])],
     [0x60, ...vec([[I32], [I32], [I32], [I32], [F32]]), ...vec([])],
+    [0x60, ...vec([[I32], [I32], [I32]]), ...vec([[I32]])],
   ];
   const bytes = [
     0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
     ...section(1, vec(types)),
     // memory import: limits flag 0x00 (min 0, no max) or 0x03 (shared, min 0, max 65536 pages).
     ...section(2, vec([[...str('env'), ...str('memory'), 0x02, ...(shared ? [0x03, 0x00, ...uleb(65536)] : [0x00, 0x00])]])),
-    ...section(3, vec([[0], [1], [2], [0], [3], [3], [0], [0], [4], [5]])),
+    ...section(3, vec([[0], [1], [2], [0], [6], [3], [0], [0], [4], [5]])),
     ...section(7, vec([[...str('acc'), 0x00, 0], [...str('sgd'), 0x00, 1], [...str('avg'), 0x00, 2], [...str('accbf16'), 0x00, 3], [...str('bf16enc'), 0x00, 4], [...str('bf16dec'), 0x00, 5], [...str('put'), 0x00, 6], [...str('putbf16'), 0x00, 7], [...str('sgdto'), 0x00, 8], [...str('fin'), 0x00, 9]])),
     ...section(10, vec([accOrPut(false), sgd, avg, accOrPutBf16(false), bf16enc, bf16dec, accOrPut(true), accOrPutBf16(true), sgdTo, fin])),
   ];

@@ -199,6 +199,35 @@ describe('bfloat16 conversions (SIMD)', () => {
     }
   });
 
+  test('encode without NaN (the kernel alone, no element-by-element redo) equals the scalar reference; one NaN is kept NaN', () => {
+    let seed = 777;
+    const next = () => { seed = (Math.imul(seed, 1103515245) + 12345) >>> 0; return seed; };
+    const n = (3 << 20) + 5;
+    const specials = [0, 0x80000000, 0x7f800000, 0xff800000, 0x3f808000, 0x3f818000, 0x3f80ffff, 0x7f7fffff, 0xff7fffff, 0x7f7f8000, 0x8000, 0x18000];
+    // Random patterns with the exponent kept below 0xff: finite (or, among the specials, Inf), never NaN.
+    const bits = Uint32Array.from({ length: n }, (_, i) => {
+      const s = specials[i % 89];
+      if (s !== undefined) return s;
+      const x = (next() ^ (next() << 16)) >>> 0;
+      return ((x & 0x7f800000) === 0x7f800000 ? x & 0xbfffffff : x) >>> 0;
+    });
+    const f = new Float32Array(bits.buffer);
+    const fast = new Uint16Array(n);
+    const slow = new Uint16Array(n);
+    encodeBf16(f, fast);
+    encodeBf16Scalar(f, slow);
+    assert.deepEqual(fast, slow);
+    for (const nan of [0x7fffffff, 0xffff8001, 0x7f800001]) {
+      bits[(2 << 20) + 9] = nan; // in the third slice of 2^20: the others stay on the kernel
+      encodeBf16(f, fast);
+      encodeBf16Scalar(f, slow);
+      assert.deepEqual(fast, slow);
+      const back = new Float32Array(1);
+      decodeBf16Scalar(fast.subarray((2 << 20) + 9, (2 << 20) + 10), back);
+      assert.ok(Number.isNaN(back[0] as number), `0x${nan.toString(16)} encoded as a NaN`);
+    }
+  });
+
   test('the fused bf16 reduce equals decode-then-reduce, and finds NaN and Inf codes', () => {
     const arena = new FloatArena(1 << 22);
     const n = 1029;
