@@ -29,8 +29,18 @@
  * Early commit: the weights of a range go out while later ranges come in (full duplex), at the price of
  *   one more pass over the updated floats (finish: 0.8 c_update, 16 of SGD's 20 bytes per float):
  *   comm_e = max(up, down) + reduce + 1.8 update;  step = compute + comm_e - min(0.89 comm_e, 0.57 compute).
+ * Host copies (tenth session; `--host-copies true`, the default): a tfjs-node worker also copies the
+ * weights into the framework and the gradients out of it every step (bench/allreduce/host-copies.ts:
+ * four copies of the 553 MB on its main thread, measured here) and the GPU moves them over PCIe
+ * (H2D, D2H: 10.1 ms each, pinned, an H200). In the model: weights_in = copies + H2D before the
+ * forward; grads_out = copies + D2H after the backward, the classifier's 89% during the body's
+ * backward when overlapping, where it uses the window before the gradients' send can:
+ *   no overlap:   step = compute + weights_in + grads_out + comm
+ *   overlap:      window = 0.57 compute - 0.89 grads_out (at least 0), step = compute + weights_in
+ *                 + 0.11 grads_out + max(0, 0.89 grads_out - 0.57 compute) + comm - min(0.89 (up + reduce), window)
+ *   early commit: the same with comm_e and min(0.89 comm_e, window).
  *
- *   npm run bench:scaling [-- --workers 1,2,4 --compute-ms 290 --steps 3 --shards 1,2 --overlap false,true --hosted false,true]
+ *   npm run bench:scaling [-- --workers 1,2,4 --compute-ms 290 --steps 3 --shards 1,2 --overlap false,true --hosted false,true --host-copies false,true]
  */
 import { Command, InvalidArgumentError } from 'commander';
 import { FlatMomentumSgd } from '../shared/flat-sgd.ts';
@@ -39,7 +49,10 @@ import { buildLayout } from '../shared/param-layout.ts';
 import { FloatArena, aggregatorArenaFloats, updateThreads } from '../shared/simd.ts';
 import { DEFAULT_MODEL_CONFIG } from '../shared/vgg-configs.ts';
 import { CHUNK_FLOATS } from '../shared/wire-protocol.ts';
+import { reuseFreedMemory } from '../worker/heap-reuse.ts';
+import { readRanges } from '../worker/shard-group.ts';
 import { VGG16_FLOATS, WINDOW_FRACTION, runOurs } from './allreduce/cluster.ts';
+import { D2H_MS, H2D_MS, copyGradientsOut, copyWeightsIn } from './allreduce/host-copies.ts';
 
 function boolList(v: string): boolean[] {
   const list = v.split(',').map((x) => x.trim());
@@ -56,8 +69,9 @@ const o = new Command('bench:scaling')
   .option('--overlap <list>', 'measure without (false) and/or with (true) the classifier sent during the backward', boolList, [false, true])
   .option('--hosted <list>', 'also measure with the workers hosting N shards (true; worker start --host-shard) instead of --shards', boolList, [false, true])
   .option('--early-commit <list>', 'measure without (false) and/or with (true) early commit', boolList, [false])
+  .option('--host-copies <list>', 'measure without (false) and/or with (true) the host copies of a tfjs-node worker (the model includes them when true is listed)', boolList, [true])
   .parse(process.argv)
-  .opts<{ workers: number[]; computeMs: number; steps: number; wire: string; shards: number[]; overlap: boolean[]; hosted: boolean[]; earlyCommit: boolean[] }>();
+  .opts<{ workers: number[]; computeMs: number; steps: number; wire: string; shards: number[]; overlap: boolean[]; hosted: boolean[]; earlyCommit: boolean[]; hostCopies: boolean[] }>();
 
 // Calibration: our per-byte CPU costs, measured here on the aggregator's real loops (138M floats in a
 // FloatArena: SIMD; each 4 MiB chunk staged in from outside the arena, as from a socket).
@@ -77,18 +91,32 @@ sgd.apply(w, sum, 0.5);
 const updateMs = time(() => sgd.apply(w, sum, 0.5));
 const cReduce = (reduceMs * 1e6) / (n * 4); // ns per gradient byte
 const cUpdate = (updateMs * 1e6) / (n * 4);
-process.stdout.write(`calibration (${threads} update thread${threads > 1 ? 's' : ''}): reduce ${reduceMs.toFixed(0)} ms, SGD update ${updateMs.toFixed(0)} ms per 138M floats (${cReduce.toFixed(2)}, ${cUpdate.toFixed(2)} ns/byte)\n`);
+// A worker's host copies per step (host-copies.ts), on this machine: the weights read from a received
+// version, the gradients into a shared buffer (the worker's gradient lives in shared memory); second of two
+// runs, with the heap setting a worker makes (VGG_HEAP_REUSE=false: without, as for every process here).
+const heap = reuseFreedMemory();
+const received = [{ lo: 0, hi: n, weights: new Float32Array(n).fill(0.01) }];
+const device = new Float32Array(n).fill(1e-3);
+const sharedFlat = new Float32Array(new SharedArrayBuffer(n * 4));
+const weightsCopyMs = [0, 0].map(() => copyWeightsIn(layout.entries, (lo, hi) => readRanges(received, lo, hi)))[1] as number;
+const gradientsCopyMs = [0, 0].map(() => copyGradientsOut(layout.entries, device, sharedFlat))[1] as number;
+const withHost = o.hostCopies.includes(true);
+const weightsInMs = withHost ? weightsCopyMs + H2D_MS : 0;
+const gradsOutMs = withHost ? gradientsCopyMs + D2H_MS : 0;
+process.stdout.write(`calibration (${threads} update thread${threads > 1 ? 's' : ''}): reduce ${reduceMs.toFixed(0)} ms, SGD update ${updateMs.toFixed(0)} ms per 138M floats (${cReduce.toFixed(2)}, ${cUpdate.toFixed(2)} ns/byte); `
+  + `a worker's host copies per step${heap.applied ? '' : ` (${heap.reason})`}: weights in ${weightsCopyMs.toFixed(0)} ms, gradients out ${gradientsCopyMs.toFixed(0)} ms (+ ${H2D_MS} / ${D2H_MS} ms PCIe)\n`);
 
 // Measured here: one machine, loopback, N worker processes.
-const measured: { workers: number; shards: number; hosted: boolean; overlap: boolean; earlyCommit: boolean; stepMs: number; efficiency: number }[] = [];
+const measured: { workers: number; shards: number; hosted: boolean; overlap: boolean; earlyCommit: boolean; hostCopies: boolean; stepMs: number; efficiency: number; hostCopyMs?: { weights: number; gradients: number } }[] = [];
 const layouts = o.hosted.flatMap((hosted): { hosted: boolean; shards: number }[] => (hosted ? [{ hosted, shards: 0 }] : o.shards.map((shards) => ({ hosted, shards }))));
-for (const earlyCommit of o.earlyCommit) for (const overlap of o.overlap) for (const layout of layouts) for (const workers of o.workers) {
+for (const hostCopies of o.hostCopies) for (const earlyCommit of o.earlyCommit) for (const overlap of o.overlap) for (const layout of layouts) for (const workers of o.workers) {
   // Hosted: worker i hosts shard i + 1 of N + 1, the leader owns no floats (N shards with bytes).
   const shards = layout.hosted ? workers : layout.shards;
-  const r = await runOurs({ workers, steps: o.steps, wire: o.wire, computeMs: o.computeMs, shards, overlap, hosted: layout.hosted, earlyCommit });
+  const r = await runOurs({ workers, steps: o.steps, wire: o.wire, computeMs: o.computeMs, shards, overlap, hosted: layout.hosted, earlyCommit, hostCopies });
   const efficiency = o.computeMs / r.stepMs;
-  measured.push({ workers, shards, hosted: layout.hosted, overlap, earlyCommit, stepMs: Math.round(r.stepMs), efficiency: Number(efficiency.toFixed(3)) });
-  process.stdout.write(`measured, ${workers} worker(s), ${shards} shard(s)${layout.hosted ? ' hosted by the workers' : ''}, ${o.wire}, ${overlap ? 'overlap' : 'no overlap'}${earlyCommit ? ', early commit' : ''}, compute ${o.computeMs} ms: step ${r.stepMs.toFixed(0)} ms, efficiency ${(100 * efficiency).toFixed(1)}%\n`);
+  measured.push({ workers, shards, hosted: layout.hosted, overlap, earlyCommit, hostCopies, stepMs: Math.round(r.stepMs), efficiency: Number(efficiency.toFixed(3)), ...(r.hostCopyMs === undefined ? {} : { hostCopyMs: r.hostCopyMs }) });
+  const copies = r.hostCopyMs === undefined ? '' : ` (host copies: weights ${r.hostCopyMs.weights.toFixed(0)} ms, gradients ${r.hostCopyMs.gradients.toFixed(0)} ms)`;
+  process.stdout.write(`measured, ${workers} worker(s), ${shards} shard(s)${layout.hosted ? ' hosted by the workers' : ''}, ${o.wire}, ${overlap ? 'overlap' : 'no overlap'}${earlyCommit ? ', early commit' : ''}${hostCopies ? ', host copies' : ''}, compute ${o.computeMs} ms: step ${r.stepMs.toFixed(0)} ms, efficiency ${(100 * efficiency).toFixed(1)}%${copies}\n`);
 }
 process.stdout.write('(every process shares this machine\'s 2 cores and one memory bus: the measured figures are a floor, not a cluster)\n');
 
@@ -116,10 +144,13 @@ for (const [link, bytesPerSec] of Object.entries(links)) {
         const reduceMs = ((N * P32) / K) * cReduce / 1e6;
         const updateMs = (P32 / K) * cUpdate / 1e6;
         const comm = 2 * phaseMs + reduceMs + updateMs;
-        const plain = o.computeMs / (o.computeMs + comm);
-        const overlap = o.computeMs / (o.computeMs + comm - Math.min(CLASSIFIER_FRACTION * (phaseMs + reduceMs), WINDOW_FRACTION * o.computeMs));
+        const plain = o.computeMs / (o.computeMs + weightsInMs + gradsOutMs + comm);
+        // The classifier's gradients come out of the GPU during the body's backward, before they can be sent.
+        const hideMs = Math.max(0, WINDOW_FRACTION * o.computeMs - CLASSIFIER_FRACTION * gradsOutMs);
+        const host = weightsInMs + (1 - CLASSIFIER_FRACTION) * gradsOutMs + Math.max(0, CLASSIFIER_FRACTION * gradsOutMs - WINDOW_FRACTION * o.computeMs);
+        const overlap = o.computeMs / (o.computeMs + host + comm - Math.min(CLASSIFIER_FRACTION * (phaseMs + reduceMs), hideMs));
         const commEarly = phaseMs + reduceMs + 1.8 * updateMs;
-        const early = o.computeMs / (o.computeMs + commEarly - Math.min(CLASSIFIER_FRACTION * commEarly, WINDOW_FRACTION * o.computeMs));
+        const early = o.computeMs / (o.computeMs + host + commEarly - Math.min(CLASSIFIER_FRACTION * commEarly, hideMs));
         const at = { link, wire, shards, workers: N };
         projections.push({ ...at, efficiency: Number(plain.toFixed(3)) });
         overlapProjections.push({ ...at, efficiency: Number(overlap.toFixed(3)) });
@@ -132,7 +163,8 @@ for (const [link, bytesPerSec] of Object.entries(links)) {
     }
   }
 }
-process.stdout.write(`\nprojected efficiency, compute ${o.computeMs} ms/step, no overlap (N = 4 8 16 32 64):\n${tables.plain.join('\n')}\n`);
+const hostNote = withHost ? `with a worker's host copies and PCIe: weights in ${weightsInMs.toFixed(0)} ms, gradients out ${gradsOutMs.toFixed(0)} ms per step` : 'without the workers\' host copies (--host-copies false)';
+process.stdout.write(`\nprojected efficiency, compute ${o.computeMs} ms/step, ${hostNote}, no overlap (N = 4 8 16 32 64):\n${tables.plain.join('\n')}\n`);
 process.stdout.write(`\nprojected with the classifier's gradients sent during the body's backward (what the worker does; the weights come back after the commit):\n${tables.overlap.join('\n')}\n`);
 process.stdout.write(`\nprojected with that and --early-commit (each range's weights go out while later ranges come in; one more pass over the update):\n${tables.early.join('\n')}\n`);
-process.stdout.write(`${JSON.stringify({ bench: 'scaling', computeMs: o.computeMs, wire: o.wire, calibration: { updateThreads: threads, reduceMs, updateMs, cReduceNsPerByte: cReduce, cUpdateNsPerByte: cUpdate }, measured, projections, overlapProjections, earlyCommitProjections })}\n`);
+process.stdout.write(`${JSON.stringify({ bench: 'scaling', computeMs: o.computeMs, wire: o.wire, calibration: { updateThreads: threads, reduceMs, updateMs, cReduceNsPerByte: cReduce, cUpdateNsPerByte: cUpdate, weightsCopyMs, gradientsCopyMs, heapReuse: heap.applied, h2dMs: H2D_MS, d2hMs: D2H_MS }, modelHostMs: { weightsIn: weightsInMs, gradientsOut: gradsOutMs }, measured, projections, overlapProjections, earlyCommitProjections })}\n`);

@@ -17,6 +17,7 @@ import { selectBackend, type BackendChoice } from './backend.ts';
 import { loadBatch, type BatchItem, type LoadedBatch } from './data/image-pipeline.ts';
 import { indexDataset } from '../coordinator/dataset-index.ts';
 import { buildVgg, writeFlat, type VggModel } from './model/vgg-model.ts';
+import { reuseFreedMemory } from './heap-reuse.ts';
 import { computeGradients, evaluateBatch } from './train/gradient-step.ts';
 
 export interface WorkerOptions {
@@ -62,6 +63,11 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
   const workerId = o.workerId ?? `${hostname()}-${process.pid}-${randomUUID().slice(0, 6)}`;
   // Every line of this worker carries its id and GPU.
   const log = o.log.child({ workerId, gpu: o.gpu });
+  // Every step copies the weights into the framework and the gradients out of it (VGG-16: 553 MB each
+  // way, in blocks of up to 411 MB): glibc keeps the freed blocks mapped for the next step instead of
+  // faulting fresh pages in each time (worker/heap-reuse.ts; bench:scaling --host-copies measures it).
+  const heap = reuseFreedMemory();
+  log.info(heap, heap.applied ? 'freed host memory kept mapped for reuse' : 'malloc left as it is');
   const backend = await selectBackend({ backend: o.backend, gpu: o.gpu ?? undefined, log });
   const metrics = o.metrics === undefined ? undefined : createMetrics({ role: 'worker', worker_id: workerId, gpu: String(o.gpu ?? '') });
   // The sockets live on a transport thread: gradients stream while this thread computes.

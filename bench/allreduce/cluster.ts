@@ -56,15 +56,20 @@ export function earlyCommitEnabled(): boolean {
   return v !== undefined && v !== '' && boolOption('VGG_EARLY_COMMIT')(v);
 }
 
-export interface OursResult { stepMs: number; steps: number[]; peakRssBytes: number; followerPeakRssBytes: number; workerPeakRssBytes: number }
+export interface OursResult {
+  stepMs: number; steps: number[]; peakRssBytes: number; followerPeakRssBytes: number; workerPeakRssBytes: number;
+  /** With hostCopies: the slowest worker's median ms per step of the weights' and the gradients' host copies. */
+  hostCopyMs?: { weights: number; gradients: number };
+}
 
 /**
  * `steps` timed steps (after WARMUP_STEPS untimed ones) of `workers` workers through `shards` aggregator processes (default 1);
  * `overlap`: the workers send the classifier's gradients before the simulated compute ends (worker-proc.ts);
  * `hosted`: each worker hosts one of the N shards (its transport thread), the leader owns no floats;
- * `earlyCommit`: the leader seals each step and the shards send each range's weights once all have sent it.
+ * `earlyCommit`: the leader seals each step and the shards send each range's weights once all have sent it;
+ * `hostCopies`: the workers also make a tfjs-node worker's host-side copies of the weights and gradients (host-copies.ts).
  */
-export async function runOurs(o: { workers: number; steps: number; wire: string; computeMs?: number; shards?: number; overlap?: boolean; hosted?: boolean; earlyCommit?: boolean }): Promise<OursResult> {
+export async function runOurs(o: { workers: number; steps: number; wire: string; computeMs?: number; shards?: number; overlap?: boolean; hosted?: boolean; earlyCommit?: boolean; hostCopies?: boolean }): Promise<OursResult> {
   // Hosted: worker i hosts shard i + 1 of N + 1 and the leader owns no floats.
   const shards = o.hosted === true ? o.workers + 1 : o.shards ?? 1;
   let resolvePort!: (p: number) => void;
@@ -85,7 +90,7 @@ export async function runOurs(o: { workers: number; steps: number; wire: string;
   // the step committed without it (a stale join).
   let ready = 0;
   const procs = Array.from({ length: o.workers }, (_, i) => node('worker-proc.ts',
-    ['--url', url, '--steps', String(o.steps + WARMUP_STEPS), '--id', String(i), '--compute-ms', String(o.computeMs ?? 0), ...(o.overlap === true ? ['--overlap'] : []),
+    ['--url', url, '--steps', String(o.steps + WARMUP_STEPS), '--id', String(i), '--compute-ms', String(o.computeMs ?? 0), ...(o.overlap === true ? ['--overlap'] : []), ...(o.hostCopies === true ? ['--host-copies'] : []),
       ...(o.hosted === true ? ['--host-shard', `${i + 1}/${shards}`] : [])], (line) => {
       if ((JSON.parse(line) as { ready?: boolean }).ready !== true) return;
       ready += 1;
@@ -94,9 +99,11 @@ export async function runOurs(o: { workers: number; steps: number; wire: string;
   const outs = await Promise.all(procs.map((p) => p.done));
   await agg.done;
   await Promise.all(followers);
-  const results = outs.map((s) => JSON.parse(s.trim().split('\n').at(-1) ?? '{}') as { arrivals: number[]; peakRssBytes: number });
+  const results = outs.map((s) => JSON.parse(s.trim().split('\n').at(-1) ?? '{}') as { arrivals: number[]; peakRssBytes: number; hostCopyMs?: { weights: number; gradients: number } });
   const arrivals = results.map((r) => r.arrivals);
   // A step ends when the last worker has the new weights; arrivals are per-process clocks, so take each worker's own intervals, the slowest.
   const steps = Array.from({ length: o.steps }, (_, k) => Math.max(...arrivals.map((a) => (a[k + WARMUP_STEPS] ?? NaN) - (a[k + WARMUP_STEPS - 1] ?? NaN))));
-  return { stepMs: median(steps), steps, peakRssBytes: peak, followerPeakRssBytes: followerPeak, workerPeakRssBytes: Math.max(...results.map((r) => r.peakRssBytes)) };
+  const copies = results.flatMap((r) => (r.hostCopyMs === undefined ? [] : [r.hostCopyMs]));
+  const hostCopyMs = copies.length === 0 ? undefined : { weights: Math.max(...copies.map((c) => c.weights)), gradients: Math.max(...copies.map((c) => c.gradients)) };
+  return { stepMs: median(steps), steps, peakRssBytes: peak, followerPeakRssBytes: followerPeak, workerPeakRssBytes: Math.max(...results.map((r) => r.peakRssBytes)), ...(hostCopyMs === undefined ? {} : { hostCopyMs }) };
 }

@@ -8,21 +8,29 @@
  * when a real backward pass would have them, (1 - WINDOW_FRACTION) C into the step, and the
  * conv body's at C, as the worker does (docs/measurements/h200-vgg16-overlap.json).
  * `--host-shard i/K`: this worker also hosts aggregator shard i of K (on its transport thread).
+ * `--host-copies`: also the host-side copies a tfjs-node worker makes each step (host-copies.ts): the
+ * weights read per tensor once they arrive, the gradients copied per tensor when the compute has them
+ * (the classifier's during the body's backward with `--overlap`); their times go into the output.
  */
 import { createLogger } from '../../shared/logger.ts';
 import { buildLayout, modelHash } from '../../shared/param-layout.ts';
 import { parseShard } from '../../shared/shard.ts';
 import { DEFAULT_MODEL_CONFIG } from '../../shared/vgg-configs.ts';
+import { reuseFreedMemory } from '../../worker/heap-reuse.ts';
 import { Transport } from '../../worker/transport.ts';
-import { WINDOW_FRACTION, peakRssBytes } from './cluster.ts';
+import { WINDOW_FRACTION, median, peakRssBytes } from './cluster.ts';
+import { copyGradientsOut, copyWeightsIn } from './host-copies.ts';
 
 const arg = (name: string) => process.argv[process.argv.indexOf(name) + 1] ?? '';
 const steps = Number(arg('--steps'));
 const id = arg('--id');
 const computeMs = process.argv.includes('--compute-ms') ? Number(arg('--compute-ms')) : 0;
 const overlap = process.argv.includes('--overlap');
+const hostCopies = process.argv.includes('--host-copies');
 const log = createLogger();
 log.level = 'warn';
+// As the worker does (worker/job-loop.ts); VGG_HEAP_REUSE=false for the comparison.
+reuseFreedMemory();
 const layout = buildLayout(DEFAULT_MODEL_CONFIG);
 const hostShard = process.argv.includes('--host-shard') ? { shard: parseShard('--host-shard', arg('--host-shard')), host: '127.0.0.1', port: 0 } : undefined;
 const client = new Transport({ client: { url: arg('--url'), token: 'bench', workerId: id, host: 'bench', gpu: null, backend: 'none' }, log, hostShard });
@@ -34,8 +42,15 @@ await new Promise<void>((resolve) => {
   process.stdin.on('data', (d: Buffer) => { if (d.toString().includes('go')) { process.stdin.destroy(); resolve(); } });
 });
 const floats = Number(arg('--floats')) || layout.totalSize;
-client.allocateGradient(floats).fill(1e-3);
+const flat = client.allocateGradient(floats).fill(1e-3);
 const at = floats === layout.totalSize ? layout.byName.get('fc6/kernel')?.offset ?? 0 : 0;
+// The host copies go per tensor of the VGG-16 layout (or one range when --floats says another size).
+const entries = floats === layout.totalSize ? layout.entries : [{ ...(layout.entries[0] as (typeof layout.entries)[number]), name: 'all', offset: 0, size: floats, shape: [floats] }];
+const head = entries.filter((e) => e.offset >= at && at > 0);
+const body = entries.filter((e) => !(e.offset >= at && at > 0));
+const device = hostCopies ? new Float32Array(floats).fill(1e-3) : new Float32Array(0);
+const weightsMs: number[] = [];
+const gradientsMs: number[] = [];
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const arrivals: number[] = [];
 for (let step = 0; step < steps; step += 1) {
@@ -46,14 +61,20 @@ for (let step = 0; step < steps; step += 1) {
   const stats = { samples: 1, loss: 0, top1: 0, top5: 0, skipped: 0 };
   if (overlap && computeMs > 0) {
     await sleep(computeMs * (1 - WINDOW_FRACTION));
-    await client.sendGradient(step, `w${id}-s${step}`, [step], stats, { at, body: sleep(computeMs * WINDOW_FRACTION) });
+    // The GPU goes on with the body's backward while this thread copies the classifier's gradients out.
+    const bodyDone = sleep(computeMs * WINDOW_FRACTION);
+    const headMs = hostCopies ? copyGradientsOut(head, device, flat) : 0;
+    await client.sendGradient(step, `w${id}-s${step}`, [step], stats, { at, body: bodyDone.then(() => { if (hostCopies) gradientsMs.push(headMs + copyGradientsOut(body, device, flat)); }) });
   } else {
     if (computeMs > 0) await sleep(computeMs);
+    if (hostCopies) gradientsMs.push(copyGradientsOut(entries, device, flat));
     await client.sendGradient(step, `w${id}-s${step}`, [step], stats);
   }
   await next;
   arrivals.push(performance.now());
+  // The next step's model: the new weights into the framework (part of the next step's interval).
+  if (hostCopies) weightsMs.push(copyWeightsIn(entries, (lo, hi) => client.read(lo, hi)));
 }
 // Peak RSS (VmHWM) of the whole process: with --host-shard it holds the shard's weights, momentum and sum.
-process.stdout.write(`${JSON.stringify({ id, arrivals, peakRssBytes: peakRssBytes() })}\n`);
+process.stdout.write(`${JSON.stringify({ id, arrivals, peakRssBytes: peakRssBytes(), ...(hostCopies ? { hostCopyMs: { weights: median(weightsMs), gradients: median(gradientsMs) } } : {}) })}\n`);
 await client.close();
