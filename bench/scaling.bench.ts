@@ -31,7 +31,7 @@
  *   comm_e = max(up, down) + reduce + 1.8 update;  step = compute + comm_e - min(0.89 comm_e, 0.57 compute).
  * Host copies (tenth session; `--host-copies true`, the default): a tfjs-node worker also copies the
  * weights into the framework and the gradients out of it every step (bench/allreduce/host-copies.ts:
- * four copies of the 553 MB on its main thread, measured here) and the GPU moves them over PCIe
+ * three copies of the 553 MB on its main thread, measured here) and the GPU moves them over PCIe
  * (H2D, D2H: 10.1 ms each, pinned, an H200). In the model: weights_in = copies + H2D before the
  * forward; grads_out = copies + D2H after the backward, the classifier's 89% during the body's
  * backward when overlapping, where it uses the window before the gradients' send can:
@@ -50,7 +50,6 @@ import { FloatArena, aggregatorArenaFloats, updateThreads } from '../shared/simd
 import { DEFAULT_MODEL_CONFIG } from '../shared/vgg-configs.ts';
 import { CHUNK_FLOATS } from '../shared/wire-protocol.ts';
 import { reuseFreedMemory } from '../worker/heap-reuse.ts';
-import { readRanges } from '../worker/shard-group.ts';
 import { VGG16_FLOATS, WINDOW_FRACTION, runOurs } from './allreduce/cluster.ts';
 import { D2H_MS, H2D_MS, copyGradientsOut, copyWeightsIn } from './allreduce/host-copies.ts';
 
@@ -91,14 +90,14 @@ sgd.apply(w, sum, 0.5);
 const updateMs = time(() => sgd.apply(w, sum, 0.5));
 const cReduce = (reduceMs * 1e6) / (n * 4); // ns per gradient byte
 const cUpdate = (updateMs * 1e6) / (n * 4);
-// A worker's host copies per step (host-copies.ts), on this machine: the weights read from a received
+// A worker's host copies per step (host-copies.ts), on this machine: the weights viewed in a received
 // version, the gradients into a shared buffer (the worker's gradient lives in shared memory); second of two
 // runs, with the heap setting a worker makes (VGG_HEAP_REUSE=false: without, as for every process here).
 const heap = reuseFreedMemory();
-const received = [{ lo: 0, hi: n, weights: new Float32Array(n).fill(0.01) }];
+const received = new Float32Array(n).fill(0.01);
 const device = new Float32Array(n).fill(1e-3);
 const sharedFlat = new Float32Array(new SharedArrayBuffer(n * 4));
-const weightsCopyMs = [0, 0].map(() => copyWeightsIn(layout.entries, (lo, hi) => readRanges(received, lo, hi)))[1] as number;
+const weightsCopyMs = [0, 0].map(() => copyWeightsIn(layout.entries, (lo, hi) => received.subarray(lo, hi)))[1] as number;
 const gradientsCopyMs = [0, 0].map(() => copyGradientsOut(layout.entries, device, sharedFlat))[1] as number;
 const withHost = o.hostCopies.includes(true);
 const weightsInMs = withHost ? weightsCopyMs + H2D_MS : 0;

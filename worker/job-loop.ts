@@ -86,7 +86,10 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
   const syncModel = async (step: number) => {
     await client.waitForWeights(step);
     if (modelStep !== client.weightsStep) {
-      writeFlat(vgg, (start, end) => client.read(start, end));
+      // Views of the received weights, no copy (the backend copies them, or keeps them as the tensors'
+      // storage until modelWritten() lets the next version be received into a newer buffer).
+      writeFlat(vgg, (start, end) => client.view(start, end));
+      client.modelWritten();
       modelStep = client.weightsStep;
     }
   };

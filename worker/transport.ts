@@ -54,6 +54,11 @@ export class Transport extends EventEmitter {
   weightsStep = -1;
   private isConnected = false;
   private parts: WeightsRange[] = [];
+  /**
+   * The version the model holds views of (view(), modelWritten()): not given back to the thread
+   * when a newer one arrives, only once the model holds a newer one.
+   */
+  private inModel: WeightsRange[] = [];
   private readonly thread: Worker;
   private nextCall = 1;
   private readonly calls = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; giveUp?: () => Promise<boolean> }>();
@@ -124,12 +129,12 @@ export class Transport extends EventEmitter {
         return;
       }
       case 'weights': {
-        // The previous version's buffers go back to be received into again.
-        const old = this.parts.map((p) => p.weights);
+        // The previous version's buffers go back to be received into again, unless the model holds views of them.
+        const old = this.parts;
         this.parts = m.parts;
         this.learningRate = m.learningRate;
         this.weightsStep = m.step;
-        if (old.some((b) => b !== undefined)) this.post({ op: 'recycle', buffers: old }, old.flatMap((b) => (b === undefined ? [] : [b.buffer as ArrayBuffer])));
+        if (old !== this.inModel) this.giveBack(old);
         this.emit('weights', m.step);
         return;
       }
@@ -189,9 +194,37 @@ export class Transport extends EventEmitter {
     return weightsOf(this, step);
   }
 
-  /** floats [start, end) of the newest complete weights. */
+  /** floats [start, end) of the newest complete weights (a copy). */
   read(start: number, end: number): Float32Array {
     return readRanges(this.parts, start, end);
+  }
+
+  /**
+   * floats [start, end) of the newest complete weights without a copy where they lie in one shard's
+   * range (a copy where they span two). The views stay valid, whatever versions arrive meanwhile,
+   * until modelWritten() is called after a newer version was viewed: write the model from view()
+   * and call modelWritten() at once (the cpu backend keeps the arrays it is given as the tensors'
+   * storage, tfjs-node until their first use).
+   */
+  view(start: number, end: number): Float32Array {
+    for (const { lo, hi, weights } of this.parts) {
+      if (weights === undefined || start < lo || end > hi) continue;
+      if (end - lo <= weights.length) return weights.subarray(start - lo, end - lo);
+    }
+    return readRanges(this.parts, start, end);
+  }
+
+  /** The model now holds the newest version (written from view()): the version it held before goes back to the thread. */
+  modelWritten(): void {
+    const before = this.inModel;
+    this.inModel = this.parts;
+    if (before !== this.parts) this.giveBack(before);
+  }
+
+  /** A version's buffers, free again, back to the thread to receive into (transferred: views of them are detached). */
+  private giveBack(parts: WeightsRange[]): void {
+    const buffers = parts.map((p) => p.weights);
+    if (buffers.some((b) => b !== undefined)) this.post({ op: 'recycle', buffers }, buffers.flatMap((b) => (b === undefined || b.buffer instanceof SharedArrayBuffer ? [] : [b.buffer as ArrayBuffer])));
   }
 
   /**

@@ -3,16 +3,18 @@
  * benchmarks to do for real (`bench:scaling --host-copies true`, worker-proc.ts `--host-copies`) and to
  * calibrate their model on. Per parameter tensor (worker/job-loop.ts, worker/model/vgg-model.ts):
  *
- * - weights in: `Transport.read(lo, hi)` (a fresh array, a copy out of the received version), then
- *   tf.tensor's values written into a TF host tensor at their first use (tfjs-node's createTensor: a
- *   fresh buffer, a copy), then host-to-device (DMA; not done here, see H2D_MS);
+ * - weights in: `Transport.view(lo, hi)` (a view of the received version; a copy only for a tensor
+ *   that spans two shards' ranges; until the tenth session a copy, `read`), then tf.tensor's values
+ *   written into a TF host tensor at their first use (tfjs-node's createTensor: a fresh buffer, a
+ *   copy), then host-to-device (DMA; not done here, see H2D_MS);
  * - gradients out: device-to-host into a TF host tensor (DMA; D2H_MS), `dataSync()` (tfjs-node's
  *   tensorDataSync: a fresh array, a copy), then `flat.set(..., offset)` into the shared gradient buffer
  *   (a copy).
  *
- * Four copies of the 553 MB per step, each but the last into freshly allocated memory, all on the
- * worker's main thread, none of it overlapped with the GPU's compute except the classifier's gradients
- * (which come out during the conv body's backward when the worker overlaps).
+ * Three copies of the 553 MB per step (four before the views), two into freshly allocated memory
+ * (mapped already with worker/heap-reuse.ts), all on the worker's main thread, none of it overlapped
+ * with the GPU's compute except the classifier's gradients (which come out during the conv body's
+ * backward when the worker overlaps).
  */
 import type { ParamEntry } from '../../shared/param-layout.ts';
 
@@ -24,7 +26,7 @@ import type { ParamEntry } from '../../shared/param-layout.ts';
 export const D2H_MS = 10.1;
 export const H2D_MS = 10.1;
 
-/** The weights side: per tensor a copy out of the received version (`read`) and TF's copy of it. Returns the ms taken. */
+/** The weights side: per tensor the values as `read` gives them (Transport.view) and TF's copy of them. Returns the ms taken. */
 export function copyWeightsIn(entries: readonly ParamEntry[], read: (lo: number, hi: number) => Float32Array): number {
   const t = performance.now();
   let keep = 0;

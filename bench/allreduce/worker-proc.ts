@@ -73,7 +73,10 @@ for (let step = 0; step < steps; step += 1) {
   await next;
   arrivals.push(performance.now());
   // The next step's model: the new weights into the framework (part of the next step's interval).
-  if (hostCopies) weightsMs.push(copyWeightsIn(entries, (lo, hi) => client.read(lo, hi)));
+  if (hostCopies) {
+    weightsMs.push(copyWeightsIn(entries, (lo, hi) => client.view(lo, hi)));
+    client.modelWritten();
+  }
 }
 // Peak RSS (VmHWM) of the whole process: with --host-shard it holds the shard's weights, momentum and sum.
 process.stdout.write(`${JSON.stringify({ id, arrivals, peakRssBytes: peakRssBytes(), ...(hostCopies ? { hostCopyMs: { weights: median(weightsMs), gradients: median(gradientsMs) } } : {}) })}\n`);

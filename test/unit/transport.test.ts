@@ -120,3 +120,39 @@ test('a resend the thread took before the send started is not answered twice (th
   assert.equal(h.agg.rejected.get('VGG_ERR_DUPLICATE_GRADIENT') ?? 0, 0);
   assert.equal(g.length, n);
 });
+
+test('weights viewed for the model are not received into again until the model holds a newer version (view, modelWritten)', async (t) => {
+  const h = await startAggregator();
+  const tr = new Transport({ client: { url: `ws://127.0.0.1:${h.port}`, token: 'secret', workerId: 'tv', host: 'h', gpu: null, backend: 'cpu' }, log });
+  t.after(async () => { await tr.close(); await h.close(); });
+  await tr.connect();
+  await tr.ready('hash-1');
+  const n = h.layout.totalSize;
+  const g = tr.allocateGradient(n);
+  const step = async (s: number) => {
+    const joined = tr.next<{ t: string }>(['reply']);
+    tr.send({ t: 'join', step: s, jobId: `job-${s}`, lockToken: 'tok' });
+    assert.equal((await joined).value.t, 'joined');
+    g.fill(0.01 * (s + 1));
+    const next = tr.next(['weights'], (_n, v) => (v as number) === s + 1);
+    await tr.sendGradient(s, `job-${s}`, [s], stats(1));
+    await next;
+    return Float32Array.from(h.weights);
+  };
+  const w0 = Float32Array.from(h.weights);
+  const v0 = tr.view(0, n);
+  assert.equal(tr.view(0, n).buffer, v0.buffer, 'a view of the received buffer, not a copy');
+  assert.deepEqual(v0, w0);
+  tr.modelWritten();
+  // Two more versions arrive while the model holds version 0: the thread receives them into other buffers.
+  await step(0);
+  const w2 = await step(1);
+  assert.equal(v0.length, n, 'version 0 not given back');
+  assert.deepEqual(v0, w0, 'version 0 unchanged while the model holds it');
+  assert.deepEqual(tr.view(0, n), w2);
+  // The model takes version 2: version 0 goes back to the thread (transferred: the view is detached) and is received into again.
+  tr.modelWritten();
+  assert.equal(v0.length, 0, 'version 0 given back once the model holds a newer one');
+  const w3 = await step(2);
+  assert.deepEqual(tr.read(0, n), w3);
+});

@@ -110,7 +110,9 @@ export function writeFlat(vgg: VggModel, flat: Float32Array | ((start: number, e
   if (typeof flat !== 'function' && flat.length !== vgg.layout.totalSize) {
     throw new ShapeError(`flat weights: expected ${vgg.layout.totalSize} floats, got ${flat.length}`);
   }
-  // A copy per entry (slice, or the reader's own): the cpu backend would otherwise alias the caller's buffer.
+  // A copy per entry of a flat array (slice): the cpu backend keeps the arrays it is given as the tensors'
+  // storage. A reader may hand out views instead if it keeps them unchanged until the model is written again
+  // (Transport.view).
   const read = typeof flat === 'function' ? flat : (start: number, end: number) => flat.slice(start, end);
   for (const e of vgg.layout.entries) {
     const v = vgg.variables.get(e.name);
