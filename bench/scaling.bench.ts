@@ -50,7 +50,7 @@ import { FloatArena, aggregatorArenaFloats, updateThreads } from '../shared/simd
 import { DEFAULT_MODEL_CONFIG } from '../shared/vgg-configs.ts';
 import { CHUNK_FLOATS } from '../shared/wire-protocol.ts';
 import { reuseFreedMemory } from '../worker/heap-reuse.ts';
-import { VGG16_FLOATS, WINDOW_FRACTION, runOurs } from './allreduce/cluster.ts';
+import { VGG16_FLOATS, WINDOW_FRACTION, median, runOurs } from './allreduce/cluster.ts';
 import { D2H_MS, H2D_MS, copyGradientsOut, copyWeightsIn } from './allreduce/host-copies.ts';
 
 function boolList(v: string): boolean[] {
@@ -91,14 +91,15 @@ const updateMs = time(() => sgd.apply(w, sum, 0.5));
 const cReduce = (reduceMs * 1e6) / (n * 4); // ns per gradient byte
 const cUpdate = (updateMs * 1e6) / (n * 4);
 // A worker's host copies per step (host-copies.ts), on this machine: the weights viewed in a received
-// version, the gradients into a shared buffer (the worker's gradient lives in shared memory); second of two
-// runs, with the heap setting a worker makes (VGG_HEAP_REUSE=false: without, as for every process here).
+// version, the gradients into a shared buffer (the worker's gradient lives in shared memory), with the heap setting a worker makes (VGG_HEAP_REUSE=false: without, as for every process here).
 const heap = reuseFreedMemory();
 const received = new Float32Array(n).fill(0.01);
 const device = new Float32Array(n).fill(1e-3);
 const sharedFlat = new Float32Array(new SharedArrayBuffer(n * 4));
-const weightsCopyMs = [0, 0].map(() => copyWeightsIn(layout.entries, (lo, hi) => received.subarray(lo, hi)))[1] as number;
-const gradientsCopyMs = [0, 0].map(() => copyGradientsOut(layout.entries, device, sharedFlat))[1] as number;
+// Steady state: the median of the last 4 of 6 runs (the first ones map the memory the later ones reuse).
+const steady = (f: () => number) => median(Array.from({ length: 6 }, f).slice(2));
+const weightsCopyMs = steady(() => copyWeightsIn(layout.entries, (lo, hi) => received.subarray(lo, hi)));
+const gradientsCopyMs = steady(() => copyGradientsOut(layout.entries, device, sharedFlat));
 const withHost = o.hostCopies.includes(true);
 const weightsInMs = withHost ? weightsCopyMs + H2D_MS : 0;
 const gradsOutMs = withHost ? gradientsCopyMs + D2H_MS : 0;
