@@ -32,7 +32,7 @@
  * Host copies (tenth session; `--host-copies true`, the default): a tfjs-node worker also copies the
  * weights into the framework and the gradients out of it every step (bench/allreduce/host-copies.ts:
  * three copies of the 553 MB on its main thread, measured here) and the GPU moves them over PCIe
- * (H2D, D2H: 10.1 ms each, pinned, an H200). In the model: weights_in = copies + H2D before the
+ * (H2D, D2H: 40.5 ms each, pageable memory as tfjs-node's, an H200). In the model: weights_in = copies + H2D before the
  * forward; grads_out = copies + D2H after the backward, the classifier's 89% during the body's
  * backward when overlapping, where it uses the window before the gradients' send can:
  *   no overlap:   step = compute + weights_in + grads_out + comm

@@ -19,12 +19,13 @@
 import type { ParamEntry } from '../../shared/param-layout.ts';
 
 /**
- * H200, VGG-16's 553 MB of fp32 gradients device-to-host into pinned memory (docs/measurements/,
- * bench/gpu/vgg16_overlap.py): 10.1 ms; pageable 40.5 ms, whose extra is a CPU copy like the ones done
- * here. Host-to-device was not measured: taken as the same.
+ * H200, VGG-16's 553 MB of fp32 gradients device-to-host (docs/measurements/, bench/gpu/vgg16_overlap.py):
+ * 40.5 ms into pageable memory, 10.1 ms into pinned. tfjs-node's host tensors are ordinary (pageable)
+ * memory, so the pageable figure; its extra over pinned is the driver's copy through a pinned staging
+ * buffer. Host-to-device was not measured: taken as the same.
  */
-export const D2H_MS = 10.1;
-export const H2D_MS = 10.1;
+export const D2H_MS = 40.5;
+export const H2D_MS = 40.5;
 
 /** The weights side: per tensor the values as `read` gives them (Transport.view) and TF's copy of them. Returns the ms taken. */
 export function copyWeightsIn(entries: readonly ParamEntry[], read: (lo: number, hi: number) => Float32Array): number {
