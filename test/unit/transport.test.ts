@@ -46,18 +46,23 @@ test('the transport thread: handshake, a split gradient whose head streams befor
   assert.throws(() => tr.send({ t: 'idle', step: 3 }), ConnectionLost);
 });
 
+/** A harness aggregator and a transport `workerId` that has its initial weights and its gradient buffer. */
+async function readyTransport(t: { after: (f: () => Promise<void>) => void }, workerId: string) {
+  const h = await startAggregator();
+  const tr = new Transport({ client: { url: `ws://127.0.0.1:${h.port}`, token: 'secret', workerId, host: 'h', gpu: null, backend: 'cpu' }, log });
+  t.after(async () => { await tr.close(); await h.close(); });
+  await tr.connect();
+  await tr.ready('hash-1');
+  const n = h.layout.totalSize;
+  return { h, tr, n, g: tr.allocateGradient(n) };
+}
+
 /**
  * A harness aggregator, a transport `tw` and a ShardGroup member `b`, both joined to step 0,
  * b's whole gradient (100s) already in the sum: the scene of a step b is about to be lost from.
  */
 async function twoMembers(t: { after: (f: () => Promise<void>) => void }) {
-  const h = await startAggregator();
-  const tr = new Transport({ client: { url: `ws://127.0.0.1:${h.port}`, token: 'secret', workerId: 'tw', host: 'h', gpu: null, backend: 'cpu' }, log });
-  t.after(async () => { await tr.close(); await h.close(); });
-  await tr.connect();
-  await tr.ready('hash-1');
-  const n = h.layout.totalSize;
-  const g = tr.allocateGradient(n);
+  const { h, tr, n, g } = await readyTransport(t, 'tw');
   const b = await h.group('b');
   assert.equal(await join(b, 'job-b'), 'joined');
   const joined = tr.next<{ t: string }>(['reply']);
@@ -122,13 +127,7 @@ test('a resend the thread took before the send started is not answered twice (th
 });
 
 test('weights viewed for the model are not received into again until the model holds a newer version (view, modelWritten)', async (t) => {
-  const h = await startAggregator();
-  const tr = new Transport({ client: { url: `ws://127.0.0.1:${h.port}`, token: 'secret', workerId: 'tv', host: 'h', gpu: null, backend: 'cpu' }, log });
-  t.after(async () => { await tr.close(); await h.close(); });
-  await tr.connect();
-  await tr.ready('hash-1');
-  const n = h.layout.totalSize;
-  const g = tr.allocateGradient(n);
+  const { h, tr, n, g } = await readyTransport(t, 'tv');
   const step = async (s: number) => {
     const joined = tr.next<{ t: string }>(['reply']);
     tr.send({ t: 'join', step: s, jobId: `job-${s}`, lockToken: 'tok' });
