@@ -15,6 +15,14 @@ export interface Metrics {
   computeSeconds: Histogram;
   /** Worker: streaming the gradient and waiting for the new weights. */
   communicationSeconds: Histogram;
+  /**
+   * Worker: the host-side copies around the framework, by `direction`: `weights_in` (the newest weights
+   * written into the model, once per version; not in the step's time), `gradients_out` (the gradients read
+   * out of the framework into the send buffer; inside the compute time).
+   */
+  hostCopySeconds: Histogram<'direction'>;
+  /** Worker: the process's minor page faults (memory mapped in by the kernel), counted at each step's end. */
+  minorPageFaults: Counter;
   sentBytes: Counter;
   receivedBytes: Counter;
   images: Counter;
@@ -44,6 +52,8 @@ export function createMetrics(labels: Record<string, string>): Metrics {
     stepSeconds: new Histogram({ name: 'vgg_step_seconds', help: 'time of one synchronous training step', buckets: STEP_BUCKETS, ...r }),
     computeSeconds: new Histogram({ name: 'vgg_compute_seconds', help: 'compute time per step (worker: data + forward/backward; coordinator: update)', buckets: STEP_BUCKETS, ...r }),
     communicationSeconds: new Histogram({ name: 'vgg_communication_seconds', help: 'gradient out and weights in, per step', buckets: STEP_BUCKETS, ...r }),
+    hostCopySeconds: new Histogram({ name: 'vgg_host_copy_seconds', help: 'worker: weights into the model (per version) and gradients out of it (per step), by direction', labelNames: ['direction'], buckets: STEP_BUCKETS, ...r }),
+    minorPageFaults: new Counter({ name: 'vgg_minor_page_faults_total', help: 'worker: minor page faults of the process (fresh memory mapped in)', ...r }),
     sentBytes: new Counter({ name: 'vgg_sent_bytes_total', help: 'bytes written to aggregator sockets', ...r }),
     receivedBytes: new Counter({ name: 'vgg_received_bytes_total', help: 'bytes read from aggregator sockets', ...r }),
     images: new Counter({ name: 'vgg_images_total', help: 'training images in applied (coordinator) or computed (worker) steps', ...r }),

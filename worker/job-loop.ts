@@ -86,10 +86,12 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
   const syncModel = async (step: number) => {
     await client.waitForWeights(step);
     if (modelStep !== client.weightsStep) {
+      const t = performance.now();
       // Views of the received weights, no copy (the backend copies them, or keeps them as the tensors'
       // storage until modelWritten() lets the next version be received into a newer buffer).
       writeFlat(vgg, (start, end) => client.view(start, end));
       client.modelWritten();
+      metrics?.hostCopySeconds.observe({ direction: 'weights_in' }, (performance.now() - t) / 1000);
       modelStep = client.weightsStep;
     }
   };
@@ -117,6 +119,7 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
   const wire = run.wire ?? 'fp32';
   const feedback = run.errorFeedback === true && wire !== 'fp32' ? new ErrorFeedback(wire, flat.length) : undefined;
   let jobs = 0;
+  let faultsSeen = process.resourceUsage().minorPageFault;
   let stopping = false;
   let rate: number | null = null;
 
@@ -206,6 +209,7 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
     const body = new Promise<void>((resolve, reject) => { releaseBody = resolve; failBody = reject; });
     body.catch(() => {});
     let early = 0;
+    let copyMs = 0;
     let r: ReturnType<typeof computeGradients>;
     try {
       r = computeGradients(vgg, batch.images, batch.labels, !overlap ? undefined : {
@@ -214,7 +218,9 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
         ready: (name, g) => {
           const e = vgg.layout.byName.get(name);
           if (e === undefined) return;
+          const t = performance.now();
           flat.set(g.dataSync() as Float32Array, e.offset);
+          copyMs += performance.now() - t;
           early += 1;
           if (early !== headNames.size || !client.connected) return;
           // Once per gradient (a resend of this step carries the same, already compensated, values).
@@ -233,6 +239,7 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
       if (g !== undefined) flat.set(g.dataSync() as Float32Array, e.offset);
       else flat.fill(0, e.offset, e.offset + e.size);
     }
+    copyMs += performance.now() - t1;
     tf.dispose([...r.grads.values()]);
     stats = statsOf(r);
     feedback?.compensate(flat, 0, current === undefined ? flat.length : headAt);
@@ -254,6 +261,10 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
     rate = (r.samples * 1000) / (t2 - t0);
     jobs += 1;
     if (metrics !== undefined) {
+      metrics.hostCopySeconds.observe({ direction: 'gradients_out' }, copyMs / 1000);
+      const faults = process.resourceUsage().minorPageFault;
+      metrics.minorPageFaults.inc(Math.max(0, faults - faultsSeen));
+      faultsSeen = faults;
       metrics.computeSeconds.observe((t1 - t0) / 1000);
       metrics.communicationSeconds.observe((t2 - t1) / 1000);
       metrics.stepSeconds.observe((t2 - t0) / 1000);

@@ -63,6 +63,12 @@ test('/metrics of the coordinator and of a worker move during a run; the report 
     assert.ok(value(w2, name) > value(w1, name), `worker ${name}: ${value(w1, name)} -> ${value(w2, name)}`);
   }
   assert.ok(value(w2, 'vgg_communication_seconds_count') > 0 && value(w2, 'vgg_compute_seconds_count') > 0);
+  // The host copies around the framework, each direction: one weights version per step here (one worker), a gradient per step.
+  const copies = (m: Map<string, number>, direction: string) => value(new Map([...m].filter(([k]) => k.includes(`direction="${direction}"`))), 'vgg_host_copy_seconds_count');
+  for (const direction of ['weights_in', 'gradients_out']) {
+    assert.ok(copies(w2, direction) > copies(w1, direction), `worker host copies ${direction}: ${copies(w1, direction)} -> ${copies(w2, direction)}`);
+  }
+  assert.ok(value(w2, 'vgg_minor_page_faults_total') > 0, 'worker page faults counted');
   assert.equal(value(c2, 'vgg_members'), 1);
   assert.ok(value(c2, 'vgg_learning_rate') > 0, 'learning rate');
   assert.ok(Number.isFinite(value(c2, 'vgg_loss')), 'loss');
