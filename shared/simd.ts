@@ -222,13 +222,7 @@ export class FloatArena {
     const len = hi - lo;
     const body = len - (len % 4);
     this.run('sgd', [w.byteOffset + 4 * lo, v.byteOffset + 4 * lo, s.byteOffset + 4 * lo], [16, 16, 16], body / 4, [lr, mu, wd, scale]);
-    const f = Math.fround;
-    for (let i = lo + body; i < hi; i += 1) {
-      const wi = w[i] as number;
-      const vi = f(f(f(mu) * (v[i] as number)) + f(f((s[i] as number) * f(scale)) + f(f(wd) * wi)));
-      v[i] = vi;
-      w[i] = f(wi - f(f(lr) * vi));
-    }
+    sgdTail(w, v, s, lo + body, hi, { lr, mu, wd, scale }, v, w, 0);
   }
 
   /**
@@ -240,13 +234,7 @@ export class FloatArena {
     const len = hi - lo;
     const body = len - (len % 4);
     this.k.sgdto(w.byteOffset + 4 * lo, v.byteOffset + 4 * lo, s.byteOffset + 4 * lo, out.byteOffset, s.byteOffset + 4 * lo, body / 4, lr, mu, wd, scale);
-    const f = Math.fround;
-    for (let i = lo + body; i < hi; i += 1) {
-      const wi = w[i] as number;
-      const vi = f(f(f(mu) * (v[i] as number)) + f(f((s[i] as number) * f(scale)) + f(f(wd) * wi)));
-      s[i] = vi;
-      out[i - lo] = f(wi - f(f(lr) * vi));
-    }
+    sgdTail(w, v, s, lo + body, hi, { lr, mu, wd, scale }, s, out, lo);
   }
 
   /** After sgdTo over [lo, hi): v <- s; w <- w - lr s (the `out` it gave). */
@@ -311,6 +299,22 @@ export function updateThreads(): number {
 export const FRAME_SLOTS_MAX = 64;
 /** Floats of one frame slot: a gradient chunk (CHUNK_FLOATS of wire-protocol.ts, which imports this file) and 64 KiB. */
 export const FRAME_SLOT_FLOATS = (1 << 20) + 16 * 1024;
+
+/**
+ * The momentum kernels' arithmetic on single floats (fp32 per operation, as the f32x4 lanes), for the
+ * last < 4 of a range: v' into vOut[i], w' into wOut[i - wAt] (sgd: v and w themselves; sgdTo: s and out).
+ */
+function sgdTail(w: Float32Array, v: Float32Array, s: Float32Array, a: number, b: number, k: { lr: number; mu: number; wd: number; scale: number },
+  vOut: Float32Array, wOut: Float32Array, wAt: number): void {
+  const f = Math.fround;
+  const { lr, mu, wd, scale } = k;
+  for (let i = a; i < b; i += 1) {
+    const wi = w[i] as number;
+    const vi = f(f(f(mu) * (v[i] as number)) + f(f((s[i] as number) * f(scale)) + f(f(wd) * wi)));
+    vOut[i] = vi;
+    wOut[i - wAt] = f(wi - f(f(lr) * vi));
+  }
+}
 
 /**
  * Room an aggregator over `n` floats takes in its arena: weights, momentum, the
@@ -443,31 +447,29 @@ function assemble(shared: boolean): Uint8Array<ArrayBuffer> {
     ], [0, 1]),
     ...get(6), ...lane(0), ...get(6), ...lane(1), ...F32ADD, ...get(6), ...lane(2), ...F32ADD, ...get(6), ...lane(3), ...F32ADD,
   ]);
-  // sgd(w 0, v 1, s 2, n4 3, lr 4, mu 5, wd 6, scale 7); locals: i 8, lrv 9, muv 10, wdv 11, scv 12, wv 13, vv 14
-  const sgd = fn([[1, I32], [6, V128]], [
-    ...get(4), ...splat, ...set(9), ...get(5), ...splat, ...set(10), ...get(6), ...splat, ...set(11), ...get(7), ...splat, ...set(12),
-    ...forEach(8, 3, [
-      ...get(0), ...load, ...set(13),
-      ...get(1), ...load, ...get(10), ...mul,
-      ...get(2), ...load, ...get(12), ...mul, ...get(13), ...get(11), ...mul, ...add,
-      ...add, ...set(14),
-      ...get(1), ...get(14), ...store,
-      ...get(0), ...get(13), ...get(14), ...get(9), ...mul, ...sub, ...store,
-    ], [0, 1, 2]),
-  ]);
-  // sgdto(w 0, v 1, s 2, wo 3, vo 4, n4 5, lr 6, mu 7, wd 8, scale 9); locals: i 10, lrv 11, muv 12, wdv 13, scv 14, wv 15, vv 16:
-  // sgd's arithmetic, operation for operation, with its results elsewhere: vo <- mu v + (scale s + wd w), wo <- w - lr vo.
-  const sgdTo = fn([[1, I32], [6, V128]], [
-    ...get(6), ...splat, ...set(11), ...get(7), ...splat, ...set(12), ...get(8), ...splat, ...set(13), ...get(9), ...splat, ...set(14),
-    ...forEach(10, 5, [
-      ...get(0), ...load, ...set(15),
-      ...get(1), ...load, ...get(12), ...mul,
-      ...get(2), ...load, ...get(14), ...mul, ...get(15), ...get(13), ...mul, ...add,
-      ...add, ...set(16),
-      ...get(4), ...get(16), ...store,
-      ...get(3), ...get(15), ...get(16), ...get(11), ...mul, ...sub, ...store,
-    ], [0, 1, 2, 3, 4]),
-  ]);
+  // The momentum update, operation for operation the same in its two kernels: v' <- mu v + (scale s + wd w), w' <- w - lr v'.
+  // sgd(w 0, v 1, s 2, n4 3, lr 4, mu 5, wd 6, scale 7): in place. sgdto(w 0, v 1, s 2, wo 3, vo 4, n4 5, lr 6, mu 7, wd 8,
+  // scale 9): v' to vo, w' to wo. Locals after the parameters: i, lrv, muv, wdv, scv, wv, vv.
+  const momentumSgd = (to: boolean) => {
+    const n = to ? 5 : 3; // n4's index: the pointers come before it
+    const [wo, vo] = to ? [3, 4] : [0, 1];
+    const lr = n + 1; // then mu, wd, scale
+    const i = n + 5;
+    const [lrv, muv, wdv, scv, wv, vv] = [i + 1, i + 2, i + 3, i + 4, i + 5, i + 6];
+    return fn([[1, I32], [6, V128]], [
+      ...get(lr), ...splat, ...set(lrv), ...get(lr + 1), ...splat, ...set(muv), ...get(lr + 2), ...splat, ...set(wdv), ...get(lr + 3), ...splat, ...set(scv),
+      ...forEach(i, n, [
+        ...get(0), ...load, ...set(wv),
+        ...get(1), ...load, ...get(muv), ...mul,
+        ...get(2), ...load, ...get(scv), ...mul, ...get(wv), ...get(wdv), ...mul, ...add,
+        ...add, ...set(vv),
+        ...get(vo), ...get(vv), ...store,
+        ...get(wo), ...get(wv), ...get(vv), ...get(lrv), ...mul, ...sub, ...store,
+      ], Array.from({ length: n }, (_, k) => k)),
+    ]);
+  };
+  const sgd = momentumSgd(false);
+  const sgdTo = momentumSgd(true);
   // fin(w 0, v 1, s 2, n4 3, lr 4); locals: i 5, lrv 6, sv 7: v <- s; w <- w - lr s (sgdto's wo when s holds its vo).
   const fin = fn([[1, I32], [2, V128]], [
     ...get(4), ...splat, ...set(6),
