@@ -28,6 +28,12 @@ export function boolOption(option: string) {
   };
 }
 
+/** An environment variable read as boolOption reads it; `fallback` when it is unset or empty. */
+export function boolEnv(name: string, fallback: boolean, env: NodeJS.ProcessEnv = process.env): boolean {
+  const v = env[name];
+  return v === undefined || v === '' ? fallback : boolOption(name)(v);
+}
+
 export function numberOption(option: string, min = -Infinity, max = Infinity, exclusiveMin = false) {
   return (value: string): number => {
     const n = Number(value);

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { boolOption } from '../shared/option-parsers.ts';
+import { boolEnv } from '../shared/option-parsers.ts';
 
 const ADDON = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../build/heap_reuse.node');
 
@@ -13,8 +13,7 @@ const ADDON = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../bui
  * default for workers; `VGG_HEAP_REUSE=false` leaves malloc as it is. Returns what happened, for the log.
  */
 export function reuseFreedMemory(env: NodeJS.ProcessEnv = process.env): { applied: boolean; reason: string } {
-  const v = env.VGG_HEAP_REUSE;
-  if (v !== undefined && v !== '' && !boolOption('VGG_HEAP_REUSE')(v)) return { applied: false, reason: 'VGG_HEAP_REUSE=false' };
+  if (!boolEnv('VGG_HEAP_REUSE', true, env)) return { applied: false, reason: 'VGG_HEAP_REUSE=false' };
   if (!existsSync(ADDON)) return { applied: false, reason: `${ADDON} not built (npm run build:native)` };
   const addon = createRequire(import.meta.url)(ADDON) as { reuseFreedMemory: () => boolean };
   return addon.reuseFreedMemory() ? { applied: true, reason: 'mallopt: M_MMAP_MAX 0, M_TRIM_THRESHOLD 2 GiB' } : { applied: false, reason: 'not glibc' };

@@ -6,7 +6,7 @@
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { boolOption } from '../../shared/option-parsers.ts';
+import { boolEnv } from '../../shared/option-parsers.ts';
 
 export const VGG16_FLOATS = 138_357_544;
 /**
@@ -52,8 +52,7 @@ const node = (script: string, args: string[], onLine?: (l: string) => void) =>
 
 /** VGG_EARLY_COMMIT, read as the run option --early-commit reads it: the benchmarks' leaders use early commit. */
 export function earlyCommitEnabled(): boolean {
-  const v = process.env.VGG_EARLY_COMMIT;
-  return v !== undefined && v !== '' && boolOption('VGG_EARLY_COMMIT')(v);
+  return boolEnv('VGG_EARLY_COMMIT', false);
 }
 
 export interface OursResult {
