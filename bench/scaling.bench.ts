@@ -90,21 +90,29 @@ sgd.apply(w, sum, 0.5);
 const updateMs = time(() => sgd.apply(w, sum, 0.5));
 const cReduce = (reduceMs * 1e6) / (n * 4); // ns per gradient byte
 const cUpdate = (updateMs * 1e6) / (n * 4);
-// A worker's host copies per step (host-copies.ts), on this machine: the weights viewed in a received
-// version, the gradients into a shared buffer (the worker's gradient lives in shared memory), with the heap setting a worker makes (VGG_HEAP_REUSE=false: without, as for every process here).
-const heap = reuseFreedMemory();
-const received = new Float32Array(n).fill(0.01);
-const device = new Float32Array(n).fill(1e-3);
-const sharedFlat = new Float32Array(new SharedArrayBuffer(n * 4));
-// Steady state: the median of the last 4 of 6 runs (the first ones map the memory the later ones reuse).
-const steady = (f: () => number) => median(Array.from({ length: 6 }, f).slice(2));
-const weightsCopyMs = steady(() => copyWeightsIn(layout.entries, (lo, hi) => received.subarray(lo, hi)));
-const gradientsCopyMs = steady(() => copyGradientsOut(layout.entries, device, sharedFlat));
+// A worker's host copies per step (host-copies.ts), on this machine, when the model is to include them:
+// the weights viewed in a received version, the gradients into a shared buffer (the worker's gradient
+// lives in shared memory), with the heap setting a worker makes (VGG_HEAP_REUSE=false: without).
 const withHost = o.hostCopies.includes(true);
+let copiesNote = 'no host copies (--host-copies false)';
+let heapReuse = false;
+let weightsCopyMs = 0;
+let gradientsCopyMs = 0;
+if (withHost) {
+  const heap = reuseFreedMemory();
+  const received = new Float32Array(n).fill(0.01);
+  const device = new Float32Array(n).fill(1e-3);
+  const sharedFlat = new Float32Array(new SharedArrayBuffer(n * 4));
+  // Steady state: the median of the last 4 of 6 runs (the first ones map the memory the later ones reuse).
+  const steady = (f: () => number) => median(Array.from({ length: 6 }, f).slice(2));
+  weightsCopyMs = steady(() => copyWeightsIn(layout.entries, (lo, hi) => received.subarray(lo, hi)));
+  gradientsCopyMs = steady(() => copyGradientsOut(layout.entries, device, sharedFlat));
+  heapReuse = heap.applied;
+  copiesNote = `a worker's host copies per step${heap.applied ? '' : ` (${heap.reason})`}: weights in ${weightsCopyMs.toFixed(0)} ms, gradients out ${gradientsCopyMs.toFixed(0)} ms (+ ${H2D_MS} / ${D2H_MS} ms PCIe)`;
+}
 const weightsInMs = withHost ? weightsCopyMs + H2D_MS : 0;
 const gradsOutMs = withHost ? gradientsCopyMs + D2H_MS : 0;
-process.stdout.write(`calibration (${threads} update thread${threads > 1 ? 's' : ''}): reduce ${reduceMs.toFixed(0)} ms, SGD update ${updateMs.toFixed(0)} ms per 138M floats (${cReduce.toFixed(2)}, ${cUpdate.toFixed(2)} ns/byte); `
-  + `a worker's host copies per step${heap.applied ? '' : ` (${heap.reason})`}: weights in ${weightsCopyMs.toFixed(0)} ms, gradients out ${gradientsCopyMs.toFixed(0)} ms (+ ${H2D_MS} / ${D2H_MS} ms PCIe)\n`);
+process.stdout.write(`calibration (${threads} update thread${threads > 1 ? 's' : ''}): reduce ${reduceMs.toFixed(0)} ms, SGD update ${updateMs.toFixed(0)} ms per 138M floats (${cReduce.toFixed(2)}, ${cUpdate.toFixed(2)} ns/byte); ${copiesNote}\n`);
 
 // Measured here: one machine, loopback, N worker processes.
 const measured: { workers: number; shards: number; hosted: boolean; overlap: boolean; earlyCommit: boolean; hostCopies: boolean; stepMs: number; efficiency: number; hostCopyMs?: { weights: number; gradients: number } }[] = [];
@@ -167,4 +175,4 @@ const hostNote = withHost ? `with a worker's host copies and PCIe: weights in ${
 process.stdout.write(`\nprojected efficiency, compute ${o.computeMs} ms/step, ${hostNote}, no overlap (N = 4 8 16 32 64):\n${tables.plain.join('\n')}\n`);
 process.stdout.write(`\nprojected with the classifier's gradients sent during the body's backward (what the worker does; the weights come back after the commit):\n${tables.overlap.join('\n')}\n`);
 process.stdout.write(`\nprojected with that and --early-commit (each range's weights go out while later ranges come in; one more pass over the update):\n${tables.early.join('\n')}\n`);
-process.stdout.write(`${JSON.stringify({ bench: 'scaling', computeMs: o.computeMs, wire: o.wire, calibration: { updateThreads: threads, reduceMs, updateMs, cReduceNsPerByte: cReduce, cUpdateNsPerByte: cUpdate, weightsCopyMs, gradientsCopyMs, heapReuse: heap.applied, h2dMs: H2D_MS, d2hMs: D2H_MS }, modelHostMs: { weightsIn: weightsInMs, gradientsOut: gradsOutMs }, measured, projections, overlapProjections, earlyCommitProjections })}\n`);
+process.stdout.write(`${JSON.stringify({ bench: 'scaling', computeMs: o.computeMs, wire: o.wire, calibration: { updateThreads: threads, reduceMs, updateMs, cReduceNsPerByte: cReduce, cUpdateNsPerByte: cUpdate, weightsCopyMs, gradientsCopyMs, heapReuse, h2dMs: H2D_MS, d2hMs: D2H_MS }, modelHostMs: { weightsIn: weightsInMs, gradientsOut: gradsOutMs }, measured, projections, overlapProjections, earlyCommitProjections })}\n`);

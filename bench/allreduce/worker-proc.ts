@@ -46,8 +46,9 @@ const flat = client.allocateGradient(floats).fill(1e-3);
 const at = floats === layout.totalSize ? layout.byName.get('fc6/kernel')?.offset ?? 0 : 0;
 // The host copies go per tensor of the VGG-16 layout (or one range when --floats says another size).
 const entries = floats === layout.totalSize ? layout.entries : [{ ...(layout.entries[0] as (typeof layout.entries)[number]), name: 'all', offset: 0, size: floats, shape: [floats] }];
-const head = entries.filter((e) => e.offset >= at && at > 0);
-const body = entries.filter((e) => !(e.offset >= at && at > 0));
+const inHead = (e: (typeof entries)[number]) => at > 0 && e.offset >= at;
+const head = entries.filter(inHead);
+const body = entries.filter((e) => !inHead(e));
 const device = hostCopies ? new Float32Array(floats).fill(1e-3) : new Float32Array(0);
 const weightsMs: number[] = [];
 const gradientsMs: number[] = [];
