@@ -131,7 +131,6 @@ interface Broadcast16 { targets: Member[]; units: [number, number][]; next: numb
  */
 interface EarlyStream { split: number; pos: number; targets: Set<Member> }
 
-
 /**
  * Errors a trusted peer can cause by racing the step (an old step, a job that
  * was just taken or applied, a diverged gradient): answered, connection kept.
@@ -846,14 +845,13 @@ export class Aggregator {
     const units: [number, number][] = [];
     for (const [lo, hi] of runs) for (let offset = lo; offset < hi; offset += CHUNK_FLOATS) units.push([offset, Math.min(hi, offset + CHUNK_FLOATS)]);
     for (const m of live) if (first !== undefined) m.ws.send(first);
+    this.options.metrics?.sentBytes.inc(live.length * ((first?.length ?? 0) + end.length)); // the chunks: sendRoom, sendFromWeights
     if (this.wire !== 'fp32') {
-      this.options.metrics?.sentBytes.inc(live.length * ((first?.length ?? 0) + end.length)); // the chunks: sendRoom
       const b: Broadcast16 = { targets: live, units, next: 0, step: this.step, end };
       this.streams.add(b);
       this.pump(b);
       return;
     }
-    this.options.metrics?.sentBytes.inc(live.length * ((first?.length ?? 0) + end.length));
     for (const [lo, hi] of units) this.sendFromWeights(this.step, lo, hi, live);
     for (const m of live) m.ws.send(end);
   }

@@ -171,8 +171,10 @@ export function decodeFragments(parts: Buffer[]): Record<string, unknown> {
   return decodeFrame(parts.length === 1 ? parts[0] as Buffer : parts);
 }
 
-/** Sends a chunkFrame as one message in two fragments: the floats are not copied (the caller keeps them unchanged until sent). */
-/** A chunkFrame as one message of two fragments; `done` once its bytes are out (or the socket failed). */
+/**
+ * Sends a chunkFrame as one message in two fragments: the floats are not copied (the caller keeps them
+ * unchanged until sent); `done` once its bytes are out (or the socket failed).
+ */
 export function sendChunk(ws: { send: (data: Uint8Array, options: { binary: boolean; fin: boolean }, cb?: (err?: Error) => void) => void }, [head, body]: [Buffer, Uint8Array], done?: (err?: Error) => void): void {
   ws.send(head, { binary: true, fin: false });
   ws.send(body, { binary: true, fin: true }, done);
