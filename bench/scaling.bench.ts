@@ -30,34 +30,36 @@
  *   one more pass over the updated floats (finish: 0.8 c_update, 16 of SGD's 20 bytes per float):
  *   comm_e = max(up, down) + reduce + 1.8 update;  step = compute + comm_e - min(0.89 comm_e, 0.57 compute).
  * Host copies (tenth session; `--host-copies true`, the default): a tfjs-node worker also copies the
- * weights into the framework and the gradients out of it every step (bench/allreduce/host-copies.ts:
- * three copies of the 553 MB on its main thread, measured here) and the GPU moves them over PCIe
- * (H2D, D2H: 40.5 ms each, pageable memory as tfjs-node's, an H200). In the model: weights_in = copies + H2D before the
- * forward; grads_out = copies + D2H after the backward, the classifier's 89% during the body's
- * backward when overlapping, where it uses the window before the gradients' send can:
- *   no overlap:   step = compute + weights_in + grads_out + comm
- *   overlap:      window = 0.57 compute - 0.89 grads_out (at least 0), step = compute + weights_in
- *                 + 0.11 grads_out + max(0, 0.89 grads_out - 0.57 compute) + comm - min(0.89 (up + reduce), window)
+ * gradients out of the framework every step and the GPU moves the weights and gradients over PCIe (H2D,
+ * D2H: 40.5 ms each, pageable memory as tfjs-node's, an H200); bench/allreduce/host-copies.ts makes the
+ * host copies, measured here. Weights in = H2D (+ TF's copy of any view it finds misaligned: none since
+ * the eleventh session's aligned buffers). Gradients out = main (D2H and dataSync's fresh copy, on the
+ * main thread) + set (the copy into the shared gradient, on the transport thread since the eleventh
+ * session: Transport.putGradient). Eleventh session: tfjs-node's backward pass runs on the main thread
+ * and dispatches the body's ops only after the classifier's gradients are out, so the GPU waits for
+ * `main` (the tenth session's model had the copies run alongside the body's backward):
+ *   no overlap:   step = compute + weights_in + main + set + comm
+ *   overlap:      window = 0.57 compute - 0.89 set (at least 0), step = compute + weights_in + main
+ *                 + 0.11 set + max(0, 0.89 set - 0.57 compute) + comm - min(0.89 (up + reduce), window)
  *   early commit: the same with comm_e and min(0.89 comm_e, window).
+ * With every copy on the main thread (`--copy-out main`, the worker before): window = 0.57 compute and
+ * all of set on the step (printed for 64 workers).
  *
- *   npm run bench:scaling [-- --workers 1,2,4 --compute-ms 290 --steps 3 --shards 1,2 --overlap false,true --hosted false,true --host-copies false,true]
+ *   npm run bench:scaling [-- --workers 1,2,4 --compute-ms 290 --steps 3 --shards 1,2 --overlap false,true --hosted false,true --host-copies false,true --copy-out main,thread]
  */
-import { Command, InvalidArgumentError } from 'commander';
+import { Command } from 'commander';
 import { FlatMomentumSgd } from '../shared/flat-sgd.ts';
-import { intListOption, intOption } from '../shared/option-parsers.ts';
+import { choiceListOption, intListOption, intOption } from '../shared/option-parsers.ts';
 import { buildLayout } from '../shared/param-layout.ts';
 import { FloatArena, aggregatorArenaFloats, updateThreads } from '../shared/simd.ts';
 import { DEFAULT_MODEL_CONFIG } from '../shared/vgg-configs.ts';
 import { CHUNK_FLOATS } from '../shared/wire-protocol.ts';
-import { reuseFreedMemory } from '../worker/heap-reuse.ts';
+import { alignedFloats, reuseFreedMemory } from '../worker/host-memory.ts';
 import { VGG16_FLOATS, WINDOW_FRACTION, median, runOurs } from './allreduce/cluster.ts';
 import { D2H_MS, H2D_MS, copyGradientsOut, copyWeightsIn } from './allreduce/host-copies.ts';
 
-function boolList(v: string): boolean[] {
-  const list = v.split(',').map((x) => x.trim());
-  if (list.some((x) => x !== 'true' && x !== 'false')) throw new InvalidArgumentError(`expected a list of true/false, got ${JSON.stringify(v)}`);
-  return list.map((x) => x === 'true');
-}
+/** A list of true/false for `option`. */
+const boolList = (option: string) => (v: string): boolean[] => choiceListOption(option, ['false', 'true'])(v).map((x) => x === 'true');
 
 const o = new Command('bench:scaling')
   .option('--workers <list>', 'worker counts measured here', intListOption('--workers'), [1, 2, 4])
@@ -65,12 +67,13 @@ const o = new Command('bench:scaling')
   .option('--steps <n>', 'timed steps per point (after two untimed ones)', intOption('--steps', 1), 3)
   .option('--wire <w>', 'wire format of the measured runs', 'fp32')
   .option('--shards <list>', 'aggregator shard counts K of the measured runs', intListOption('--shards'), [1])
-  .option('--overlap <list>', 'measure without (false) and/or with (true) the classifier sent during the backward', boolList, [false, true])
-  .option('--hosted <list>', 'also measure with the workers hosting N shards (true; worker start --host-shard) instead of --shards', boolList, [false, true])
-  .option('--early-commit <list>', 'measure without (false) and/or with (true) early commit', boolList, [false])
-  .option('--host-copies <list>', 'measure without (false) and/or with (true) the host copies of a tfjs-node worker (the model includes them when true is listed)', boolList, [true])
+  .option('--overlap <list>', 'measure without (false) and/or with (true) the classifier sent during the backward', boolList('--overlap'), [false, true])
+  .option('--hosted <list>', 'also measure with the workers hosting N shards (true; worker start --host-shard) instead of --shards', boolList('--hosted'), [false, true])
+  .option('--early-commit <list>', 'measure without (false) and/or with (true) early commit', boolList('--early-commit'), [false])
+  .option('--host-copies <list>', 'measure without (false) and/or with (true) the host copies of a tfjs-node worker (the model includes them when true is listed)', boolList('--host-copies'), [true])
+  .option('--copy-out <list>', 'with host copies: each gradient tensor copied into the shared gradient on the transport thread (thread: the worker) and/or on the main thread (main: before the eleventh session)', choiceListOption('--copy-out', ['main', 'thread'] as const), ['thread'])
   .parse(process.argv)
-  .opts<{ workers: number[]; computeMs: number; steps: number; wire: string; shards: number[]; overlap: boolean[]; hosted: boolean[]; earlyCommit: boolean[]; hostCopies: boolean[] }>();
+  .opts<{ workers: number[]; computeMs: number; steps: number; wire: string; shards: number[]; overlap: boolean[]; hosted: boolean[]; earlyCommit: boolean[]; hostCopies: boolean[]; copyOut: ('main' | 'thread')[] }>();
 
 // Calibration: our per-byte CPU costs, measured here on the aggregator's real loops (138M floats in a
 // FloatArena: SIMD; each 4 MiB chunk staged in from outside the arena, as from a socket).
@@ -91,40 +94,52 @@ const updateMs = time(() => sgd.apply(w, sum, 0.5));
 const cReduce = (reduceMs * 1e6) / (n * 4); // ns per gradient byte
 const cUpdate = (updateMs * 1e6) / (n * 4);
 // A worker's host copies per step (host-copies.ts), on this machine, when the model is to include them:
-// the weights viewed in a received version, the gradients into a shared buffer (the worker's gradient
-// lives in shared memory), with the heap setting a worker makes (VGG_HEAP_REUSE=false: without).
+// the weights viewed in a received version (TF's copy only where a view is misaligned), the gradients out
+// (dataSync's fresh arrays: syncMs) and into the shared gradient (setMs), with the heap setting a worker
+// makes (VGG_HEAP_REUSE=false: without).
 const withHost = o.hostCopies.includes(true);
 let copiesNote = 'no host copies (--host-copies false)';
 let heapReuse = false;
 let weightsCopyMs = 0;
-let gradientsCopyMs = 0;
+let weightsCopiedBytes = 0;
+let syncMs = 0;
+let setMs = 0;
 if (withHost) {
   const heap = reuseFreedMemory();
-  const received = new Float32Array(n).fill(0.01);
+  const received = alignedFloats(n).fill(0.01);
   const device = new Float32Array(n).fill(1e-3);
   const sharedFlat = new Float32Array(new SharedArrayBuffer(n * 4));
   // Steady state: the median of the last 4 of 6 runs (the first ones map the memory the later ones reuse).
   const steady = (f: () => number) => median(Array.from({ length: 6 }, f).slice(2));
-  weightsCopyMs = steady(() => copyWeightsIn(layout.entries, (lo, hi) => received.subarray(lo, hi)));
-  gradientsCopyMs = steady(() => copyGradientsOut(layout.entries, device, sharedFlat));
+  weightsCopyMs = steady(() => {
+    const r = copyWeightsIn(layout.entries, (lo, hi) => received.subarray(lo, hi));
+    weightsCopiedBytes = r.copiedBytes;
+    return r.ms;
+  });
+  let synced: Float32Array[] = [];
+  syncMs = steady(() => { synced = []; return copyGradientsOut(layout.entries, device, (_o, v) => { synced.push(v); }); });
+  setMs = steady(() => time(() => layout.entries.forEach((e, i) => sharedFlat.set(synced[i] as Float32Array, e.offset))));
   heapReuse = heap.applied;
-  copiesNote = `a worker's host copies per step${heap.applied ? '' : ` (${heap.reason})`}: weights in ${weightsCopyMs.toFixed(0)} ms, gradients out ${gradientsCopyMs.toFixed(0)} ms (+ ${H2D_MS} / ${D2H_MS} ms PCIe)`;
+  copiesNote = `a worker's host copies per step${heap.applied ? '' : ` (${heap.reason})`}: weights in ${weightsCopyMs.toFixed(0)} ms (${(weightsCopiedBytes / 2 ** 20).toFixed(0)} MiB copied), gradients out ${syncMs.toFixed(0)} ms + ${setMs.toFixed(0)} ms into the shared gradient (+ ${H2D_MS} / ${D2H_MS} ms PCIe)`;
 }
 const weightsInMs = withHost ? weightsCopyMs + H2D_MS : 0;
-const gradsOutMs = withHost ? gradientsCopyMs + D2H_MS : 0;
+// The gradients' part on the main thread (D2H and dataSync's copy: the GPU waits for it) and the copy into the shared gradient.
+const gradsMainMs = withHost ? syncMs + D2H_MS : 0;
+const gradsSetMs = withHost ? setMs : 0;
 process.stdout.write(`calibration (${threads} update thread${threads > 1 ? 's' : ''}): reduce ${reduceMs.toFixed(0)} ms, SGD update ${updateMs.toFixed(0)} ms per 138M floats (${cReduce.toFixed(2)}, ${cUpdate.toFixed(2)} ns/byte); ${copiesNote}\n`);
 
 // Measured here: one machine, loopback, N worker processes.
-const measured: { workers: number; shards: number; hosted: boolean; overlap: boolean; earlyCommit: boolean; hostCopies: boolean; stepMs: number; efficiency: number; hostCopyMs?: { weights: number; gradients: number } }[] = [];
+const measured: { workers: number; shards: number; hosted: boolean; overlap: boolean; earlyCommit: boolean; hostCopies: boolean; copyOut?: 'main' | 'thread'; stepMs: number; efficiency: number; hostCopyMs?: { weights: number; gradients: number } }[] = [];
 const layouts = o.hosted.flatMap((hosted): { hosted: boolean; shards: number }[] => (hosted ? [{ hosted, shards: 0 }] : o.shards.map((shards) => ({ hosted, shards }))));
-for (const hostCopies of o.hostCopies) for (const earlyCommit of o.earlyCommit) for (const overlap of o.overlap) for (const layout of layouts) for (const workers of o.workers) {
+const copyModes = o.hostCopies.flatMap((h): { hostCopies: boolean; copyOut?: 'main' | 'thread' }[] => (h ? o.copyOut.map((copyOut) => ({ hostCopies: h, copyOut })) : [{ hostCopies: h }]));
+for (const { hostCopies, copyOut } of copyModes) for (const earlyCommit of o.earlyCommit) for (const overlap of o.overlap) for (const layout of layouts) for (const workers of o.workers) {
   // Hosted: worker i hosts shard i + 1 of N + 1, the leader owns no floats (N shards with bytes).
   const shards = layout.hosted ? workers : layout.shards;
-  const r = await runOurs({ workers, steps: o.steps, wire: o.wire, computeMs: o.computeMs, shards, overlap, hosted: layout.hosted, earlyCommit, hostCopies });
+  const r = await runOurs({ workers, steps: o.steps, wire: o.wire, computeMs: o.computeMs, shards, overlap, hosted: layout.hosted, earlyCommit, hostCopies, copyOut });
   const efficiency = o.computeMs / r.stepMs;
-  measured.push({ workers, shards, hosted: layout.hosted, overlap, earlyCommit, hostCopies, stepMs: Math.round(r.stepMs), efficiency: Number(efficiency.toFixed(3)), ...(r.hostCopyMs === undefined ? {} : { hostCopyMs: r.hostCopyMs }) });
-  const copies = r.hostCopyMs === undefined ? '' : ` (host copies: weights ${r.hostCopyMs.weights.toFixed(0)} ms, gradients ${r.hostCopyMs.gradients.toFixed(0)} ms)`;
-  process.stdout.write(`measured, ${workers} worker(s), ${shards} shard(s)${layout.hosted ? ' hosted by the workers' : ''}, ${o.wire}, ${overlap ? 'overlap' : 'no overlap'}${earlyCommit ? ', early commit' : ''}${hostCopies ? ', host copies' : ''}, compute ${o.computeMs} ms: step ${r.stepMs.toFixed(0)} ms, efficiency ${(100 * efficiency).toFixed(1)}%${copies}\n`);
+  measured.push({ workers, shards, hosted: layout.hosted, overlap, earlyCommit, hostCopies, ...(copyOut === undefined ? {} : { copyOut }), stepMs: Math.round(r.stepMs), efficiency: Number(efficiency.toFixed(3)), ...(r.hostCopyMs === undefined ? {} : { hostCopyMs: r.hostCopyMs }) });
+  const copies = r.hostCopyMs === undefined ? '' : ` (host copies on the main thread: weights ${r.hostCopyMs.weights.toFixed(0)} ms, gradients ${r.hostCopyMs.gradients.toFixed(0)} ms)`;
+  process.stdout.write(`measured, ${workers} worker(s), ${shards} shard(s)${layout.hosted ? ' hosted by the workers' : ''}, ${o.wire}, ${overlap ? 'overlap' : 'no overlap'}${earlyCommit ? ', early commit' : ''}${hostCopies ? `, host copies (gradients into the shared buffer on the ${copyOut === 'main' ? 'main' : 'transport'} thread)` : ''}, compute ${o.computeMs} ms: step ${r.stepMs.toFixed(0)} ms, efficiency ${(100 * efficiency).toFixed(1)}%${copies}\n`);
 }
 process.stdout.write('(every process shares this machine\'s 2 cores and one memory bus: the measured figures are a floor, not a cluster)\n');
 
@@ -134,6 +149,7 @@ const links = { '25GbE': 25e9 / 8, '100GbE': 100e9 / 8 };
 const tables = { plain: [] as string[], overlap: [] as string[], early: [] as string[] };
 const overlapProjections: typeof projections = [];
 const earlyCommitProjections: typeof projections = [];
+const copyOutMain: ((typeof projections)[number] & { thread: number })[] = [];
 // H200, fp32, batch 64 (docs/measurements/h200-vgg16-overlap.json): classifier bytes / all bytes, body backward after them / step.
 const CLASSIFIER_FRACTION = 494_571_424 / 553_430_176;
 const pct = (e: number) => `${(100 * e).toFixed(0)}%`.padStart(5);
@@ -152,13 +168,20 @@ for (const [link, bytesPerSec] of Object.entries(links)) {
         const reduceMs = ((N * P32) / K) * cReduce / 1e6;
         const updateMs = (P32 / K) * cUpdate / 1e6;
         const comm = 2 * phaseMs + reduceMs + updateMs;
-        const plain = o.computeMs / (o.computeMs + weightsInMs + gradsOutMs + comm);
-        // The classifier's gradients come out of the GPU during the body's backward, before they can be sent.
-        const hideMs = Math.max(0, WINDOW_FRACTION * o.computeMs - CLASSIFIER_FRACTION * gradsOutMs);
-        const host = weightsInMs + (1 - CLASSIFIER_FRACTION) * gradsOutMs + Math.max(0, CLASSIFIER_FRACTION * gradsOutMs - WINDOW_FRACTION * o.computeMs);
-        const overlap = o.computeMs / (o.computeMs + host + comm - Math.min(CLASSIFIER_FRACTION * (phaseMs + reduceMs), hideMs));
+        const plain = o.computeMs / (o.computeMs + weightsInMs + gradsMainMs + gradsSetMs + comm);
+        // Overlap: the classifier's gradients come out on the main thread before the body's backward is
+        // dispatched (the GPU waits: gradsMain all on the step); the transport thread then copies them into
+        // the shared gradient during the body's backward, before their send can use that window.
+        const overlapOf = (setInWindowMs: number, c: number, hidden: number) => {
+          const hideMs = Math.max(0, WINDOW_FRACTION * o.computeMs - setInWindowMs);
+          const host = weightsInMs + gradsMainMs + gradsSetMs - setInWindowMs + Math.max(0, setInWindowMs - WINDOW_FRACTION * o.computeMs);
+          return o.computeMs / (o.computeMs + host + c - Math.min(hidden, hideMs));
+        };
+        const overlap = overlapOf(CLASSIFIER_FRACTION * gradsSetMs, comm, CLASSIFIER_FRACTION * (phaseMs + reduceMs));
         const commEarly = phaseMs + reduceMs + 1.8 * updateMs;
-        const early = o.computeMs / (o.computeMs + host + commEarly - Math.min(CLASSIFIER_FRACTION * commEarly, hideMs));
+        const early = overlapOf(CLASSIFIER_FRACTION * gradsSetMs, commEarly, CLASSIFIER_FRACTION * commEarly);
+        // The worker before the eleventh session: every copy on the main thread, the body's backward after them.
+        if (shards === 'N hosted' && N === 64) copyOutMain.push({ link, wire, shards, workers: N, efficiency: Number(overlapOf(0, comm, CLASSIFIER_FRACTION * (phaseMs + reduceMs)).toFixed(3)), thread: Number(overlap.toFixed(3)) });
         const at = { link, wire, shards, workers: N };
         projections.push({ ...at, efficiency: Number(plain.toFixed(3)) });
         overlapProjections.push({ ...at, efficiency: Number(overlap.toFixed(3)) });
@@ -171,8 +194,12 @@ for (const [link, bytesPerSec] of Object.entries(links)) {
     }
   }
 }
-const hostNote = withHost ? `with a worker's host copies and PCIe: weights in ${weightsInMs.toFixed(0)} ms, gradients out ${gradsOutMs.toFixed(0)} ms per step` : 'without the workers\' host copies (--host-copies false)';
+const hostNote = withHost ? `with a worker's host copies and PCIe: weights in ${weightsInMs.toFixed(0)} ms, gradients out ${gradsMainMs.toFixed(0)} ms (main thread) + ${gradsSetMs.toFixed(0)} ms (transport thread) per step` : 'without the workers\' host copies (--host-copies false)';
 process.stdout.write(`\nprojected efficiency, compute ${o.computeMs} ms/step, ${hostNote}, no overlap (N = 4 8 16 32 64):\n${tables.plain.join('\n')}\n`);
 process.stdout.write(`\nprojected with the classifier's gradients sent during the body's backward (what the worker does; the weights come back after the commit):\n${tables.overlap.join('\n')}\n`);
 process.stdout.write(`\nprojected with that and --early-commit (each range's weights go out while later ranges come in; one more pass over the update):\n${tables.early.join('\n')}\n`);
-process.stdout.write(`${JSON.stringify({ bench: 'scaling', computeMs: o.computeMs, wire: o.wire, calibration: { updateThreads: threads, reduceMs, updateMs, cReduceNsPerByte: cReduce, cUpdateNsPerByte: cUpdate, weightsCopyMs, gradientsCopyMs, heapReuse, h2dMs: H2D_MS, d2hMs: D2H_MS }, modelHostMs: { weightsIn: weightsInMs, gradientsOut: gradsOutMs }, measured, projections, overlapProjections, earlyCommitProjections })}\n`);
+if (withHost) {
+  const cells = copyOutMain.map((p) => `${p.link} ${p.wire} ${pct(p.efficiency).trim()} (${pct(p.thread).trim()} on the transport thread)`);
+  process.stdout.write(`\nthe same, 64 workers, K=N hosted, overlap, with the gradients copied into the shared buffer on the main thread (the worker before the eleventh session): ${cells.join(', ')}\n`);
+}
+process.stdout.write(`${JSON.stringify({ bench: 'scaling', computeMs: o.computeMs, wire: o.wire, calibration: { updateThreads: threads, reduceMs, updateMs, cReduceNsPerByte: cReduce, cUpdateNsPerByte: cUpdate, weightsCopyMs, weightsCopiedBytes, gradientsSyncMs: syncMs, gradientsSetMs: setMs, heapReuse, h2dMs: H2D_MS, d2hMs: D2H_MS }, modelHostMs: { weightsIn: weightsInMs, gradientsMain: gradsMainMs, gradientsSet: gradsSetMs }, measured, projections, overlapProjections, earlyCommitProjections, copyOutMainProjections: copyOutMain })}\n`);

@@ -28,7 +28,7 @@ COPY shared ./shared
 COPY worker ./worker
 COPY tsconfig.json ./
 # The native addons: the data pipeline's JPEG crop decoder (build/jpeg_crop.node; libjpeg-turbo stays for it at
-# run time) and the heap setting that keeps glibc from unmapping each step's host copies (build/heap_reuse.node).
+# run time) and the heap setting that keeps glibc from unmapping each step's host copies (build/host_memory.node).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev libjpeg-turbo8-dev \
  && node scripts/build-native.mjs --required \

@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // Builds the native addons with the system C compiler: the data pipeline's training-crop
 // JPEG decoder (worker/data/native/jpeg_crop.c -> build/jpeg_crop.node, with libjpeg-turbo;
-// Debian: apt-get install -y gcc libc6-dev libjpeg62-turbo-dev) and the worker's heap
-// setting (worker/native/heap_reuse.c -> build/heap_reuse.node). Node-API only, so one
+// Debian: apt-get install -y gcc libc6-dev libjpeg62-turbo-dev) and the worker's
+// host memory helpers (worker/native/host_memory.c -> build/host_memory.node). Node-API only, so one
 // build serves every Node version >= 20. Without --required a failed build is reported
 // and exits 0: the pipeline then decodes with sharp, the worker leaves malloc as it is
 // (`npm ci` runs this best-effort through `prepare`); `npm test` runs it with --required.
@@ -24,8 +24,9 @@ function headers() {
 }
 
 /**
- * The addons: the crop decoder, and the worker's heap setting (worker/native/heap_reuse.c: glibc keeps
- * freed large blocks mapped; no library beyond libc). Each one's failure is reported on its own.
+ * The addons: the crop decoder, and the worker's host memory helpers (worker/native/host_memory.c: glibc
+ * keeps freed large blocks mapped; buffers placed where TensorFlow wraps them without a copy; no library
+ * beyond libc). Each one's failure is reported on its own.
  */
 const addons = [
   {
@@ -33,8 +34,8 @@ const addons = [
     without: 'the data pipeline decodes with sharp instead (slower; the same augmentation, resampled with Lanczos instead of bilinear)',
   },
   {
-    source: 'worker/native/heap_reuse.c', target: 'build/heap_reuse.node', libs: [], needs: 'a C compiler (apt-get install -y gcc libc6-dev)',
-    without: 'workers leave glibc\'s large-block handling as it is (each step then faults its host copies\' pages in again)',
+    source: 'worker/native/host_memory.c', target: 'build/host_memory.node', libs: [], needs: 'a C compiler (apt-get install -y gcc libc6-dev)',
+    without: 'workers leave glibc\'s large-block handling as it is (each step then faults its host copies\' pages in again) and receive the weights wherever malloc puts them (TensorFlow then copies the ones it finds misaligned)',
   },
 ];
 

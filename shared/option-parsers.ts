@@ -54,6 +54,17 @@ export function choiceOption<T extends string>(option: string, choices: readonly
   };
 }
 
+/** `a,b` -> ['a', 'b'], each one of `choices`. */
+export function choiceListOption<T extends string>(option: string, choices: readonly T[]) {
+  return (value: string): T[] => {
+    const parts = value.split(',').map((p) => p.trim());
+    if (parts.some((p) => !(choices as readonly string[]).includes(p))) {
+      throw new ConfigError(`${option}: expected a comma-separated list of ${choices.join(', ')}, got ${JSON.stringify(value)}`);
+    }
+    return parts as T[];
+  };
+}
+
 /** `256` or `256:512` (a jitter range). */
 export function scaleRangeOption(option: string) {
   return (value: string): [number, number] => {

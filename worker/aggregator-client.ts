@@ -8,6 +8,7 @@ import type { Logger } from '../shared/logger.ts';
 import { WIRE_FORMATS, encode16, wireBytes, type WireFormat } from '../shared/half.ts';
 import { arenaOf, type FloatArena } from '../shared/simd.ts';
 import type { Metrics } from '../shared/metrics.ts';
+import { alignedFloats } from './host-memory.ts';
 import {
   CHUNK_FLOATS, CHUNK_MESSAGE_BYTES, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, chunkHeadOf, chunkMessage, decodeFragments, encode, field, fragmentBytes, sendChunk, valuesOf,
   type BatchStats, type ClientMessage,
@@ -314,11 +315,14 @@ export class AggregatorClient extends EventEmitter {
     if (this.spare === undefined || this.spare.length === 0) this.spare = buf;
   }
 
-  /** Reuses the previous weights buffer for the next version: no allocation per step. */
+  /**
+   * Reuses the previous weights buffer for the next version: no allocation per step. A new one starts
+   * at a 64-byte boundary, so tfjs-node takes the model's views of it as tensor storage without a copy.
+   */
   private scratch(n: number): Float32Array {
     const s = this.spare;
     this.spare = undefined;
-    return s !== undefined && s.length === n ? s : new Float32Array(n);
+    return s !== undefined && s.length === n ? s : alignedFloats(n);
   }
 
   get connected(): boolean {

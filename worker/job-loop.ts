@@ -17,7 +17,7 @@ import { selectBackend, type BackendChoice } from './backend.ts';
 import { loadBatch, type BatchItem, type LoadedBatch } from './data/image-pipeline.ts';
 import { indexDataset } from '../coordinator/dataset-index.ts';
 import { buildVgg, writeFlat, type VggModel } from './model/vgg-model.ts';
-import { reuseFreedMemory } from './heap-reuse.ts';
+import { reuseFreedMemory } from './host-memory.ts';
 import { computeGradients, evaluateBatch } from './train/gradient-step.ts';
 
 export interface WorkerOptions {
@@ -65,7 +65,7 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
   const log = o.log.child({ workerId, gpu: o.gpu });
   // Every step copies the weights into the framework and the gradients out of it (VGG-16: 553 MB each
   // way, in blocks of up to 411 MB): glibc keeps the freed blocks mapped for the next step instead of
-  // faulting fresh pages in each time (worker/heap-reuse.ts; bench:scaling --host-copies measures it).
+  // faulting fresh pages in each time (worker/host-memory.ts; bench:scaling --host-copies measures it).
   const heap = reuseFreedMemory();
   log.info(heap, heap.applied ? 'freed host memory kept mapped for reuse' : 'malloc left as it is');
   const backend = await selectBackend({ backend: o.backend, gpu: o.gpu ?? undefined, log });
@@ -115,9 +115,20 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
   const headAt = head[0]?.offset ?? 0;
   const headNames = new Set(head.map((e) => e.name));
   const overlap = o.overlap === 'on' || ((o.overlap ?? 'auto') === 'auto' && backend.detail === '@tensorflow/tfjs-node-gpu');
-  log.info({ overlap, backend: backend.detail }, overlap ? 'classifier gradients go out during the backward pass' : 'gradients go out after the backward pass');
   const wire = run.wire ?? 'fp32';
   const feedback = run.errorFeedback === true && wire !== 'fp32' ? new ErrorFeedback(wire, flat.length) : undefined;
+  // tfjs-node's and wasm's dataSync of an op's output is a fresh array: the transport thread copies it into
+  // the gradient while this thread goes on (with tfjs-node: dispatching the conv body's backward, which the
+  // GPU otherwise waits for). The cpu backend's array is the tensor's storage, copied here; so is every
+  // array with error feedback, which compensates the gradient on this thread.
+  const offThread = (backend.name === 'tensorflow' || backend.name === 'wasm') && feedback === undefined;
+  log.info({ overlap, backend: backend.detail, gradientCopies: offThread ? 'transport thread' : 'this thread' },
+    overlap ? 'classifier gradients go out during the backward pass' : 'gradients go out after the backward pass');
+  const copyOut = (offset: number, g: tf.Tensor) => {
+    const values = g.dataSync() as Float32Array;
+    if (offThread) client.putGradient(offset, values);
+    else flat.set(values, offset);
+  };
   let jobs = 0;
   let faultsSeen = process.resourceUsage().minorPageFault;
   let stopping = false;
@@ -219,7 +230,7 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
           const e = vgg.layout.byName.get(name);
           if (e === undefined) return;
           const t = performance.now();
-          flat.set(g.dataSync() as Float32Array, e.offset);
+          copyOut(e.offset, g);
           copyMs += performance.now() - t;
           early += 1;
           if (early !== headNames.size || !client.connected) return;
@@ -235,8 +246,11 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
     const t1 = performance.now();
     for (const e of vgg.layout.entries) {
       if (current !== undefined && headNames.has(e.name)) continue;
-      const g = e.trainable ? r.grads.get(e.name) : vgg.variables.get(e.name)?.read();
-      if (g !== undefined) flat.set(g.dataSync() as Float32Array, e.offset);
+      const g = e.trainable ? r.grads.get(e.name) : undefined;
+      // A statistic's current value (BN moving means) may be the model's view of the received weights: copied here.
+      const value = e.trainable ? undefined : vgg.variables.get(e.name)?.read();
+      if (g !== undefined) copyOut(e.offset, g);
+      else if (value !== undefined) flat.set(value.dataSync() as Float32Array, e.offset);
       else flat.fill(0, e.offset, e.offset + e.size);
     }
     copyMs += performance.now() - t1;

@@ -1,15 +1,16 @@
 import { EventEmitter } from 'node:events';
 import { ProtocolError, field, type BatchStats, type ClientMessage } from '../shared/wire-protocol.ts';
 import { AggregatorClient, ConnectionLost, nextEvent, weightsOf, type ClientOptions, type GradientSplit } from './aggregator-client.ts';
+import { alignedFloats } from './host-memory.ts';
 
 interface Part { client: AggregatorClient; lo: number; hi: number }
 
 /** A shard's range [lo, hi) of the flat vector and its weights (hi may be Infinity: one aggregator, the whole vector). */
 export interface WeightsRange { lo: number; hi: number; weights?: Float32Array }
 
-/** floats [start, end) of the weights the ranges hold between them; ConnectionLost if one holds none. */
+/** floats [start, end) of the weights the ranges hold between them (a copy, 64-byte aligned); ConnectionLost if one holds none. */
 export function readRanges(ranges: WeightsRange[], start: number, end: number): Float32Array {
-  const out = new Float32Array(end - start);
+  const out = alignedFloats(end - start);
   for (const { lo, hi, weights } of ranges) {
     if (weights === undefined) throw new ConnectionLost();
     const a = Math.max(start, lo);

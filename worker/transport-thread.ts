@@ -148,6 +148,10 @@ port.on('message', (msg: ToThread) => {
       flat = new Float32Array(arena?.memory.buffer ?? msg.buffer, msg.offset, msg.floats);
       return;
     }
+    case 'put':
+      // A gradient tensor's values, copied into place here while the main thread goes on (Transport.putGradient).
+      flat.set(msg.values, msg.offset);
+      return;
     case 'give-up':
       giveUps.get(msg.id)?.(msg.value);
       giveUps.delete(msg.id);

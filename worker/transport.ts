@@ -24,6 +24,7 @@ export type ToThread =
   | { op: 'call'; id: number; method: 'connect' | 'ready' | 'sendGradient'; args: unknown[] }
   | { op: 'body'; id: number }
   | { op: 'gradient'; buffer: SharedArrayBuffer; offset: number; floats: number; memory?: WebAssembly.Memory; used?: number }
+  | { op: 'put'; offset: number; values: Float32Array }
   | { op: 'give-up'; id: number; value: boolean }
   | { op: 'send'; msg: ClientMessage }
   | { op: 'recycle'; buffers: (Float32Array | undefined)[] }
@@ -225,6 +226,26 @@ export class Transport extends EventEmitter {
   private giveBack(parts: WeightsRange[]): void {
     const buffers = parts.map((p) => p.weights);
     if (buffers.some((b) => b !== undefined)) this.post({ op: 'recycle', buffers }, buffers.flatMap((b) => (b === undefined || b.buffer instanceof SharedArrayBuffer ? [] : [b.buffer as ArrayBuffer])));
+  }
+
+  /**
+   * Has the thread copy a gradient tensor's values into `gradient` at `offset`, so that this thread
+   * goes on at once: with tfjs-node the copy of the classifier's 494 MB would otherwise hold back the
+   * dispatch of the conv body's backward (the GPU idles until this thread enqueues it). `values` must
+   * be an array nobody else reads (tfjs-node's and wasm's dataSync of an op's output hand out a fresh
+   * one; the cpu backend's is the tensor's storage): its buffer is transferred (detached here). A view
+   * into a larger buffer is copied here instead. Ordered before the sendGradient and body that follow.
+   */
+  putGradient(offset: number, values: Float32Array): void {
+    const buffer = values.buffer;
+    if (offset < 0 || offset + values.length > this.gradient.length) {
+      throw new RangeError(`putGradient: expected floats within [0, ${this.gradient.length}), got [${offset}, ${offset + values.length})`);
+    }
+    if (this.exited || !(buffer instanceof ArrayBuffer) || values.byteOffset !== 0 || values.byteLength !== buffer.byteLength) {
+      this.gradient.set(values, offset);
+      return;
+    }
+    this.post({ op: 'put', offset, values }, [buffer]);
   }
 
   /**

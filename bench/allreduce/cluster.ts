@@ -66,9 +66,11 @@ export interface OursResult {
  * `overlap`: the workers send the classifier's gradients before the simulated compute ends (worker-proc.ts);
  * `hosted`: each worker hosts one of the N shards (its transport thread), the leader owns no floats;
  * `earlyCommit`: the leader seals each step and the shards send each range's weights once all have sent it;
- * `hostCopies`: the workers also make a tfjs-node worker's host-side copies of the weights and gradients (host-copies.ts).
+ * `hostCopies`: the workers also make a tfjs-node worker's host-side copies of the weights and gradients (host-copies.ts),
+ * each gradient tensor copied into the shared gradient on the transport thread (`copyOut` 'thread', the worker's way) or
+ * on the main thread ('main').
  */
-export async function runOurs(o: { workers: number; steps: number; wire: string; computeMs?: number; shards?: number; overlap?: boolean; hosted?: boolean; earlyCommit?: boolean; hostCopies?: boolean }): Promise<OursResult> {
+export async function runOurs(o: { workers: number; steps: number; wire: string; computeMs?: number; shards?: number; overlap?: boolean; hosted?: boolean; earlyCommit?: boolean; hostCopies?: boolean; copyOut?: 'main' | 'thread' }): Promise<OursResult> {
   // Hosted: worker i hosts shard i + 1 of N + 1 and the leader owns no floats.
   const shards = o.hosted === true ? o.workers + 1 : o.shards ?? 1;
   let resolvePort!: (p: number) => void;
@@ -89,7 +91,7 @@ export async function runOurs(o: { workers: number; steps: number; wire: string;
   // the step committed without it (a stale join).
   let ready = 0;
   const procs = Array.from({ length: o.workers }, (_, i) => node('worker-proc.ts',
-    ['--url', url, '--steps', String(o.steps + WARMUP_STEPS), '--id', String(i), '--compute-ms', String(o.computeMs ?? 0), ...(o.overlap === true ? ['--overlap'] : []), ...(o.hostCopies === true ? ['--host-copies'] : []),
+    ['--url', url, '--steps', String(o.steps + WARMUP_STEPS), '--id', String(i), '--compute-ms', String(o.computeMs ?? 0), ...(o.overlap === true ? ['--overlap'] : []), ...(o.hostCopies === true ? ['--host-copies', '--copy-out', o.copyOut ?? 'thread'] : []),
       ...(o.hosted === true ? ['--host-shard', `${i + 1}/${shards}`] : [])], (line) => {
       if ((JSON.parse(line) as { ready?: boolean }).ready !== true) return;
       ready += 1;

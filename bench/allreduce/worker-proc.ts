@@ -9,14 +9,19 @@
  * conv body's at C, as the worker does (docs/measurements/h200-vgg16-overlap.json).
  * `--host-shard i/K`: this worker also hosts aggregator shard i of K (on its transport thread).
  * `--host-copies`: also the host-side copies a tfjs-node worker makes each step (host-copies.ts): the
- * weights read per tensor once they arrive, the gradients copied per tensor when the compute has them
- * (the classifier's during the body's backward with `--overlap`); their times go into the output.
+ * weights read per tensor once they arrive, the gradients copied per tensor when the compute has them;
+ * their times (on this thread) go into the output. With `--overlap` the classifier's come out before the
+ * body's backward starts, as with tfjs-node: the backward pass runs on the worker's main thread, which
+ * dispatches the body's ops only once the classifier's gradients are out (dataSync blocks it), so the
+ * GPU waits for those copies. `--copy-out main`: each gradient tensor's copy into the shared gradient on
+ * this thread too (the worker before the eleventh session); default: on the transport thread
+ * (Transport.putGradient, as the worker does now).
  */
 import { createLogger } from '../../shared/logger.ts';
 import { buildLayout, modelHash } from '../../shared/param-layout.ts';
 import { parseShard } from '../../shared/shard.ts';
 import { DEFAULT_MODEL_CONFIG } from '../../shared/vgg-configs.ts';
-import { reuseFreedMemory } from '../../worker/heap-reuse.ts';
+import { reuseFreedMemory } from '../../worker/host-memory.ts';
 import { Transport } from '../../worker/transport.ts';
 import { WINDOW_FRACTION, median, peakRssBytes } from './cluster.ts';
 import { copyGradientsOut, copyWeightsIn } from './host-copies.ts';
@@ -27,6 +32,7 @@ const id = arg('--id');
 const computeMs = process.argv.includes('--compute-ms') ? Number(arg('--compute-ms')) : 0;
 const overlap = process.argv.includes('--overlap');
 const hostCopies = process.argv.includes('--host-copies');
+const copyOutHere = arg('--copy-out') === 'main';
 const log = createLogger();
 log.level = 'warn';
 // As the worker does (worker/job-loop.ts); VGG_HEAP_REUSE=false for the comparison.
@@ -50,6 +56,7 @@ const inHead = (e: (typeof entries)[number]) => at > 0 && e.offset >= at;
 const head = entries.filter(inHead);
 const body = entries.filter((e) => !inHead(e));
 const device = hostCopies ? new Float32Array(floats).fill(1e-3) : new Float32Array(0);
+const put = copyOutHere ? (offset: number, values: Float32Array) => flat.set(values, offset) : (offset: number, values: Float32Array) => client.putGradient(offset, values);
 const weightsMs: number[] = [];
 const gradientsMs: number[] = [];
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -62,20 +69,20 @@ for (let step = 0; step < steps; step += 1) {
   const stats = { samples: 1, loss: 0, top1: 0, top5: 0, skipped: 0 };
   if (overlap && computeMs > 0) {
     await sleep(computeMs * (1 - WINDOW_FRACTION));
-    // The GPU goes on with the body's backward while this thread copies the classifier's gradients out.
+    // The classifier's gradients out first; only then is the body's backward dispatched (the GPU waits).
+    const headMs = hostCopies ? copyGradientsOut(head, device, put) : 0;
     const bodyDone = sleep(computeMs * WINDOW_FRACTION);
-    const headMs = hostCopies ? copyGradientsOut(head, device, flat) : 0;
-    await client.sendGradient(step, `w${id}-s${step}`, [step], stats, { at, body: bodyDone.then(() => { if (hostCopies) gradientsMs.push(headMs + copyGradientsOut(body, device, flat)); }) });
+    await client.sendGradient(step, `w${id}-s${step}`, [step], stats, { at, body: bodyDone.then(() => { if (hostCopies) gradientsMs.push(headMs + copyGradientsOut(body, device, put)); }) });
   } else {
     if (computeMs > 0) await sleep(computeMs);
-    if (hostCopies) gradientsMs.push(copyGradientsOut(entries, device, flat));
+    if (hostCopies) gradientsMs.push(copyGradientsOut(entries, device, put));
     await client.sendGradient(step, `w${id}-s${step}`, [step], stats);
   }
   await next;
   arrivals.push(performance.now());
   // The next step's model: the new weights into the framework (part of the next step's interval).
   if (hostCopies) {
-    weightsMs.push(copyWeightsIn(entries, (lo, hi) => client.view(lo, hi)));
+    weightsMs.push(copyWeightsIn(entries, (lo, hi) => client.view(lo, hi)).ms);
     client.modelWritten();
   }
 }

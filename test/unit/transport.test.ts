@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ConnectionLost } from '../../worker/aggregator-client.ts';
+import { misalignment } from '../../worker/host-memory.ts';
 import { Transport } from '../../worker/transport.ts';
 import { SGD, join, log, startAggregator, stats } from '../helpers/aggregator-harness.ts';
 
@@ -154,4 +155,63 @@ test('weights viewed for the model are not received into again until the model h
   assert.equal(v0.length, 0, 'version 0 given back once the model holds a newer one');
   const w3 = await step(2);
   assert.deepEqual(tr.read(0, n), w3);
+});
+
+test('the received weights start at 64-byte boundaries: every tensor at a 16-float offset is viewed where TensorFlow takes it without a copy', async (t) => {
+  const { h, tr, n, g } = await readyTransport(t, 'ta');
+  const aligned = h.layout.entries.filter((e) => e.offset % 16 === 0);
+  assert.ok(aligned.length >= h.layout.entries.length / 2, 'most of the test layout\'s tensors start at 16 floats');
+  const check = (when: string) => {
+    for (const e of aligned) assert.equal(misalignment(tr.view(e.offset, e.offset + e.size)), 0, `${e.name} ${when}`);
+    assert.equal(misalignment(tr.view(0, n)), 0);
+  };
+  check('in the first version');
+  // Later versions are received into new buffers, then into those given back (transferred to the thread and back).
+  for (let s = 0; s < 3; s += 1) {
+    const joined = tr.next<{ t: string }>(['reply']);
+    tr.send({ t: 'join', step: s, jobId: `job-${s}`, lockToken: 'tok' });
+    assert.equal((await joined).value.t, 'joined');
+    g.fill(0.01);
+    const next = tr.next(['weights'], (_n, v) => (v as number) === s + 1);
+    await tr.sendGradient(s, `job-${s}`, [s], stats(1));
+    await next;
+    tr.modelWritten();
+    check(`in version ${s + 1}`);
+  }
+});
+
+test('putGradient: a tensor\'s values handed to the thread (transferred) land in the gradient before the send that follows; a view is copied instead', async (t) => {
+  const { h, tr, n, g } = await readyTransport(t, 'tp');
+  h.agg.options.sgd.options.weightDecay = 0;
+  const expected = Float32Array.from({ length: n }, (_, i) => ((i % 11) - 5) / 40);
+  const cut = [0, ...h.layout.entries.map((e) => e.offset + e.size)];
+  const parent = new Float32Array(n + 8);
+  g.fill(123); // stale values that must all be overwritten
+  const handed: Float32Array[] = [];
+  for (let k = 0; k + 1 < cut.length; k += 1) {
+    const [lo, hi] = [cut[k] as number, cut[k + 1] as number];
+    if (k % 3 === 2) {
+      // A view into a larger buffer (as the cpu backend's storage may be): copied on this thread, left attached.
+      parent.set(expected.subarray(lo, hi), 4);
+      const view = parent.subarray(4, 4 + hi - lo);
+      tr.putGradient(lo, view);
+      assert.equal(view.length, hi - lo, 'a view is not transferred');
+    } else {
+      const values = expected.slice(lo, hi);
+      handed.push(values);
+      tr.putGradient(lo, values);
+    }
+  }
+  assert.ok(handed.length > 1 && handed.every((v) => v.length === 0), 'whole arrays are transferred');
+  assert.throws(() => tr.putGradient(n - 2, new Float32Array(4)), /putGradient: expected floats within \[0, \d+\), got/);
+  const joined = tr.next<{ t: string }>(['reply']);
+  tr.send({ t: 'join', step: 0, jobId: 'job-p', lockToken: 'tok' });
+  assert.equal((await joined).value.t, 'joined');
+  const next = tr.next(['weights'], (_n, v) => (v as number) === 1);
+  await tr.sendGradient(0, 'job-p', [1], stats(1));
+  await next;
+  const w = tr.read(0, n);
+  let worst = 0;
+  for (let i = 0; i < n; i += 1) worst = Math.max(worst, Math.abs((w[i] as number) - Math.fround((h.initial[i] as number) - Math.fround(SGD.learningRate * (expected[i] as number)))));
+  assert.ok(worst < 1e-6, `largest difference from the update with the handed values: ${worst}`);
 });

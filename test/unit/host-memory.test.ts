@@ -3,9 +3,11 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { reuseFreedMemory } from '../../worker/heap-reuse.ts';
+import { MessageChannel } from 'node:worker_threads';
+import { TENSOR_ALIGN_BYTES, alignedFloats, misalignment, reuseFreedMemory } from '../../worker/host-memory.ts';
+import { readRanges } from '../../worker/shard-group.ts';
 
-const MODULE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../worker/heap-reuse.ts');
+const MODULE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../worker/host-memory.ts');
 const MB = 64;
 
 /**
@@ -39,7 +41,7 @@ function faultsPerRound(reuse: boolean): { applied: boolean; faults: number; pag
   return { ...r, pages: (MB << 20) / 4096 };
 }
 
-describe('heap reuse (worker/native/heap_reuse.c)', () => {
+describe('host memory (worker/native/host_memory.c)', () => {
   test('with the setting, a large block allocated and freed every round stays mapped: almost no page faults after the first rounds', (t) => {
     const tuned = faultsPerRound(true);
     assert.equal(tuned.applied, true, 'glibc takes the setting (Debian, as CI and the images)');
@@ -53,5 +55,37 @@ describe('heap reuse (worker/native/heap_reuse.c)', () => {
   test('VGG_HEAP_REUSE=false leaves malloc as it is; a value that is not true/false is refused', () => {
     assert.deepEqual(reuseFreedMemory({ VGG_HEAP_REUSE: 'false' }), { applied: false, reason: 'VGG_HEAP_REUSE=false' });
     assert.throws(() => reuseFreedMemory({ VGG_HEAP_REUSE: 'sometimes' }), /VGG_HEAP_REUSE: expected true or false, got "sometimes"/);
+  });
+
+  test('alignedFloats: zeroed floats at a 64-byte boundary, whatever malloc returns, still there after a transfer to another port', async () => {
+    const sizes = [1, 3, 1000, 4097, 262_144, 1 << 22];
+    const views = sizes.flatMap((n) => [alignedFloats(n), alignedFloats(n)]);
+    views.forEach((v, i) => {
+      assert.equal(v.length, sizes[i >> 1]);
+      assert.ok(v.every((x) => x === 0));
+      assert.equal(misalignment(v), 0, `${v.length} floats`);
+    });
+    // Plain arrays land wherever malloc puts them: misalignment tells them apart (or this test could not fail).
+    const plain = Array.from({ length: 32 }, (_, i) => misalignment(new Float32Array(new ArrayBuffer(4 * (1000 + i) + 16), 16)));
+    assert.ok(plain.some((m) => m !== 0), `plain arrays offset by 16 bytes: ${plain.join(' ')}`);
+    const big = alignedFloats(1 << 20);
+    big[5] = 2.5;
+    const { port1, port2 } = new MessageChannel();
+    const moved = new Promise<Float32Array>((resolve) => port2.once('message', (m: Float32Array) => resolve(m)));
+    port1.postMessage(big, [big.buffer as ArrayBuffer]);
+    const got = await moved;
+    port1.close();
+    assert.equal(big.length, 0, 'transferred');
+    assert.equal(got[5], 2.5);
+    assert.equal(misalignment(got), 0);
+    assert.equal(TENSOR_ALIGN_BYTES % 16, 0);
+  });
+
+  test('a tensor that spans two shards\' ranges is copied into aligned memory', () => {
+    const a = alignedFloats(64).fill(1);
+    const b = alignedFloats(64).fill(2);
+    const out = readRanges([{ lo: 0, hi: 64, weights: a }, { lo: 64, hi: 128, weights: b }], 48, 80);
+    assert.deepEqual([...out], [...new Array(16).fill(1), ...new Array(16).fill(2)]);
+    assert.equal(misalignment(out), 0);
   });
 });
