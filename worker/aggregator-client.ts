@@ -130,6 +130,12 @@ export class AggregatorClient extends EventEmitter {
   private wireMetrics?: Metrics;
   /** Gradient message buffers free again (their send was written to the socket), reused by sendRange. */
   private readonly sendRooms: Buffer[] = [];
+  /**
+   * Where this client receives a version of its range (floats, of `step`): set by a ShardGroup of
+   * several shards, which puts every shard's range of a version in one buffer so that the model views
+   * any tensor in one piece; unset, the client receives into buffers of its own. May throw a ProtocolError.
+   */
+  placeWeights?: (step: number, floats: number) => Float32Array;
   /** The current step's attempt (0 after `joined`, then the last `resend`'s) and the ticket of the `joined`. */
   attempt = 0;
   ticket?: string;
@@ -256,8 +262,9 @@ export class AggregatorClient extends EventEmitter {
         const n = field<number>(msg, 'totalFloats', 'int');
         const split = msg.split === undefined ? 0 : field<number>(msg, 'split', 'int');
         if (split < 0 || (split > 0 && split >= n)) throw new ProtocolError('VGG_ERR_LAYOUT', `weights-begin.split: expected 0..${n - 1}, got ${split}`);
-        const buf = this.incoming?.buf.length === n ? this.incoming.buf : this.scratch(n);
-        this.incoming = { step: field<number>(msg, 'step', 'int'), buf, ...startAt(split) };
+        const step = field<number>(msg, 'step', 'int');
+        const buf = this.placeWeights?.(step, n) ?? (this.incoming?.buf.length === n ? this.incoming.buf : this.scratch(n));
+        this.incoming = { step, buf, ...startAt(split) };
         this.learningRate = field<number>(msg, 'learningRate', 'number');
         return;
       }
@@ -282,7 +289,8 @@ export class AggregatorClient extends EventEmitter {
         this.incoming = undefined;
         const previous = this.weights;
         this.weights = inc.buf;
-        this.spare = previous;
+        // (A placed version's buffer is the group's to reuse.)
+        if (this.placeWeights === undefined) this.spare = previous;
         this.weightsStep = inc.step;
         this.emit('weights', inc.step);
         return;

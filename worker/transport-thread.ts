@@ -79,7 +79,8 @@ const post = (msg: FromThread, transfer: ArrayBuffer[] = []) => {
 
 group.on('weights', (step: number) => {
   const parts = group.takeWeights();
-  const transfer = parts.flatMap((p) => (p.weights === undefined ? [] : [p.weights.buffer as ArrayBuffer]));
+  // (With several shards the parts are views of one buffer: transferred once.)
+  const transfer = [...new Set(parts.flatMap((p) => (p.weights === undefined ? [] : [p.weights.buffer as ArrayBuffer])))];
   post({ op: 'weights', step, learningRate: group.learningRate, parts }, transfer);
 });
 // With the attempt it asks for (the client has taken it already): the main thread drops a resend

@@ -55,6 +55,8 @@ export class Transport extends EventEmitter {
   weightsStep = -1;
   private isConnected = false;
   private parts: WeightsRange[] = [];
+  /** The newest version as one array, when its parts are consecutive ranges of one buffer (several shards). */
+  private whole?: Float32Array;
   /**
    * The version the model holds views of (view(), modelWritten()): not given back to the thread
    * when a newer one arrives, only once the model holds a newer one.
@@ -133,6 +135,7 @@ export class Transport extends EventEmitter {
         // The previous version's buffers go back to be received into again, unless the model holds views of them.
         const old = this.parts;
         this.parts = m.parts;
+        this.whole = wholeOf(m.parts);
         this.learningRate = m.learningRate;
         this.weightsStep = m.step;
         if (old !== this.inModel) this.giveBack(old);
@@ -208,6 +211,7 @@ export class Transport extends EventEmitter {
    * storage, tfjs-node until their first use).
    */
   view(start: number, end: number): Float32Array {
+    if (this.whole !== undefined && end <= this.whole.length) return this.whole.subarray(start, end);
     for (const { lo, hi, weights } of this.parts) {
       if (weights === undefined || start < lo || end > hi) continue;
       if (end - lo <= weights.length) return weights.subarray(start - lo, end - lo);
@@ -225,7 +229,8 @@ export class Transport extends EventEmitter {
   /** A version's buffers, free again, back to the thread to receive into (transferred: views of them are detached). */
   private giveBack(parts: WeightsRange[]): void {
     const buffers = parts.map((p) => p.weights);
-    if (buffers.some((b) => b !== undefined)) this.post({ op: 'recycle', buffers }, buffers.flatMap((b) => (b === undefined || b.buffer instanceof SharedArrayBuffer ? [] : [b.buffer as ArrayBuffer])));
+    const transfer = new Set(buffers.flatMap((b) => (b === undefined || b.buffer instanceof SharedArrayBuffer ? [] : [b.buffer as ArrayBuffer])));
+    if (buffers.some((b) => b !== undefined)) this.post({ op: 'recycle', buffers }, [...transfer]);
   }
 
   /**
@@ -277,4 +282,16 @@ export class Transport extends EventEmitter {
     await exit;
     clearTimeout(timer);
   }
+}
+
+/** The parts as one array when they are consecutive ranges [0, end) of one buffer, in order (ShardGroup with several shards). */
+function wholeOf(parts: WeightsRange[]): Float32Array | undefined {
+  const first = parts[0]?.weights;
+  if (parts.length < 2 || first === undefined || parts[0]?.lo !== 0) return undefined;
+  let end = 0;
+  for (const { lo, hi, weights } of parts) {
+    if (weights === undefined || weights.buffer !== first.buffer || lo !== end || weights.length !== hi - lo || weights.byteOffset !== first.byteOffset + 4 * lo) return undefined;
+    end = hi;
+  }
+  return new Float32Array(first.buffer, first.byteOffset, end);
 }

@@ -8,7 +8,9 @@ import { buildLayout, modelHash } from '../../shared/param-layout.ts';
 import { parseShard, shardRange, sliceLayout } from '../../shared/shard.ts';
 import { TINY_VGG_A, resolveModelConfig } from '../../shared/vgg-configs.ts';
 import { PROTOCOL_VERSION, type ProtocolError } from '../../shared/wire-protocol.ts';
+import { misalignment } from '../../worker/host-memory.ts';
 import { ShardGroup } from '../../worker/shard-group.ts';
+import { Transport } from '../../worker/transport.ts';
 import { RawPeer, SGD, frame, hello, log, stats } from '../helpers/aggregator-harness.ts';
 import { wave } from '../helpers/numeric.ts';
 
@@ -202,5 +204,56 @@ describe('leader and follower shards', () => {
       for (const h of started) await h.close();
       await agg.close();
     }
+  });
+
+  test('with several shards each version arrives in one aligned buffer of the whole vector, reused once given back', async () => {
+    pair = await startPair();
+    const a = await member(pair, 'a');
+    const n = pair.weights.length;
+    const oneBuffer = (parts: ReturnType<ShardGroup['takeWeights']>) => {
+      const [first, second] = parts;
+      assert.ok(first?.weights !== undefined && second?.weights !== undefined);
+      assert.equal(second.weights.buffer, first.weights.buffer, 'both shards\' ranges in one buffer');
+      assert.equal(second.weights.byteOffset, first.weights.byteOffset + 4 * second.lo, 'consecutive');
+      assert.equal(misalignment(first.weights), 0);
+      return first.weights.buffer;
+    };
+    const step = async (s: number) => {
+      await joinGroup(a, `job-${s}`);
+      const next = a.next(['weights'], (_n, v) => (v as number) === s + 1);
+      await a.sendGradient(s, `job-${s}`, [s], stats(1), new Float32Array(n).fill(0.5));
+      await next;
+    };
+    const v0 = a.takeWeights();
+    const b0 = oneBuffer(v0);
+    assert.deepEqual(new Float32Array(b0, v0[0]?.weights?.byteOffset, n), pair.weights);
+    await step(0);
+    const v1 = a.takeWeights();
+    assert.notEqual(oneBuffer(v1), b0, 'version 0 is still held: version 1 in another buffer');
+    a.recycle(v0.map((p) => p.weights));
+    await step(1);
+    assert.equal(oneBuffer(a.takeWeights()), b0, 'version 0\'s buffer, given back, is received into again');
+    // Versions nobody takes are free again once a newer one is complete: two buffers in all, not one per step.
+    const held = a as unknown as { versions: Map<number, Float32Array>; free: Float32Array[] };
+    for (let s = 2; s < 7; s += 1) await step(s);
+    assert.deepEqual([...held.versions.keys()], [7]);
+    assert.equal(held.versions.size + held.free.length, 2);
+  });
+
+  test('a worker\'s model views a tensor that spans both shards\' ranges without a copy', async (t) => {
+    pair = await startPair();
+    const tr = new Transport({ client: { url: `ws://127.0.0.1:${pair.port}`, token: 'secret', workerId: 'tv', host: 'h', gpu: null, backend: 'cpu' }, log });
+    t.after(() => tr.close());
+    await tr.connect();
+    await tr.ready(pair.agg.options.modelHash);
+    const layout = buildLayout(TINY_VGG_A);
+    const cut = shardRange(layout.totalSize, 1, 2).lo;
+    const across = layout.entries.find((e) => e.offset < cut && e.offset + e.size > cut);
+    assert.ok(across !== undefined, 'a tensor across the two ranges');
+    const whole = tr.view(0, layout.totalSize);
+    const v = tr.view(across.offset, across.offset + across.size);
+    assert.equal(v.buffer, whole.buffer, `${across.name}: a view, not a copy`);
+    assert.equal(v.byteOffset, whole.byteOffset + 4 * across.offset);
+    assert.deepEqual(v, pair.weights.subarray(across.offset, across.offset + across.size));
   });
 });
