@@ -195,12 +195,10 @@ export class ShardGroup extends EventEmitter {
       buffers.forEach((b, i) => { if (b !== undefined) this.parts[i]?.client.recycle(b); });
       return;
     }
-    // One version's views of its whole-vector buffer: the buffer is free again.
-    const i = buffers.findIndex((b) => b !== undefined);
-    const view = buffers[i];
-    const at = view === undefined ? -1 : view.byteOffset - 4 * (this.parts[i]?.lo ?? Infinity);
-    if (view === undefined || !(view.buffer instanceof ArrayBuffer) || !(at >= 0) || at + 4 * this.total > view.buffer.byteLength) return;
-    this.free.push(new Float32Array(view.buffer, at, this.total));
+    // One version's views of its whole-vector buffer (shard 0's range starts it): the buffer is free again.
+    const first = buffers[0];
+    if (first === undefined || !(first.buffer instanceof ArrayBuffer) || first.byteOffset + 4 * this.total > first.buffer.byteLength) return;
+    this.free.push(new Float32Array(first.buffer, first.byteOffset, this.total));
   }
 
   /** floats [start, end) of the complete weights, copied out of the shards' buffers. */

@@ -3,15 +3,15 @@
  * benchmarks to do for real (`bench:scaling --host-copies true`, worker-proc.ts `--host-copies`) and to
  * calibrate their model on. Per parameter tensor (worker/job-loop.ts, worker/model/vgg-model.ts):
  *
- * - weights in: `Transport.view(lo, hi)` (a view of the received version; a copy only for a tensor
- *   that spans two shards' ranges; until the tenth session a copy, `read`), then tf.tensor's values
+ * - weights in: `Transport.view(lo, hi)` (a view of the received version, one buffer of the whole vector
+ *   even with several shards since the eleventh session; until the tenth session a copy), then tf.tensor's values
  *   made a TF host tensor at their first use (tfjs-node's createTensor: TF_NewTensor takes the array as
  *   the tensor's storage when it lies at a multiple of EIGEN_MAX_ALIGN_BYTES, and copies it into a
  *   fresh buffer otherwise; the received weights start at 64-byte boundaries since the eleventh
  *   session, worker/host-memory.ts), then host-to-device (DMA; not done here, see H2D_MS);
  * - gradients out: device-to-host into a TF host tensor (DMA; D2H_MS), `dataSync()` (tfjs-node's
  *   tensorDataSync: a fresh array, a copy), then `flat.set(..., offset)` into the shared gradient buffer
- *   (a copy).
+ *   (a copy; on the transport thread since the eleventh session, Transport.putGradient).
  *
  * Read in tfjs-node's binding (tfjs_backend.cc: CreateTFE_TensorHandleFromTypedArray,
  * CopyTFE_TensorHandleDataToTypedArray) and TensorFlow's tf_tensor.cc; not run here (no libtensorflow).
