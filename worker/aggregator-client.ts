@@ -133,9 +133,10 @@ export class AggregatorClient extends EventEmitter {
   /**
    * Where this client receives a version of its range (floats, of `step`): set by a ShardGroup of
    * several shards, which puts every shard's range of a version in one buffer so that the model views
-   * any tensor in one piece; unset, the client receives into buffers of its own. May throw a ProtocolError.
+   * any tensor in one piece; unset, or where it answers undefined, the client receives into a buffer
+   * of its own. May throw a ProtocolError.
    */
-  placeWeights?: (step: number, floats: number) => Float32Array;
+  placeWeights?: (step: number, floats: number) => Float32Array | undefined;
   /** The current step's attempt (0 after `joined`, then the last `resend`'s) and the ticket of the `joined`. */
   attempt = 0;
   ticket?: string;
@@ -263,7 +264,10 @@ export class AggregatorClient extends EventEmitter {
         const split = msg.split === undefined ? 0 : field<number>(msg, 'split', 'int');
         if (split < 0 || (split > 0 && split >= n)) throw new ProtocolError('VGG_ERR_LAYOUT', `weights-begin.split: expected 0..${n - 1}, got ${split}`);
         const step = field<number>(msg, 'step', 'int');
-        const buf = this.placeWeights?.(step, n) ?? (this.incoming?.buf.length === n ? this.incoming.buf : this.scratch(n));
+        // (An interrupted version's buffer is reused only if it is this client's own: a placed one is the group's.)
+        const buf = this.placeWeights === undefined
+          ? (this.incoming?.buf.length === n ? this.incoming.buf : this.scratch(n))
+          : this.placeWeights(step, n) ?? this.scratch(n);
         this.incoming = { step, buf, ...startAt(split) };
         this.learningRate = field<number>(msg, 'learningRate', 'number');
         return;

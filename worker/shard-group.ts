@@ -144,11 +144,17 @@ export class ShardGroup extends EventEmitter {
     }
   }
 
-  /** A shard's range of version `step` in that version's buffer of the whole vector. */
-  private place(part: Part, step: number, floats: number): Float32Array {
+  /**
+   * A shard's range of version `step` in that version's buffer of the whole vector; undefined (the client
+   * then receives into a buffer of its own) for a step already handed over, or one this client holds
+   * complete already (a broadcast of it again, as after a coordinator's --resume): that buffer's range
+   * holds weights someone may read, or is gone to the main thread.
+   */
+  private place(part: Part, step: number, floats: number): Float32Array | undefined {
     if (floats !== part.hi - part.lo) {
       throw new ProtocolError('VGG_ERR_LAYOUT', `weights-begin.totalFloats: expected ${part.hi - part.lo} (the shard's range [${part.lo}, ${part.hi})), got ${floats}`);
     }
+    if (step <= this.emittedStep || part.client.weightsStep >= step) return undefined;
     let whole = this.versions.get(step);
     if (whole === undefined) {
       whole = this.free.pop() ?? alignedFloats(this.total);

@@ -82,7 +82,7 @@ export class Transport extends EventEmitter {
     this.thread = new Worker(bootstrap, { eval: true, workerData: init });
     this.thread.on('message', (m: FromThread & { sent: number; received: number }) => this.onMessage(m));
     this.thread.on('error', (err) => {
-      o.log.error({ err: err.message }, 'transport thread failed');
+      o.log.error({ err: err.message, stack: err.stack }, 'transport thread failed');
       this.fail(err);
     });
     // Not a lost connection: without its thread the worker cannot talk at all (the job loop's failure count then ends it).

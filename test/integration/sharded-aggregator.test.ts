@@ -144,7 +144,11 @@ describe('a sharded aggregator (coordinator --shards K, aggregator start --shard
     const c2 = spawnCli([...args, '--resume']);
     procs.push(c2);
     follower(port, '1/2');
-    assert.equal(await c2.exited, 0, c2.output());
+    // A worker lost meanwhile leaves the resumed run waiting for --min-workers: fail with every output, not hang.
+    const stalled = new Promise<never>((_, reject) => {
+      setTimeout(() => reject(new Error(`the resumed run did not end in 180 s\n${[c2, ...workers].map((p) => p.output()).join('\n')}`)), 180000).unref();
+    });
+    assert.equal(await Promise.race([c2.exited, stalled]), 0, c2.output());
     const summary = JSON.parse(c2.output().trim().split('\n').filter((l) => l.startsWith('{"run"')).at(-1) ?? '{}') as { epochs: number };
     assert.equal(summary.epochs, 2);
     await assertExactlyOnce('shres', 2, TRAIN);

@@ -238,6 +238,16 @@ describe('leader and follower shards', () => {
     for (let s = 2; s < 7; s += 1) await step(s);
     assert.deepEqual([...held.versions.keys()], [7]);
     assert.equal(held.versions.size + held.free.length, 2);
+    // A step broadcast again (as after a coordinator's --resume) to a client that holds it complete, or one
+    // handed over already, goes into a buffer of the client's own: the shared one may be read, or be gone
+    // to the main thread (a sharded resume run crashed the transport thread on a detached buffer).
+    const inner = a as unknown as { place: (part: unknown, step: number, floats: number) => Float32Array | undefined; parts: { client: { weightsStep: number }; lo: number; hi: number }[]; emittedStep: number };
+    const part = inner.parts[1];
+    assert.ok(part !== undefined);
+    assert.equal(part.client.weightsStep, 7);
+    assert.equal(inner.place(part, 7, part.hi - part.lo), undefined, 'the step this client holds complete');
+    assert.equal(inner.place(part, 6, part.hi - part.lo), undefined, 'a step handed over');
+    assert.equal(inner.place(part, 8, part.hi - part.lo)?.length, part.hi - part.lo, 'the next step, placed');
   });
 
   test('a worker\'s model views a tensor that spans both shards\' ranges without a copy', async (t) => {
