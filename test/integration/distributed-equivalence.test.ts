@@ -51,7 +51,8 @@ describe('data parallelism is exact', () => {
   after(async () => { await redis.stop(); });
 
   test('2 workers with batch b end with the weights of 1 worker with batch 2b, and 1 worker equals the single-process trainer', async (t) => {
-    const common = { data, redis: redis.url, trainLimit: '128', valLimit: '32', seed: '4' };
+    // FC 512: fc7's kernel (512 x 512, 1 MB) is big enough for the workers to hand its gradient to the transport thread.
+    const common = { data, redis: redis.url, trainLimit: '128', valLimit: '32', seed: '4', fcUnits: '512' };
     const twoDir = tempDir('ck-two');
     const oneDir = tempDir('ck-one');
     const two = await runCluster(tinyRun({ ...common, run: 'eq2', batchSize: '16', minWorkers: '2', checkpointDir: twoDir }), 2);
@@ -71,7 +72,7 @@ describe('data parallelism is exact', () => {
     await switchBackend('wasm');
     const singleDir = tempDir('ck-single');
     await train({
-      data, model: resolveModelConfig({ config: 'A', inputSize: 32, widthMultiplier: 0.125, fcUnits: 64, dropout: 0, numClasses: 10 }),
+      data, model: resolveModelConfig({ config: 'A', inputSize: 32, widthMultiplier: 0.125, fcUnits: 512, dropout: 0, numClasses: 10 }),
       init: 'kaiming', seed: 4, epochs: 1, batchSize: 32, sgd: { learningRate: 0.01, momentum: 0.9, weightDecay: 5e-4 },
       sMin: 32, sMax: 36, evalQ: 32, normalizeStd: true, checkpointDir: singleDir, checkpointEverySteps: 0, keepCheckpoints: 1,
       resume: false, trainLimit: 128, valLimit: 32,
