@@ -12,7 +12,7 @@ import { connectRedis } from '../shared/redis-connection.ts';
 import { runKeys, type EvalJobData, type EvalJobResult, type TrainJobData } from '../shared/redis-keys.ts';
 import { ProtocolError, type BatchStats } from '../shared/wire-protocol.ts';
 import { ConnectionLost, type GradientSplit } from './aggregator-client.ts';
-import { Transport, type TransportInit } from './transport.ts';
+import { PUT_MIN_FLOATS, Transport, type TransportInit } from './transport.ts';
 import { selectBackend, type BackendChoice } from './backend.ts';
 import { loadBatch, type BatchItem, type LoadedBatch } from './data/image-pipeline.ts';
 import { indexDataset } from '../coordinator/dataset-index.ts';
@@ -52,9 +52,6 @@ export type OverlapChoice = (typeof OVERLAP_CHOICES)[number];
 
 /** Why a train job was given up. */
 class JobAbandoned extends Error {}
-
-/** A gradient tensor this long or longer is copied into the shared gradient by the transport thread (1 MB). */
-const OFF_THREAD_MIN_FLOATS = 1 << 18;
 
 /**
  * One worker process: connect, build the model the run names, then loop:
@@ -130,7 +127,7 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
     overlap ? 'classifier gradients go out during the backward pass' : 'gradients go out after the backward pass');
   const copyOut = (offset: number, g: tf.Tensor) => {
     const values = g.dataSync() as Float32Array;
-    if (offThread && values.length >= OFF_THREAD_MIN_FLOATS) client.putGradient(offset, values);
+    if (offThread && values.length >= PUT_MIN_FLOATS) client.putGradient(offset, values);
     else flat.set(values, offset);
   };
   let jobs = 0;
