@@ -123,7 +123,7 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
   // array with error feedback, which compensates the gradient on this thread, and every one under 1 MB:
   // a message costs more than its copy (tiny models' epochs were ~4% slower with all of them sent).
   const offThread = (backend.name === 'tensorflow' || backend.name === 'wasm') && feedback === undefined;
-  log.info({ overlap, backend: backend.detail, gradientCopies: offThread ? 'transport thread' : 'this thread' },
+  log.info({ overlap, backend: backend.detail, gradientCopies: offThread ? `transport thread (tensors of ${(PUT_MIN_FLOATS * 4) / 2 ** 20} MB or more)` : 'this thread' },
     overlap ? 'classifier gradients go out during the backward pass' : 'gradients go out after the backward pass');
   const copyOut = (offset: number, g: tf.Tensor) => {
     const values = g.dataSync() as Float32Array;
