@@ -120,14 +120,14 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
   // tfjs-node's and wasm's dataSync of an op's output is a fresh array: the transport thread copies it into
   // the gradient while this thread goes on (with tfjs-node: dispatching the conv body's backward, which the
   // GPU otherwise waits for). The cpu backend's array is the tensor's storage, copied here; so is every
-  // array with error feedback, which compensates the gradient on this thread, and every one under 1 MB:
-  // a message costs more than its copy (tiny models' epochs were ~4% slower with all of them sent).
+  // array with error feedback, which compensates the gradient on this thread (and putGradient copies the
+  // ones under 1 MB here itself).
   const offThread = (backend.name === 'tensorflow' || backend.name === 'wasm') && feedback === undefined;
   log.info({ overlap, backend: backend.detail, gradientCopies: offThread ? `transport thread (tensors of ${(PUT_MIN_FLOATS * 4) / 2 ** 20} MB or more)` : 'this thread' },
     overlap ? 'classifier gradients go out during the backward pass' : 'gradients go out after the backward pass');
   const copyOut = (offset: number, g: tf.Tensor) => {
     const values = g.dataSync() as Float32Array;
-    if (offThread && values.length >= PUT_MIN_FLOATS) client.putGradient(offset, values);
+    if (offThread) client.putGradient(offset, values);
     else flat.set(values, offset);
   };
   let jobs = 0;

@@ -15,7 +15,7 @@ import { ProtocolError, type BatchStats, type ClientMessage } from '../shared/wi
 import { FloatArena } from '../shared/simd.ts';
 import { ConnectionLost, allowSendRooms } from './aggregator-client.ts';
 import { ShardGroup } from './shard-group.ts';
-import type { FromThread, ToThread, TransportInit } from './transport.ts';
+import { transferList, type FromThread, type ToThread, type TransportInit } from './transport.ts';
 
 const port = parentPort;
 if (port === null) throw new Error('transport-thread: expected to run in a worker thread');
@@ -80,8 +80,7 @@ const post = (msg: FromThread, transfer: ArrayBuffer[] = []) => {
 group.on('weights', (step: number) => {
   const parts = group.takeWeights();
   // (With several shards the parts are views of one buffer: transferred once.)
-  const transfer = [...new Set(parts.flatMap((p) => (p.weights === undefined ? [] : [p.weights.buffer as ArrayBuffer])))];
-  post({ op: 'weights', step, learningRate: group.learningRate, parts }, transfer);
+  post({ op: 'weights', step, learningRate: group.learningRate, parts }, transferList(parts.map((p) => p.weights)));
 });
 // With the attempt it asks for (the client has taken it already): the main thread drops a resend
 // that a send started after it already carries.

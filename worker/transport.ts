@@ -73,13 +73,16 @@ export class Transport extends EventEmitter {
   private readonly calls = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; giveUp?: () => Promise<boolean> }>();
   private readonly metrics?: Metrics;
   private readonly hostsShard: boolean;
+  /** putGradient copies arrays shorter than this here (PUT_MIN_FLOATS unless told otherwise). */
+  private readonly putMinFloats: number;
   private exited = false;
   /** The step and attempt of the last gradient send the thread started. */
   private sent?: { step: number; attempt: number };
 
-  constructor(o: { client: TransportInit['client']; log: Logger; metrics?: Metrics; hostShard?: TransportInit['hostShard'] }) {
+  constructor(o: { client: TransportInit['client']; log: Logger; metrics?: Metrics; hostShard?: TransportInit['hostShard']; putMinFloats?: number }) {
     super();
     this.metrics = o.metrics;
+    this.putMinFloats = o.putMinFloats ?? PUT_MIN_FLOATS;
     const init: TransportInit = { client: o.client, logBindings: o.log.bindings(), hostShard: o.hostShard };
     this.hostsShard = o.hostShard !== undefined;
     // tsx's loader is registered per thread: the bootstrap registers it, then loads the thread's module.
@@ -235,8 +238,7 @@ export class Transport extends EventEmitter {
   /** A version's buffers, free again, back to the thread to receive into (transferred: views of them are detached). */
   private giveBack(parts: WeightsRange[]): void {
     const buffers = parts.map((p) => p.weights);
-    const transfer = new Set(buffers.flatMap((b) => (b === undefined || b.buffer instanceof SharedArrayBuffer ? [] : [b.buffer as ArrayBuffer])));
-    if (buffers.some((b) => b !== undefined)) this.post({ op: 'recycle', buffers }, [...transfer]);
+    if (buffers.some((b) => b !== undefined)) this.post({ op: 'recycle', buffers }, transferList(buffers));
   }
 
   /**
@@ -245,14 +247,15 @@ export class Transport extends EventEmitter {
    * dispatch of the conv body's backward (the GPU idles until this thread enqueues it). `values` must
    * be an array nobody else reads (tfjs-node's and wasm's dataSync of an op's output hand out a fresh
    * one; the cpu backend's is the tensor's storage): its buffer is transferred (detached here). A view
-   * into a larger buffer is copied here instead. Ordered before the sendGradient and body that follow.
+   * into a larger buffer is copied here instead, and so is an array under 1 MB (PUT_MIN_FLOATS): its
+   * message would cost more than its copy. Ordered before the sendGradient and body that follow.
    */
   putGradient(offset: number, values: Float32Array): void {
     const buffer = values.buffer;
     if (offset < 0 || offset + values.length > this.gradient.length) {
       throw new RangeError(`putGradient: expected floats within [0, ${this.gradient.length}), got [${offset}, ${offset + values.length})`);
     }
-    if (this.exited || !(buffer instanceof ArrayBuffer) || values.byteOffset !== 0 || values.byteLength !== buffer.byteLength) {
+    if (values.length < this.putMinFloats || this.exited || !(buffer instanceof ArrayBuffer) || values.byteOffset !== 0 || values.byteLength !== buffer.byteLength) {
       this.gradient.set(values, offset);
       return;
     }
@@ -288,6 +291,11 @@ export class Transport extends EventEmitter {
     await exit;
     clearTimeout(timer);
   }
+}
+
+/** The ArrayBuffers under `views`, each once (a transfer list names a buffer at most once; shared memory is not transferred). */
+export function transferList(views: readonly (ArrayBufferView | undefined)[]): ArrayBuffer[] {
+  return [...new Set(views.flatMap((v) => (v === undefined || !(v.buffer instanceof ArrayBuffer) ? [] : [v.buffer])))];
 }
 
 /** The parts as one array when they are consecutive ranges [0, end) of one buffer, in order (ShardGroup with several shards). */

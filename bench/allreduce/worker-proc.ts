@@ -22,7 +22,7 @@ import { buildLayout, modelHash } from '../../shared/param-layout.ts';
 import { parseShard } from '../../shared/shard.ts';
 import { DEFAULT_MODEL_CONFIG } from '../../shared/vgg-configs.ts';
 import { reuseFreedMemory } from '../../worker/host-memory.ts';
-import { PUT_MIN_FLOATS, Transport } from '../../worker/transport.ts';
+import { Transport } from '../../worker/transport.ts';
 import { WINDOW_FRACTION, median, peakRssBytes } from './cluster.ts';
 import { copyGradientsOut, copyWeightsIn } from './host-copies.ts';
 
@@ -56,10 +56,7 @@ const inHead = (e: (typeof entries)[number]) => at > 0 && e.offset >= at;
 const head = entries.filter(inHead);
 const body = entries.filter((e) => !inHead(e));
 const device = hostCopies ? new Float32Array(floats).fill(1e-3) : new Float32Array(0);
-const put = (offset: number, values: Float32Array) => {
-  if (!copyOutHere && values.length >= PUT_MIN_FLOATS) client.putGradient(offset, values);
-  else flat.set(values, offset);
-};
+const put = copyOutHere ? (offset: number, values: Float32Array) => flat.set(values, offset) : (offset: number, values: Float32Array) => client.putGradient(offset, values);
 const weightsMs: number[] = [];
 const gradientsMs: number[] = [];
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));

@@ -48,14 +48,31 @@ test('the transport thread: handshake, a split gradient whose head streams befor
 });
 
 /** A harness aggregator and a transport `workerId` that has its initial weights and its gradient buffer. */
-async function readyTransport(t: { after: (f: () => Promise<void>) => void }, workerId: string) {
+async function readyTransport(t: { after: (f: () => Promise<void>) => void }, workerId: string, putMinFloats?: number) {
   const h = await startAggregator();
-  const tr = new Transport({ client: { url: `ws://127.0.0.1:${h.port}`, token: 'secret', workerId, host: 'h', gpu: null, backend: 'cpu' }, log });
+  const tr = new Transport({ client: { url: `ws://127.0.0.1:${h.port}`, token: 'secret', workerId, host: 'h', gpu: null, backend: 'cpu' }, log, putMinFloats });
   t.after(async () => { await tr.close(); await h.close(); });
   await tr.connect();
   await tr.ready('hash-1');
   const n = h.layout.totalSize;
   return { h, tr, n, g: tr.allocateGradient(n) };
+}
+
+/** Joins step `s`, sends the gradient as it is, and waits for the weights of step s + 1. */
+async function fullStep(tr: Transport, s: number): Promise<void> {
+  const joined = tr.next<{ t: string }>(['reply']);
+  tr.send({ t: 'join', step: s, jobId: `job-${s}`, lockToken: 'tok' });
+  assert.equal((await joined).value.t, 'joined');
+  const next = tr.next(['weights'], (_n, v) => (v as number) === s + 1);
+  await tr.sendGradient(s, `job-${s}`, [s], stats(1));
+  await next;
+}
+
+/** The largest difference of `w` from one momentum step from zero velocity and no decay: w0 - lr g. */
+function worstFromOneStep(w: Float32Array, w0: Float32Array, g: Float32Array): number {
+  let worst = 0;
+  for (let i = 0; i < w.length; i += 1) worst = Math.max(worst, Math.abs((w[i] as number) - Math.fround((w0[i] as number) - Math.fround(SGD.learningRate * (g[i] as number)))));
+  return worst;
 }
 
 /**
@@ -99,9 +116,7 @@ test('a split gradient cut by an abort (another member lost mid-gradient) is res
   await next;
   assert.deepEqual(h.commits.at(-1)?.map((c) => c.jobId), ['job-t']);
   // One momentum step from zero velocity: w1 = w0 - lr * g (the mean over t's 2 samples is g itself).
-  const w = tr.read(0, n);
-  let worst = 0;
-  for (let i = 0; i < n; i += 1) worst = Math.max(worst, Math.abs((w[i] as number) - Math.fround((h.initial[i] as number) - Math.fround(SGD.learningRate * (expected[i] as number)))));
+  const worst = worstFromOneStep(tr.read(0, n), h.initial, expected);
   assert.ok(worst < 1e-6, `largest difference from the survivor-only update: ${worst}`);
 });
 
@@ -130,13 +145,8 @@ test('a resend the thread took before the send started is not answered twice (th
 test('weights viewed for the model are not received into again until the model holds a newer version (view, modelWritten)', async (t) => {
   const { h, tr, n, g } = await readyTransport(t, 'tv');
   const step = async (s: number) => {
-    const joined = tr.next<{ t: string }>(['reply']);
-    tr.send({ t: 'join', step: s, jobId: `job-${s}`, lockToken: 'tok' });
-    assert.equal((await joined).value.t, 'joined');
     g.fill(0.01 * (s + 1));
-    const next = tr.next(['weights'], (_n, v) => (v as number) === s + 1);
-    await tr.sendGradient(s, `job-${s}`, [s], stats(1));
-    await next;
+    await fullStep(tr, s);
     return Float32Array.from(h.weights);
   };
   const w0 = Float32Array.from(h.weights);
@@ -168,26 +178,23 @@ test('the received weights start at 64-byte boundaries: every tensor at a 16-flo
   check('in the first version');
   // Later versions are received into new buffers, then into those given back (transferred to the thread and back).
   for (let s = 0; s < 3; s += 1) {
-    const joined = tr.next<{ t: string }>(['reply']);
-    tr.send({ t: 'join', step: s, jobId: `job-${s}`, lockToken: 'tok' });
-    assert.equal((await joined).value.t, 'joined');
     g.fill(0.01);
-    const next = tr.next(['weights'], (_n, v) => (v as number) === s + 1);
-    await tr.sendGradient(s, `job-${s}`, [s], stats(1));
-    await next;
+    await fullStep(tr, s);
     tr.modelWritten();
     check(`in version ${s + 1}`);
   }
 });
 
-test('putGradient: a tensor\'s values handed to the thread (transferred) land in the gradient before the send that follows; a view is copied instead', async (t) => {
-  const { h, tr, n, g } = await readyTransport(t, 'tp');
+test('putGradient: a tensor\'s values handed to the thread (transferred) land in the gradient before the send that follows; a view, or a short array, is copied instead', async (t) => {
+  // (The test layout's tensors are small: the threshold of short arrays, 1 MB in a worker, is 16 floats here.)
+  const { h, tr, n, g } = await readyTransport(t, 'tp', 16);
   h.agg.options.sgd.options.weightDecay = 0;
   const expected = Float32Array.from({ length: n }, (_, i) => ((i % 11) - 5) / 40);
   const cut = [0, ...h.layout.entries.map((e) => e.offset + e.size)];
   const parent = new Float32Array(n + 8);
   g.fill(123); // stale values that must all be overwritten
   const handed: Float32Array[] = [];
+  const short: Float32Array[] = [];
   for (let k = 0; k + 1 < cut.length; k += 1) {
     const [lo, hi] = [cut[k] as number, cut[k + 1] as number];
     if (k % 3 === 2) {
@@ -198,20 +205,14 @@ test('putGradient: a tensor\'s values handed to the thread (transferred) land in
       assert.equal(view.length, hi - lo, 'a view is not transferred');
     } else {
       const values = expected.slice(lo, hi);
-      handed.push(values);
+      (values.length < 16 ? short : handed).push(values);
       tr.putGradient(lo, values);
     }
   }
-  assert.ok(handed.length > 1 && handed.every((v) => v.length === 0), 'whole arrays are transferred');
+  assert.ok(handed.length > 1 && handed.every((v) => v.length === 0), 'whole arrays of 16 floats or more are transferred');
+  assert.ok(short.length > 0 && short.every((v) => v.length > 0), 'shorter ones are copied here, not transferred');
   assert.throws(() => tr.putGradient(n - 2, new Float32Array(4)), /putGradient: expected floats within \[0, \d+\), got/);
-  const joined = tr.next<{ t: string }>(['reply']);
-  tr.send({ t: 'join', step: 0, jobId: 'job-p', lockToken: 'tok' });
-  assert.equal((await joined).value.t, 'joined');
-  const next = tr.next(['weights'], (_n, v) => (v as number) === 1);
-  await tr.sendGradient(0, 'job-p', [1], stats(1));
-  await next;
-  const w = tr.read(0, n);
-  let worst = 0;
-  for (let i = 0; i < n; i += 1) worst = Math.max(worst, Math.abs((w[i] as number) - Math.fround((h.initial[i] as number) - Math.fround(SGD.learningRate * (expected[i] as number)))));
+  await fullStep(tr, 0);
+  const worst = worstFromOneStep(tr.read(0, n), h.initial, expected);
   assert.ok(worst < 1e-6, `largest difference from the update with the handed values: ${worst}`);
 });
