@@ -94,6 +94,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
   let epoch = 0;
   let applied = new Set<number>();
   let plateau: PlateauState = initialPlateau(cfg.lr);
+  let fullStepSamples = 0;
   const momentum = arena?.alloc(layout.totalSize) ?? new Float32Array(layout.totalSize);
   if (cfg.resume && cfg.checkpointDir !== '') {
     const ck = await loadCheckpoint(cfg.checkpointDir).catch((err: unknown) => {
@@ -107,8 +108,9 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
       momentum.set(ck.momentum);
       ({ step, epoch } = ck.state);
       applied = new Set(ck.state.appliedPositions ?? []);
+      fullStepSamples = ck.state.fullStepSamples ?? 0;
       plateau = ck.state.schedule as unknown as PlateauState;
-      log.info({ dir: ck.dir, step, epoch, appliedInEpoch: applied.size }, 'resuming from checkpoint');
+      log.info({ dir: ck.dir, step, epoch, appliedInEpoch: applied.size, fullStepSamples }, 'resuming from checkpoint');
     } else log.warn({ dir: cfg.checkpointDir }, '--resume: no checkpoint yet; starting fresh');
   }
   // Jobs and ledgers of earlier incarnations are void: the checkpoint is the truth.
@@ -120,6 +122,17 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
     return m === null ? !(k.endsWith(':history') || k.endsWith(':series')) || !cfg.resume : Number(m[1]) >= epoch;
   });
   if (stale.length > 0) await redis.del(...stale);
+  // A resumed run's summary and curves: the epochs validated and the steps recorded up to its checkpoint
+  // (what came after it is trained again, and recorded again).
+  const history: EpochSummary[] = [];
+  if (cfg.resume) {
+    history.push(...(await redis.lrange(keys.history, 0, -1)).map((v) => JSON.parse(v) as EpochSummary).filter((h) => h.epoch < epoch));
+    const series = (await redis.lrange(keys.series, 0, -1)).filter((v) => (JSON.parse(v) as SeriesPoint).step <= step);
+    const tx = redis.multi().del(keys.history, keys.series);
+    if (history.length > 0) tx.rpush(keys.history, ...history.map((h) => JSON.stringify(h)));
+    if (series.length > 0) tx.rpush(keys.series, ...series);
+    await tx.exec();
+  }
 
   const sgd = new FlatMomentumSgd(layout, { learningRate: plateau.learningRate, momentum: cfg.momentum, weightDecay: cfg.weightDecay }, momentum);
   let plan: EpochPlan = planEpoch(trainIds, cfg.batchSize, cfg.seed, epoch);
@@ -158,7 +171,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
     const dir = await saveCheckpoint(cfg.checkpointDir, {
       topology, layout, weights, momentum: sgd.velocity,
       state: {
-        step, epoch, batchInEpoch: applied.size, appliedPositions: [...applied].sort((a, b) => a - b), modelHash: hash,
+        step, epoch, batchInEpoch: applied.size, appliedPositions: [...applied].sort((a, b) => a - b), fullStepSamples: aggregator.fullStepSamples, modelHash: hash,
         modelConfig: model, runConfig: { ...cfg, token: undefined }, schedule: { ...plateau }, createdAt: new Date().toISOString(),
         normalization: { meanRgb: augment.meanRgb, stdRgb: augment.stdRgb }, trainScale: [augment.sMin, augment.sMax],
       },
@@ -250,6 +263,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
     },
     onCommit, onMemberLost, log, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs, metrics, wire: cfg.wire,
     earlyCommit: cfg.earlyCommit, // the flag, the config file or VGG_EARLY_COMMIT
+    partialSteps: cfg.partialSteps, fullStepSamples,
   });
   const port = await aggregator.start();
   let stopping = false;
@@ -270,7 +284,6 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
   let finish!: (s: RunSummary) => void;
   let fail!: (e: unknown) => void;
   const done = new Promise<RunSummary>((resolve, reject) => { finish = resolve; fail = reject; });
-  const history: EpochSummary[] = [];
   let epochStart = Date.now();
 
   const startEpoch = async () => {

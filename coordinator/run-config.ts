@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { ConfigError } from '../shared/errors.ts';
 import { WIRE_FORMATS, type WireFormat } from '../shared/half.ts';
 import { boolOption as bool, choiceOption, intListOption, intOption, numberOption, scaleRangeOption, tokenFromEnv } from '../shared/option-parsers.ts';
+import { PARTIAL_STEPS, type PartialSteps } from './aggregator.ts';
 import { CONFIG_NAMES, INITIALIZERS, type ConfigName, type InitializerName } from '../shared/vgg-configs.ts';
 
 /** Everything a distributed run is defined by. */
@@ -62,6 +63,8 @@ export interface RunConfig {
   hostedShards: boolean;
   /** Early commit: each range's update and new weights go out once every worker of the step sent it (VGG_EARLY_COMMIT=1 too). */
   earlyCommit: boolean;
+  /** A step with fewer samples than the run's full step (a worker lost): moves in proportion ('scale') or as far ('mean'); see PartialSteps. */
+  partialSteps: PartialSteps;
   /** Prometheus /metrics and /healthz: bind address and port (0: off). */
   metricsHost: string;
   metricsPort: number;
@@ -115,6 +118,7 @@ export const RUN_OPTIONS: Spec[] = [
   { key: 'shards', flag: '--shards', parse: intOption('--shards', 1, 64), description: 'aggregator shards K, split by bytes: the coordinator is shard 0; start `aggregator start --shard i/K` for i = 1..K-1' },
   { key: 'hostedShards', flag: '--hosted-shards', parse: bool('--hosted-shards'), description: 'with --shards K: workers host shards 1..K-1 (`worker start --host-shard i/K`), the coordinator owns no floats and only decides the steps' },
   { key: 'earlyCommit', flag: '--early-commit', parse: bool('--early-commit'), description: 'seal each step once every worker has begun its gradient, then update and send each range as soon as all have sent it (the weights stay exact; opt-in: pays where a core is idle during the compute)' },
+  { key: 'partialSteps', flag: '--partial-steps', parse: choiceOption('--partial-steps', PARTIAL_STEPS), description: 'a step with fewer samples than the full step (a worker lost): scale (moves in proportion: the same learning rate per sample) or mean (as far as a full step)' },
   { key: 'metricsHost', flag: '--metrics-host', parse: str('--metrics-host'), description: 'bind address of /metrics and /healthz' },
   { key: 'metricsPort', flag: '--metrics-port', parse: intOption('--metrics-port', 0, 65535), description: 'port of /metrics and /healthz (0: off)' },
   { key: 'heartbeatTimeoutMs', flag: '--heartbeat-timeout-ms', parse: intOption('--heartbeat-timeout-ms', 100), description: 'remove a worker silent this long (no frame, no pong) from the step' },
@@ -128,7 +132,7 @@ export const PAPER_DEFAULTS: RunConfig = {
   // The paper subtracts the mean only (with its small N(0, 1e-2) init); with the default He init,
   // 0-255 inputs diverge at lr 0.01, so we also divide by the std. `--normalize mean --init paper` is the paper's.
   normalize: 'mean-std', checkpointDir: '', checkpointEvery: 0, keep: 3, resume: false, minWorkers: 1, trainLimit: 0,
-  valLimit: 0, lockDurationMs: 30000, heartbeatTimeoutMs: 30000, warmStart: '', initFrom: '', wire: 'fp32', shards: 1, errorFeedback: false, hostedShards: false, earlyCommit: false, metricsHost: '127.0.0.1', metricsPort: 0,
+  valLimit: 0, lockDurationMs: 30000, heartbeatTimeoutMs: 30000, warmStart: '', initFrom: '', wire: 'fp32', shards: 1, errorFeedback: false, hostedShards: false, earlyCommit: false, partialSteps: 'scale', metricsHost: '127.0.0.1', metricsPort: 0,
 };
 
 /** Defaults without --data: a small VGG-A on the built-in 32x32 dataset, minutes on a CPU. */

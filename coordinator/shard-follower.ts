@@ -9,7 +9,7 @@ import { sliceLayout, type ShardSpec } from '../shared/shard.ts';
 import { aggregatorArenaFloats, tryArena } from '../shared/simd.ts';
 import type { ModelConfig } from '../shared/vgg-configs.ts';
 import { MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, decodeFrame, encode, field, type ShardMessage } from '../shared/wire-protocol.ts';
-import { Aggregator } from './aggregator.ts';
+import { Aggregator, type LeaderCommit } from './aggregator.ts';
 import { RangeStateReceiver, sendRangeState } from './shard-state.ts';
 
 export interface FollowerOptions {
@@ -105,16 +105,10 @@ export async function startFollower(o: FollowerOptions): Promise<FollowerHandle>
     queue = queue.then(async () => {
       switch (msg.t) {
         case 'commit':
-          await aggregator.leaderCommit({
-            step: field<number>(msg, 'step', 'int'), attempt: field<number>(msg, 'attempt', 'int'), jobs: field<string[]>(msg, 'jobs', 'object'),
-            totalSamples: field<number>(msg, 'totalSamples', 'int'), learningRate: field<number>(msg, 'learningRate', 'number'),
-          });
+          await aggregator.leaderCommit(decision(msg));
           return;
         case 'roster':
-          aggregator.leaderRoster({
-            step: field<number>(msg, 'step', 'int'), attempt: field<number>(msg, 'attempt', 'int'), jobs: field<string[]>(msg, 'jobs', 'object'),
-            totalSamples: field<number>(msg, 'totalSamples', 'int'), learningRate: field<number>(msg, 'learningRate', 'number'),
-          });
+          aggregator.leaderRoster(decision(msg));
           return;
         case 'abort':
           aggregator.leaderAbort(field<number>(msg, 'step', 'int'), field<number>(msg, 'attempt', 'int'));
@@ -173,6 +167,20 @@ export async function startFollower(o: FollowerOptions): Promise<FollowerHandle>
 }
 
 /** Connects, sends shard-hello, and reads shard-init and the state that follows. */
+/**
+ * A leader's roster or commit. `divisor` (what the sum is divided by) may be missing from a leader of an
+ * earlier version: it divided by the step's samples. It is never below them (a step larger than the full one is the new full one).
+ */
+function decision(msg: Record<string, unknown>): LeaderCommit {
+  const totalSamples = field<number>(msg, 'totalSamples', 'int');
+  const divisor = msg.divisor === undefined ? totalSamples : field<number>(msg, 'divisor', 'int');
+  if (divisor < totalSamples) throw new ProtocolError('VGG_ERR_FRAME_FIELD', `${String(msg.t)}.divisor: expected an integer >= totalSamples (${totalSamples}), got ${divisor}`);
+  return {
+    step: field<number>(msg, 'step', 'int'), attempt: field<number>(msg, 'attempt', 'int'), jobs: field<string[]>(msg, 'jobs', 'object'),
+    totalSamples, divisor, learningRate: field<number>(msg, 'learningRate', 'number'),
+  };
+}
+
 function connectLeader(o: FollowerOptions): Promise<{ ws: WebSocket; init: Init }> {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(o.leader, { maxPayload: MAX_PAYLOAD_BYTES, perMessageDeflate: false });

@@ -100,10 +100,10 @@ export class ShardLeader {
     return this.links.size === this.options.count - 1;
   }
 
-  commit(step: number, attempt: number, jobs: string[], totalSamples: number, learningRate: number): void {
+  commit(step: number, attempt: number, jobs: string[], totalSamples: number, divisor: number, learningRate: number): void {
     for (const l of this.links.values()) {
       l.haves.clear();
-      this.send(l, { t: 'commit', step, attempt, jobs, totalSamples, learningRate });
+      this.send(l, { t: 'commit', step, attempt, jobs, totalSamples, divisor, learningRate });
     }
   }
 

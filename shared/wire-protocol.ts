@@ -59,8 +59,8 @@ export type ShardMessage =
   | { t: 'shard-ready'; url: string }
   | { t: 'have'; step: number; attempt: number; jobId: string }
   | { t: 'lost'; workerId: string }
-  | { t: 'roster'; step: number; attempt: number; jobs: string[]; totalSamples: number; learningRate: number }
-  | { t: 'commit'; step: number; attempt: number; jobs: string[]; totalSamples: number; learningRate: number }
+  | { t: 'roster'; step: number; attempt: number; jobs: string[]; totalSamples: number; divisor: number; learningRate: number }
+  | { t: 'commit'; step: number; attempt: number; jobs: string[]; totalSamples: number; divisor: number; learningRate: number }
   | { t: 'abort'; step: number; attempt: number }
   | { t: 'state-request'; step: number }
   | { t: 'state-end'; step: number; floats: number };

@@ -22,7 +22,7 @@ import { freePort, startRedisServer, type RedisChild } from '../../coordinator/r
 import type { RunState } from '../../coordinator/run-state.ts';
 import { intOption } from '../../shared/option-parsers.ts';
 import { connectRedis } from '../../shared/redis-connection.ts';
-import { runKeys } from '../../shared/redis-keys.ts';
+import { runKeys, type LedgerEntry } from '../../shared/redis-keys.ts';
 import { Rng } from '../../shared/rng.ts';
 import { spawnCli, type Proc } from '../helpers/cluster.ts';
 
@@ -84,16 +84,40 @@ function startWorker(aggPort: number): Proc {
   return spawnCli(['worker', 'start', '--coordinator', `ws://127.0.0.1:${aggPort}`, '--token', TOKEN, '--redis', redisUrl]);
 }
 
-function summaryOf(p: Proc): { valTop1: number; steps: number } {
+function summaryOf(p: Proc): { valTop1: number; steps: number; history: { valTop1: number }[] } {
   const last = p.output().trim().split('\n').filter((l) => l.startsWith('{"run"')).at(-1);
   if (last === undefined) throw new Error(`coordinator printed no summary:\n${p.output().slice(-3000)}`);
-  return JSON.parse(last) as { valTop1: number; steps: number };
+  return JSON.parse(last) as { valTop1: number; steps: number; history: { valTop1: number }[] };
 }
+
+/**
+ * How many jobs each step applied, from the epochs' ledgers: jobsPerStep[k] steps applied k jobs. A resumed
+ * coordinator records its checkpoint's jobs at the checkpoint's step: a group larger than the workers is left out.
+ */
+async function jobsPerStep(run: string): Promise<number[]> {
+  const perStep = new Map<number, Set<string>>();
+  for (let e = 0; e < o.epochs; e += 1) {
+    for (const v of await state.lrange(runKeys(run).ledger(e), 0, -1)) {
+      const entry = JSON.parse(v) as LedgerEntry;
+      const jobs = perStep.get(entry.step) ?? new Set<string>();
+      jobs.add(entry.jobId);
+      perStep.set(entry.step, jobs);
+    }
+  }
+  const hist = new Array<number>(o.workers + 1).fill(0);
+  for (const jobs of perStep.values()) if (jobs.size <= o.workers) hist[jobs.size] = (hist[jobs.size] ?? 0) + 1;
+  return hist;
+}
+
+/** A run's steps, how many jobs they applied and its validation accuracy after each epoch, for the printout. */
+const shape = (r: { steps: number; jobsPerStep: number[]; history: { valTop1: number }[] }) =>
+  `${r.steps} steps (${r.jobsPerStep.map((n, k) => ({ k, n })).filter(({ k, n }) => k > 0 && n > 0).reverse().map(({ k, n }) => `${n} of ${k} jobs`).join(', ')}), `
+  + `val top-1 by epoch ${r.history.map((h) => (100 * h.valTop1).toFixed(2)).join(' / ')}`;
 
 interface Fault { at: number; progress: number; step: number; fault: string; outcome: string }
 
 /** One run; with `chaos`, faults are injected at random progress points drawn from the seed. */
-async function run(name: string, seed: number, chaos: boolean): Promise<{ valTop1: number; steps: number; faults: Fault[]; audits: AuditReport[]; seconds: number; unexpectedExits: number }> {
+async function run(name: string, seed: number, chaos: boolean): Promise<{ valTop1: number; steps: number; history: { valTop1: number }[]; jobsPerStep: number[]; faults: Fault[]; audits: AuditReport[]; seconds: number; unexpectedExits: number }> {
   const t0 = Date.now();
   const rng = new Rng(seed * 7919 + 1);
   const aggPort = await freePort();
@@ -178,7 +202,7 @@ async function run(name: string, seed: number, chaos: boolean): Promise<{ valTop
   await Promise.all(workers.map((w) => Promise.race([w.exited, sleep(20000).then(() => { w.child.kill('SIGKILL'); return w.exited; })])));
   const audits: AuditReport[] = [];
   for (let e = 0; e < o.epochs; e += 1) audits.push(await auditEpoch(state, name, e));
-  return { ...summaryOf(coordinator), faults, audits, seconds: (Date.now() - t0) / 1000, unexpectedExits };
+  return { ...summaryOf(coordinator), jobsPerStep: await jobsPerStep(name), faults, audits, seconds: (Date.now() - t0) / 1000, unexpectedExits };
 }
 
 try {
@@ -187,7 +211,7 @@ try {
   for (const seed of o.seeds) {
     process.stdout.write(`seed ${seed}: fault-free run...\n`);
     const base = await run(`chaos-base-${seed}`, seed, false);
-    process.stdout.write(`seed ${seed}: fault-free val top-1 ${(100 * base.valTop1).toFixed(2)}% in ${base.seconds.toFixed(0)} s\nseed ${seed}: run with faults...\n`);
+    process.stdout.write(`seed ${seed}: fault-free val top-1 ${(100 * base.valTop1).toFixed(2)}% in ${base.seconds.toFixed(0)} s; ${shape(base)}\nseed ${seed}: run with faults...\n`);
     const chaos = await run(`chaos-${seed}`, seed, true);
     const rows = chaos.faults.map((f, i) => [String(i + 1), `${f.at.toFixed(1)} s`, `${f.progress.toFixed(2)}`, String(f.step), f.fault, f.outcome]);
     const head = ['#', 'at', 'epochs', 'step', 'fault', 'outcome'];
@@ -203,11 +227,13 @@ try {
     const survived = exact && injected('worker', counts.workerKills, 5) && injected('coordinator', counts.coordinatorKills, 1)
       && counts.coordinatorKills <= 1 && injected('redis', counts.redisRestarts, 1) && counts.redisRestarts <= 1 && chaos.unexpectedExits === 0;
     const diff = 100 * (chaos.valTop1 - base.valTop1);
+    process.stdout.write(`seed ${seed}: with faults ${shape(chaos)}\n`);
     process.stdout.write(`seed ${seed}: val top-1 ${(100 * chaos.valTop1).toFixed(2)}% with faults, ${(100 * base.valTop1).toFixed(2)}% without (${diff >= 0 ? '+' : ''}${diff.toFixed(2)} points); exactly once and every fault survived: ${survived ? 'yes' : 'NO'}\n\n`);
     pairs.push({
       seed, survived, ...counts, unexpectedWorkerExits: chaos.unexpectedExits, faults: chaos.faults,
       audit: chaos.audits.map((a) => ({ epoch: a.epoch, samples: a.samples, missing: a.missing, duplicates: a.duplicates, replayedWrites: a.replayedWrites })),
-      valTop1: chaos.valTop1, baselineValTop1: base.valTop1, diffPoints: diff, seconds: { baseline: base.seconds, chaos: chaos.seconds },
+      valTop1: chaos.valTop1, baselineValTop1: base.valTop1, diffPoints: diff, steps: { baseline: base.steps, chaos: chaos.steps },
+      jobsPerStep: { baseline: base.jobsPerStep, chaos: chaos.jobsPerStep }, valTop1ByEpoch: { baseline: base.history.map((h) => h.valTop1), chaos: chaos.history.map((h) => h.valTop1) }, seconds: { baseline: base.seconds, chaos: chaos.seconds },
     });
   }
   const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;

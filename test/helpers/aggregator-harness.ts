@@ -1,5 +1,5 @@
 import WebSocket from 'ws';
-import { Aggregator, type Contribution, type Member } from '../../coordinator/aggregator.ts';
+import { Aggregator, type Contribution, type Member, type PartialSteps } from '../../coordinator/aggregator.ts';
 import { FlatMomentumSgd } from '../../shared/flat-sgd.ts';
 import type { WireFormat } from '../../shared/half.ts';
 import { createLogger } from '../../shared/logger.ts';
@@ -33,7 +33,7 @@ export interface Harness {
 }
 
 /** `arena`: weights and momentum in a FloatArena, so the aggregator runs its SIMD loops. */
-export async function startAggregator(options: { layout?: ParamLayout; heartbeatTimeoutMs?: number; step?: number; wire?: WireFormat; arena?: boolean; deferFinishAbove?: number; finishSliceFloats?: number; earlyCommit?: boolean } = {}): Promise<Harness> {
+export async function startAggregator(options: { layout?: ParamLayout; heartbeatTimeoutMs?: number; step?: number; wire?: WireFormat; arena?: boolean; deferFinishAbove?: number; finishSliceFloats?: number; earlyCommit?: boolean; partialSteps?: PartialSteps } = {}): Promise<Harness> {
   const layout = options.layout ?? buildLayout(TINY_VGG_A);
   const arena = options.arena === true ? new FloatArena(aggregatorArenaFloats(layout.totalSize)) : undefined;
   const plain = Float32Array.from({ length: layout.totalSize }, (_, i) => ((i % 13) - 6) / 100);
@@ -47,6 +47,7 @@ export async function startAggregator(options: { layout?: ParamLayout; heartbeat
     jobStatus: (id) => (id.startsWith('job') ? 'pending' : 'unknown'),
     onCommit: async (_step, c) => { commits.push(c); },
     onMemberLost: (m) => { lost.push(m); }, log, heartbeatTimeoutMs: options.heartbeatTimeoutMs, deferFinishAbove: options.deferFinishAbove, finishSliceFloats: options.finishSliceFloats, earlyCommit: options.earlyCommit,
+    partialSteps: options.partialSteps,
   });
   const port = await agg.start();
   return {

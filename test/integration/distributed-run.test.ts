@@ -93,7 +93,7 @@ describe('distributed runs on real Redis, BullMQ and WebSockets', () => {
     await assertExactlyOnce('churn', 3);
   });
 
-  test('the coordinator killed mid-epoch and restarted with --resume continues without repeating or skipping samples', async () => {
+  test('the coordinator killed mid-epoch and restarted with --resume continues without repeating or skipping samples; its summary has every epoch', async () => {
     const port = await freePort();
     const ckpt = tempDir('resume-ck');
     const args = ['coordinator', 'start', '--data', data, '--redis', redis.url, '--run', 'resume', '--port', String(port), '--token', 'test-token',
@@ -103,19 +103,23 @@ describe('distributed runs on real Redis, BullMQ and WebSockets', () => {
     procs.push(c1);
     const workers = [spawnWorker(port, redis.url), spawnWorker(port, redis.url)];
     procs.push(...workers);
-    // Kill once a mid-epoch checkpoint exists (step 8 of epoch 0: 16 of 75 jobs applied).
-    await waitFor('a mid-epoch checkpoint', async () => (await listCheckpoints(ckpt)).some((d) => Number(path.basename(d).slice(5)) >= 8), 120000);
+    // Kill once a checkpoint mid-way through epoch 1 exists (75 jobs an epoch, 2 a step: epoch 1 begins at step 38, and step 48 has 20 of its jobs).
+    await waitFor('a checkpoint in epoch 1', async () => (await listCheckpoints(ckpt)).some((d) => Number(path.basename(d).slice(5)) >= 48), 240000);
     c1.child.kill('SIGKILL');
     await c1.exited;
     const c2 = spawnCli([...args, '--resume'], { VGG_LOG_LEVEL: 'info' });
     procs.push(c2);
     const code = await c2.exited;
     assert.equal(code, 0, c2.output());
-    const resumed = /"step":(\d+),"epoch":0,"appliedInEpoch":(\d+),"msg":"resuming from checkpoint"/.exec(c2.output());
-    assert.ok(resumed !== null, 'resumed from a checkpoint of epoch 0');
-    assert.ok(Number(resumed[1]) >= 8 && Number(resumed[2]) >= 16, `resumed mid-epoch: ${resumed[0]}`);
-    const summary = JSON.parse(c2.output().trim().split('\n').filter((l) => l.startsWith('{"run"')).at(-1) ?? '{}') as { epochs: number; steps: number; valTop1: number };
+    const resumed = /"step":(\d+),"epoch":1,"appliedInEpoch":(\d+),"fullStepSamples":(\d+),"msg":"resuming from checkpoint"/.exec(c2.output());
+    assert.ok(resumed !== null, `resumed from a checkpoint of epoch 1: ${c2.output().slice(0, 3000)}`);
+    assert.ok(Number(resumed[1]) >= 48 && Number(resumed[2]) >= 16, `resumed mid-epoch: ${resumed[0]}`);
+    // 2 workers of 16 samples: the full step (--partial-steps scale) came back with the checkpoint.
+    assert.equal(Number(resumed[3]), 32);
+    const summary = JSON.parse(c2.output().trim().split('\n').filter((l) => l.startsWith('{"run"')).at(-1) ?? '{}') as { epochs: number; steps: number; valTop1: number; history: { epoch: number }[] };
     assert.equal(summary.epochs, 2);
+    // Epoch 0 was validated before the kill: the resumed run's summary has it from Redis.
+    assert.deepEqual(summary.history.map((h) => h.epoch), [0, 1]);
     assert.ok(summary.valTop1 > 0.3, `the resumed run learned: val top-1 ${summary.valTop1}`);
     await Promise.all(workers.map((w) => w.exited));
     await assertExactlyOnce('resume', 2);

@@ -1,5 +1,6 @@
 import { afterEach, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { PARTIAL_STEPS } from '../../coordinator/aggregator.ts';
 import { PROTOCOL_VERSION, encode } from '../../shared/wire-protocol.ts';
 import { FlatMomentumSgd } from '../../shared/flat-sgd.ts';
 import { decode16, encode16 } from '../../shared/half.ts';
@@ -35,6 +36,38 @@ describe('synchronous steps', () => {
     a.send({ t: 'join', step: 0, jobId: 'job-3', lockToken: 'tok' });
     assert.deepEqual((await reply).value, { t: 'stale', step: 1 });
   });
+
+  for (const mode of PARTIAL_STEPS) {
+    test(`--partial-steps ${mode}: a step with fewer samples than the run's full step moves ${mode === 'scale' ? 'in proportion to its samples' : 'as far as a full step'}`, async () => {
+      h = await startAggregator({ partialSteps: mode });
+      const { layout } = h;
+      const a = await h.member('a');
+      const b = await h.member('b');
+      const n = layout.totalSize;
+      const ga = Float32Array.from({ length: n }, (_, i) => Math.sin(i) / 10);
+      const gb = Float32Array.from({ length: n }, (_, i) => Math.cos(i) / 10);
+      await join(a, 'job-1');
+      await join(b, 'job-2');
+      let next = a.next(['weights'], (_n, s) => (s as number) === 1);
+      await a.sendGradient(0, 'job-1', [1, 2], stats(2), ga);
+      await b.sendGradient(0, 'job-2', [3, 4], stats(2), gb);
+      await next;
+      // Step 1 without b (it has no job, as a worker still loading one says): 2 of the full step's 4 samples.
+      b.send({ t: 'idle', step: 1 });
+      await join(a, 'job-3');
+      next = a.next(['weights'], (_n, s) => (s as number) === 2);
+      await a.sendGradient(1, 'job-3', [5, 6], stats(2), ga);
+      await next;
+      assert.equal(h.agg.fullStepSamples, 4);
+      const sgd = new FlatMomentumSgd(layout, SGD);
+      const expected = h.initial.slice();
+      sgd.apply(expected, ga.map((v, i) => 2 * v + 2 * (gb[i] as number)), 1 / 4);
+      sgd.apply(expected, ga.map((v) => 2 * v), mode === 'scale' ? 1 / 4 : 1 / 2);
+      let worst = 0;
+      for (let i = 0; i < n; i += 1) worst = Math.max(worst, Math.abs((h.weights[i] as number) - (expected[i] as number)));
+      assert.ok(worst < 1e-6, `largest difference from the expected weights ${worst}`);
+    });
+  }
 
   test('a member lost mid-step aborts the step; the survivor resends and the step commits without the lost gradient', async () => {
     h = await startAggregator();

@@ -137,6 +137,32 @@ describe('leader and follower shards', () => {
     assert.deepEqual(pair.weights, got);
   });
 
+  test('a step without one of the workers is divided by the full step\'s samples on every shard (the leader\'s divisor)', async () => {
+    pair = await startPair();
+    const a = await member(pair, 'a');
+    const b = await member(pair, 'b');
+    const n = pair.weights.length;
+    await joinGroup(a, 'job-1');
+    await joinGroup(b, 'job-2');
+    let next = a.next(['weights'], (_n, s) => (s as number) === 1);
+    await Promise.all([a.sendGradient(0, 'job-1', [1, 2, 3], stats(3), new Float32Array(n).fill(1)), b.sendGradient(0, 'job-2', [4], stats(1), new Float32Array(n).fill(4))]);
+    await next;
+    b.send({ t: 'idle', step: 1 });
+    await joinGroup(a, 'job-3');
+    next = a.next(['weights'], (_n, s) => (s as number) === 2);
+    await a.sendGradient(1, 'job-3', [5, 6, 7], stats(3), new Float32Array(n).fill(1));
+    await next;
+    // Step 1 has 3 of the full step's 4 samples: the sum 3 * 1 over 4, in both ranges (over 3 it would be 1).
+    const sgd = new FlatMomentumSgd(buildLayout(TINY_VGG_A), { ...SGD, weightDecay: 0 });
+    const expected = pair.initial.slice();
+    sgd.apply(expected, new Float32Array(n).fill(7), 1 / 4);
+    sgd.apply(expected, new Float32Array(n).fill(3), 1 / 4);
+    const got = a.read(0, n);
+    let worst = 0;
+    for (let i = 0; i < n; i += 1) worst = Math.max(worst, Math.abs((got[i] as number) - (expected[i] as number)));
+    assert.ok(worst < 1e-6, `largest difference from the expected weights ${worst}`);
+  });
+
   test('a follower refuses a gradient without the leader\'s ticket (VGG_ERR_AUTH) and a join; its sum stays untouched', async () => {
     pair = await startPair();
     const peer = new RawPeer(pair.follower.port);

@@ -15,6 +15,8 @@ export interface CheckpointState {
   batchInEpoch: number;
   /** Distributed runs: batch positions of `epoch` already applied (the data cursor, in any order). */
   appliedPositions?: number[];
+  /** Distributed runs: the most samples a step has had (the aggregator's fullStepSamples, PartialSteps). */
+  fullStepSamples?: number;
   modelHash: string;
   modelConfig: ModelConfig;
   /** The full run config, for reproducibility (nanoGPT habit). */
