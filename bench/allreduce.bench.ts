@@ -3,7 +3,8 @@
  * (VGG-16) through our aggregator, with the aggregator and each worker in its
  * own process over loopback, against torch.distributed.all_reduce with the gloo
  * backend (separate processes, same size; Debian python3-torch via
- * /usr/bin/python3), in the same run. Our step includes what gloo's does not:
+ * /usr/bin/python3), in the same run: gloo right before each of our rows (the ratio compares
+ * neighbouring runs). Our step includes what gloo's does not:
  * the join round trip and momentum SGD on the master weights.
  * Also the aggregator's peak RSS (VmHWM) against the fp32 parameter bytes.
  * `--shards 1,2`: also through K aggregator processes (coordinator --shards K), each
@@ -49,10 +50,11 @@ const bytes = FLOATS * 4;
 const rows: Record<string, unknown>[] = [];
 process.stdout.write(`bench:allreduce: ${FLOATS.toLocaleString('en-US')} fp32 floats (${(bytes / 2 ** 20).toFixed(0)} MiB), ${o.steps} timed steps, median; aggregator update threads ${updateThreads()} (VGG_UPDATE_THREADS); early commit ${earlyCommitEnabled() ? 'on' : 'off'} (VGG_EARLY_COMMIT)\n`);
 for (const n of o.workers) {
-  const g = await gloo(n);
   // Shard counts K through separate aggregator processes, then (hosted) N shards on the workers' transport threads.
   const layouts = [...(o.hosted === 'only' ? [] : o.shards.map((shards) => ({ shards, hosted: false }))), ...(o.hosted === 'no' ? [] : [{ shards: n, hosted: true }])];
   for (const wire of o.wire.split(',')) for (const { shards, hosted } of layouts) {
+    // gloo right before each of ours: this machine's speed drifts 10-35% between minutes, so a ratio compares one minute's two runs.
+    const g = await gloo(n);
     const a = await runOurs({ workers: n, steps: o.steps, wire, shards, hosted });
     const row = {
       workers: n, wire, shards, hosted, followerPeakRssBytes: a.followerPeakRssBytes, workerPeakRssBytes: a.workerPeakRssBytes, oursMs: Math.round(a.stepMs), glooFp32Ms: Math.round(g.stepMs), ratio: Number((a.stepMs / g.stepMs).toFixed(3)),

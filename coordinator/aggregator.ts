@@ -123,9 +123,9 @@ export interface Roster { step: number; attempt: number; jobs: string[]; totalSa
  * (Goyal et al. 2017) applied to the steps that lost workers, which elastic trainers leave to the user
  * (Horovod elastic's docs: rescale the learning rate on a reset). 'mean': by the step's own samples, the
  * full learning rate on fewer samples. Measured with `npm run chaos` (3 workers, seeds 7, 8, 9, 2026-11-29):
- * a faulted run had 30-45% of its steps with fewer workers; with 'mean' its final accuracy was 1.2-2.4
- * points below the fault-free run's on seed 7 in four runs (mean over the seeds -1.52, the check's limit 1),
- * with 'scale' +0.42 / -0.66 / +1.04 (mean +0.27).
+ * 40-51% of a faulted run's steps had fewer workers; its final accuracy minus the fault-free run's was
+ * -1.42 / -1.08 / +0.46 with 'mean' (seed 7: -1.2 to -2.4 in all five of its runs) and +0.32 / -0.52 / +0.66
+ * with 'scale', in the same hour (docs/measurements/dev-chaos-partial-steps-*.txt).
  */
 export type PartialSteps = 'scale' | 'mean';
 export const PARTIAL_STEPS = ['scale', 'mean'] as const;
