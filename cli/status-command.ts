@@ -31,7 +31,8 @@ export function formatStatus(r: StatusReport): string {
   const lines = [
     `run ${s.run}: ${s.state}   epoch ${s.epoch + (s.state === 'finished' ? 0 : 1)}/${s.epochs}   step ${s.step} (${s.appliedInEpoch}/${s.stepsPerEpoch} jobs this epoch)   lr ${s.learningRate}`,
     `loss ${num(s.loss, 4)} ${sparkline(r.recentLoss)}   train top-1 ${pct(s.trainTop1)} top-5 ${pct(s.trainTop5)}   val top-1 ${pct(s.valTop1)} top-5 ${pct(s.valTop5)}`,
-    `images/s ${num(s.imagesPerSec)}   ETA ${s.etaSeconds === null ? '-' : `${Math.round(s.etaSeconds)} s`}   members ${s.members}   skipped images ${s.skippedImages}`,
+    `images/s ${num(s.imagesPerSec)}   ETA ${s.etaSeconds === null ? '-' : `${Math.round(s.etaSeconds)} s`}   members ${s.members}   skipped images ${s.skippedImages}`
+      + (s.fullStepSamples === undefined ? '' : `   full step ${s.fullStepSamples} samples, ${s.shortSteps ?? 0} short steps`),
     `queues: train ${JSON.stringify(r.queues.train)}  eval ${JSON.stringify(r.queues.eval)}`,
     ...(s.shards === undefined ? [] : [
       `aggregator shards: ${s.shards.length}${s.shards[0]?.hi === 0 ? ' (--hosted-shards: shard 0, the coordinator, owns no floats)' : ''}`,

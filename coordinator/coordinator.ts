@@ -95,6 +95,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
   let applied = new Set<number>();
   let plateau: PlateauState = initialPlateau(cfg.lr);
   let fullStepSamples = 0;
+  let shortSteps = 0;
   const momentum = arena?.alloc(layout.totalSize) ?? new Float32Array(layout.totalSize);
   if (cfg.resume && cfg.checkpointDir !== '') {
     const ck = await loadCheckpoint(cfg.checkpointDir).catch((err: unknown) => {
@@ -109,6 +110,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
       ({ step, epoch } = ck.state);
       applied = new Set(ck.state.appliedPositions ?? []);
       fullStepSamples = ck.state.fullStepSamples ?? 0;
+      shortSteps = ck.state.shortSteps ?? 0;
       plateau = ck.state.schedule as unknown as PlateauState;
       log.info({ dir: ck.dir, step, epoch, appliedInEpoch: applied.size, fullStepSamples }, 'resuming from checkpoint');
     } else log.warn({ dir: cfg.checkpointDir }, '--resume: no checkpoint yet; starting fresh');
@@ -139,7 +141,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
   const state: RunState = {
     schema: 1, run: cfg.run, state: 'starting', epoch, epochs: cfg.epochs, step, stepsPerEpoch: plan.batches.length, appliedInEpoch: applied.size,
     learningRate: plateau.learningRate, loss: null, trainTop1: null, trainTop5: null, valTop1: null, valTop5: null, imagesPerSec: null,
-    etaSeconds: null, members: 0, skippedImages: 0, startedAt: new Date(started).toISOString(), updatedAt: new Date().toISOString(),
+    etaSeconds: null, members: 0, skippedImages: 0, fullStepSamples, shortSteps, startedAt: new Date(started).toISOString(), updatedAt: new Date().toISOString(),
   };
   const publish = async () => {
     state.updatedAt = new Date().toISOString();
@@ -171,7 +173,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
     const dir = await saveCheckpoint(cfg.checkpointDir, {
       topology, layout, weights, momentum: sgd.velocity,
       state: {
-        step, epoch, batchInEpoch: applied.size, appliedPositions: [...applied].sort((a, b) => a - b), fullStepSamples: aggregator.fullStepSamples, modelHash: hash,
+        step, epoch, batchInEpoch: applied.size, appliedPositions: [...applied].sort((a, b) => a - b), fullStepSamples: aggregator.fullStepSamples, shortSteps: state.shortSteps, modelHash: hash,
         modelConfig: model, runConfig: { ...cfg, token: undefined }, schedule: { ...plateau }, createdAt: new Date().toISOString(),
         normalization: { meanRgb: augment.meanRgb, stdRgb: augment.stdRgb }, trainScale: [augment.sMin, augment.sMax],
       },
@@ -200,6 +202,11 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
     }
     const skipped = contributions.reduce((s, c) => s + c.stats.skipped, 0);
     state.skippedImages += skipped;
+    state.fullStepSamples = aggregator.fullStepSamples;
+    if (n < aggregator.fullStepSamples) {
+      state.shortSteps = (state.shortSteps ?? 0) + 1;
+      metrics?.shortSteps.inc();
+    }
     rate.images += n;
     const now = Date.now();
     if (now - rate.t > 2000) {

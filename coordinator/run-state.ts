@@ -20,6 +20,10 @@ export interface RunState {
   etaSeconds: number | null;
   members: number;
   skippedImages: number;
+  /** The most samples a step of the run has had (its full step; --partial-steps). Absent in states of older coordinators. */
+  fullStepSamples?: number;
+  /** Steps of the run with fewer samples than the full step (a worker lost or not yet back, an epoch's last step). */
+  shortSteps?: number;
   /**
    * With `--shards K`: each aggregator shard's float range [lo, hi) and where workers reach it
    * (shard 0 is the coordinator; lo = hi = 0 with `--hosted-shards`). Absent with one aggregator.

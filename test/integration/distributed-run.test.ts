@@ -54,10 +54,12 @@ describe('distributed runs on real Redis, BullMQ and WebSockets', () => {
     }
     const status = spawnCli(['status', '--redis', redis.url, '--run', 'plain', '--json']);
     assert.equal(await status.exited, 0, status.output());
-    const report = JSON.parse(status.output().trim().split('\n').at(-1) ?? '{}') as { schema: number; state: { state: string; epoch: number; step: number; valTop1: number }; queues: { train: { waiting: number } }; history: unknown[] };
+    const report = JSON.parse(status.output().trim().split('\n').at(-1) ?? '{}') as { schema: number; state: { state: string; epoch: number; step: number; valTop1: number; fullStepSamples: number; shortSteps: number }; queues: { train: { waiting: number } }; history: unknown[] };
     assert.equal(report.schema, 1);
     assert.equal(report.state.state, 'finished');
     assert.equal(report.state.step, 12);
+    // Every step held both workers' 16 samples: the full step, and no short one.
+    assert.deepEqual([report.state.fullStepSamples, report.state.shortSteps], [32, 0]);
     assert.equal(report.queues.train.waiting, 0);
     assert.equal(report.history.length, 2);
     const audit = spawnCli(['audit', '--epoch', '1', '--redis', redis.url, '--run', 'plain', '--json']);

@@ -2,6 +2,8 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
+import type { RunState } from '../../coordinator/run-state.ts';
+import { formatStatus, type StatusReport } from '../../cli/status-command.ts';
 
 const bin = path.resolve('bin/vgg-train.js');
 const run = (...args: string[]) => spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', env: { ...process.env, VGG_LOG_LEVEL: 'silent' } });
@@ -48,5 +50,20 @@ describe('vgg-train CLI', () => {
     const gpus = w('--host-shard', '1/3', '--gpus', '0,1');
     assert.equal(gpus.status, 2);
     assert.match(gpus.stderr, /--host-shard: expected auto \(without --shard-advertise\) with --gpus, got 1\/3/);
+  });
+});
+
+describe('status (human)', () => {
+  const counts = { waiting: 0, active: 0, completed: 0, failed: 0, delayed: 0 };
+  const state: RunState = {
+    schema: 1, run: 'r', state: 'training', epoch: 0, epochs: 2, step: 10, stepsPerEpoch: 20, appliedInEpoch: 28, learningRate: 0.01,
+    loss: 2.1, trainTop1: 0.3, trainTop5: 0.6, valTop1: null, valTop5: null, imagesPerSec: 100, etaSeconds: 60, members: 3, skippedImages: 0,
+    startedAt: '', updatedAt: '',
+  };
+  const report = (s: RunState): StatusReport => ({ schema: 1, run: 'r', time: '', state: s, workers: [], queues: { train: counts, eval: counts }, history: [], recentLoss: [] });
+
+  test('shows the full step and the short steps when the coordinator publishes them, nothing of them when not (an older coordinator)', () => {
+    assert.match(formatStatus(report({ ...state, fullStepSamples: 48, shortSteps: 5 })), /members 3 {3}skipped images 0 {3}full step 48 samples, 5 short steps\n/);
+    assert.doesNotMatch(formatStatus(report(state)), /full step|short steps/);
   });
 });

@@ -17,6 +17,8 @@ export interface CheckpointState {
   appliedPositions?: number[];
   /** Distributed runs: the most samples a step has had (the aggregator's fullStepSamples, PartialSteps). */
   fullStepSamples?: number;
+  /** Distributed runs: steps so far with fewer samples than the full step (status). */
+  shortSteps?: number;
   modelHash: string;
   modelConfig: ModelConfig;
   /** The full run config, for reproducibility (nanoGPT habit). */
