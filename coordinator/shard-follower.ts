@@ -171,7 +171,7 @@ export async function startFollower(o: FollowerOptions): Promise<FollowerHandle>
  * A leader's roster or commit. `divisor` (what the sum is divided by) may be missing from a leader of an
  * earlier version: it divided by the step's samples. It is never below them (a step larger than the full one is the new full one).
  */
-function decision(msg: Record<string, unknown>): LeaderCommit {
+export function decision(msg: Record<string, unknown>): LeaderCommit {
   const totalSamples = field<number>(msg, 'totalSamples', 'int');
   const divisor = msg.divisor === undefined ? totalSamples : field<number>(msg, 'divisor', 'int');
   if (divisor < totalSamples) throw new ProtocolError('VGG_ERR_FRAME_FIELD', `${String(msg.t)}.divisor: expected an integer >= totalSamples (${totalSamples}), got ${divisor}`);

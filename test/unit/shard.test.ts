@@ -1,7 +1,7 @@
 import { afterEach, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Aggregator } from '../../coordinator/aggregator.ts';
-import { startFollower, type FollowerHandle } from '../../coordinator/shard-follower.ts';
+import { decision, startFollower, type FollowerHandle } from '../../coordinator/shard-follower.ts';
 import { ShardLeader } from '../../coordinator/shard-leader.ts';
 import { FlatMomentumSgd } from '../../shared/flat-sgd.ts';
 import { buildLayout, modelHash } from '../../shared/param-layout.ts';
@@ -161,6 +161,14 @@ describe('leader and follower shards', () => {
     let worst = 0;
     for (let i = 0; i < n; i += 1) worst = Math.max(worst, Math.abs((got[i] as number) - (expected[i] as number)));
     assert.ok(worst < 1e-6, `largest difference from the expected weights ${worst}`);
+  });
+
+  test('a leader\'s commit or roster: its divisor, the step\'s samples when it has none (an earlier leader), refused below them', () => {
+    const msg = { t: 'commit', step: 3, attempt: 0, jobs: ['job-1'], totalSamples: 8, learningRate: 0.1 };
+    assert.equal(decision({ ...msg, divisor: 12 }).divisor, 12);
+    assert.equal(decision(msg).divisor, 8);
+    assert.throws(() => decision({ ...msg, t: 'roster', divisor: 4 }), (e: ProtocolError) => e.code === 'VGG_ERR_FRAME_FIELD' && e.message === 'roster.divisor: expected an integer >= totalSamples (8), got 4');
+    assert.throws(() => decision({ ...msg, divisor: 9.5 }), (e: ProtocolError) => e.code === 'VGG_ERR_FRAME_FIELD' && e.message === 'commit.divisor: expected int, got number 9.5');
   });
 
   test('a follower refuses a gradient without the leader\'s ticket (VGG_ERR_AUTH) and a join; its sum stays untouched', async () => {
