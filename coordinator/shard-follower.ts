@@ -166,7 +166,6 @@ export async function startFollower(o: FollowerOptions): Promise<FollowerHandle>
   };
 }
 
-/** Connects, sends shard-hello, and reads shard-init and the state that follows. */
 /**
  * A leader's roster or commit. `divisor` (what the sum is divided by) may be missing from a leader of an
  * earlier version: it divided by the step's samples. It is never below them (a step larger than the full one is the new full one).
@@ -181,6 +180,7 @@ export function decision(msg: Record<string, unknown>): LeaderCommit {
   };
 }
 
+/** Connects, sends shard-hello, and reads shard-init and the state that follows. */
 function connectLeader(o: FollowerOptions): Promise<{ ws: WebSocket; init: Init }> {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(o.leader, { maxPayload: MAX_PAYLOAD_BYTES, perMessageDeflate: false });

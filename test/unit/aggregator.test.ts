@@ -1,6 +1,7 @@
 import { afterEach, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { PARTIAL_STEPS } from '../../coordinator/aggregator.ts';
+import { maxAbsDifference } from '../helpers/numeric.ts';
 import { PROTOCOL_VERSION, encode } from '../../shared/wire-protocol.ts';
 import { FlatMomentumSgd } from '../../shared/flat-sgd.ts';
 import { decode16, encode16 } from '../../shared/half.ts';
@@ -63,8 +64,7 @@ describe('synchronous steps', () => {
       const expected = h.initial.slice();
       sgd.apply(expected, ga.map((v, i) => 2 * v + 2 * (gb[i] as number)), 1 / 4);
       sgd.apply(expected, ga.map((v) => 2 * v), mode === 'scale' ? 1 / 4 : 1 / 2);
-      let worst = 0;
-      for (let i = 0; i < n; i += 1) worst = Math.max(worst, Math.abs((h.weights[i] as number) - (expected[i] as number)));
+      const worst = maxAbsDifference(h.weights, expected);
       assert.ok(worst < 1e-6, `largest difference from the expected weights ${worst}`);
     });
   }

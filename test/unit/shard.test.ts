@@ -12,7 +12,7 @@ import { misalignment } from '../../worker/host-memory.ts';
 import { ShardGroup } from '../../worker/shard-group.ts';
 import { Transport } from '../../worker/transport.ts';
 import { RawPeer, SGD, frame, hello, log, stats } from '../helpers/aggregator-harness.ts';
-import { wave } from '../helpers/numeric.ts';
+import { maxAbsDifference, wave } from '../helpers/numeric.ts';
 
 describe('shard ranges', () => {
   test('K ranges split the bytes evenly, contiguous from 0 to the end, 64-byte aligned inside', () => {
@@ -157,9 +157,7 @@ describe('leader and follower shards', () => {
     const expected = pair.initial.slice();
     sgd.apply(expected, new Float32Array(n).fill(7), 1 / 4);
     sgd.apply(expected, new Float32Array(n).fill(3), 1 / 4);
-    const got = a.read(0, n);
-    let worst = 0;
-    for (let i = 0; i < n; i += 1) worst = Math.max(worst, Math.abs((got[i] as number) - (expected[i] as number)));
+    const worst = maxAbsDifference(a.read(0, n), expected);
     assert.ok(worst < 1e-6, `largest difference from the expected weights ${worst}`);
   });
 
