@@ -6,7 +6,9 @@
  * /usr/bin/python3), in the same run: gloo right before each of our rows (the ratio compares
  * neighbouring runs). Our step includes what gloo's does not:
  * the join round trip and momentum SGD on the master weights.
- * Also the aggregator's peak RSS (VmHWM) against the fp32 parameter bytes.
+ * Also the aggregator's peak RSS (VmHWM) against the fp32 parameter bytes, and the CPU time per step of all
+ * our processes against all gloo ranks' (on a box whose cores are all busy, the wall-time ratio follows it,
+ * and it moves less between minutes than the wall time does).
  * `--shards 1,2`: also through K aggregator processes (coordinator --shards K), each
  * owning 1/K of the bytes (the largest follower's peak RSS is printed too).
  * `--hosted yes|no|only`: also (or only) with N shards hosted by the N workers themselves
@@ -37,13 +39,15 @@ if (!['yes', 'no', 'only'].includes(o.hosted)) throw new Error(`--hosted: expect
 const FLOATS = VGG16_FLOATS;
 const here = path.dirname(new URL(import.meta.url).pathname);
 
-async function gloo(workers: number): Promise<{ stepMs: number; steps: number[]; torch: string }> {
+/** gloo's median step, and the CPU time of all its ranks per timed step (each rank's time.process_time over the timed loop). */
+async function gloo(workers: number): Promise<{ stepMs: number; steps: number[]; torch: string; cpuMsPerStep: number }> {
   const port = await freePort();
   const procs = Array.from({ length: workers }, (_, rank) => run(o.python, [path.join(here, 'allreduce', 'gloo.py'),
     '--rank', String(rank), '--world', String(workers), '--port', String(port), '--floats', String(FLOATS), '--steps', String(o.steps)]).done);
   const outs = await Promise.all(procs);
-  const r = JSON.parse(outs[0]?.trim().split('\n').at(-1) ?? '{}') as { ms: number[]; torch: string };
-  return { stepMs: median(r.ms), steps: r.ms, torch: r.torch };
+  const last = outs.map((out) => JSON.parse(out.trim().split('\n').at(-1) ?? '{}') as { ms?: number[]; torch?: string; cpuMs: number });
+  const r = last[0] as { ms: number[]; torch: string };
+  return { stepMs: median(r.ms), steps: r.ms, torch: r.torch, cpuMsPerStep: last.reduce((sum, l) => sum + l.cpuMs, 0) / o.steps };
 }
 
 const bytes = FLOATS * 4;
@@ -60,13 +64,14 @@ for (const n of o.workers) {
       workers: n, wire, shards, hosted, followerPeakRssBytes: a.followerPeakRssBytes, workerPeakRssBytes: a.workerPeakRssBytes, oursMs: Math.round(a.stepMs), glooFp32Ms: Math.round(g.stepMs), ratio: Number((a.stepMs / g.stepMs).toFixed(3)),
       aggregatorPeakRssBytes: a.peakRssBytes, rssOverParamBytes: Number((a.peakRssBytes / bytes).toFixed(2)), oursSteps: a.steps.map(Math.round),
       glooSteps: g.steps.map(Math.round), torch: g.torch,
+      oursCpuMsPerStep: Math.round(a.cpuMsPerStep), glooCpuMsPerStep: Math.round(g.cpuMsPerStep), cpuRatio: Number((a.cpuMsPerStep / g.cpuMsPerStep).toFixed(3)),
     };
     rows.push(row);
     const goal = wire === 'fp32' ? 'goal <= 1.0' : 'goal <= 0.67, 1.5x faster';
     const follower = hosted ? `; largest hosting worker ${(a.workerPeakRssBytes / 2 ** 30).toFixed(2)} GiB`
       : shards > 1 ? `; largest follower ${(a.followerPeakRssBytes / 2 ** 30).toFixed(2)} GiB` : '';
     const where = hosted ? `${shards} shards hosted by the workers` : `${shards} shard${shards > 1 ? 's' : ''}`;
-    process.stdout.write(`${n} workers, ours ${wire}, ${where}: ${row.oursMs} ms, gloo fp32 ${row.glooFp32Ms} ms, ours/gloo ${row.ratio} (${goal}); ${hosted ? 'leader' : 'aggregator'} peak RSS ${(a.peakRssBytes / 2 ** 30).toFixed(2)} GiB = ${row.rssOverParamBytes}x the fp32 parameter bytes${follower}\n`);
+    process.stdout.write(`${n} workers, ours ${wire}, ${where}: ${row.oursMs} ms, gloo fp32 ${row.glooFp32Ms} ms, ours/gloo ${row.ratio} (${goal}); CPU per step (all processes) ${row.oursCpuMsPerStep} ms against gloo's ${row.glooCpuMsPerStep} ms, ${row.cpuRatio}x; ${hosted ? 'leader' : 'aggregator'} peak RSS ${(a.peakRssBytes / 2 ** 30).toFixed(2)} GiB = ${row.rssOverParamBytes}x the fp32 parameter bytes${follower}\n`);
   }
 }
 process.stdout.write(`${JSON.stringify({ bench: 'allreduce', floats: FLOATS, updateThreads: updateThreads(), earlyCommit: earlyCommitEnabled(), rows })}\n`);

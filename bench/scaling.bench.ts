@@ -44,8 +44,15 @@
  *   early commit: the same with comm_e and min(0.89 comm_e, window).
  * With every copy on the main thread (`--copy-out main`, the worker before): window = 0.57 compute and
  * all of set on the step (printed for 64 workers).
+ * Transport CPU (thirteenth session; `--transport-cpu true`, the default): a phase takes at least its busiest
+ * thread's socket work, c_transport ns per byte sent or received (calibrated here from a hosted 2-worker run's
+ * CPU time per step; one thread per process does all of its sockets):
+ *   up = down = max(link time as above, c_transport x (hosted: 2 (N - 1) P / N; else max(P, N P / K)))
+ *   early commit: max(up's link time, 2 x its CPU time) in place of max(up, down): one thread does both directions.
+ * The earlier model (`--transport-cpu false`) had the link alone: 100 GbE needs ~12.5 GB/s, and one
+ * thread here moves ~3.5 GB/s of socket bytes.
  *
- *   npm run bench:scaling [-- --workers 1,2,4 --compute-ms 290 --steps 3 --shards 1,2 --overlap false,true --hosted false,true --host-copies false,true --copy-out main,thread]
+ *   npm run bench:scaling [-- --workers 1,2,4 --compute-ms 290 --steps 3 --shards 1,2 --overlap false,true --hosted false,true --host-copies false,true --copy-out main,thread --transport-cpu true]
  */
 import { Command } from 'commander';
 import { FlatMomentumSgd } from '../shared/flat-sgd.ts';
@@ -72,8 +79,9 @@ const o = new Command('bench:scaling')
   .option('--early-commit <list>', 'measure without (false) and/or with (true) early commit', boolList('--early-commit'), [false])
   .option('--host-copies <list>', 'measure without (false) and/or with (true) the host copies of a tfjs-node worker (the model includes them when true is listed)', boolList('--host-copies'), [true])
   .option('--copy-out <list>', 'with host copies: each gradient tensor copied into the shared gradient on the transport thread (thread: the worker) and/or on the main thread (main: before the eleventh session)', choiceListOption('--copy-out', ['main', 'thread'] as const), ['thread'])
+  .option('--transport-cpu <bool>', 'the model counts the transport threads\' CPU per byte, calibrated here (false: the link alone, the model before the thirteenth session)', (v: string) => (choiceListOption('--transport-cpu', ['false', 'true'])(v)[0] === 'true'), true)
   .parse(process.argv)
-  .opts<{ workers: number[]; computeMs: number; steps: number; wire: string; shards: number[]; overlap: boolean[]; hosted: boolean[]; earlyCommit: boolean[]; hostCopies: boolean[]; copyOut: ('main' | 'thread')[] }>();
+  .opts<{ workers: number[]; computeMs: number; steps: number; wire: string; shards: number[]; overlap: boolean[]; hosted: boolean[]; earlyCommit: boolean[]; hostCopies: boolean[]; copyOut: ('main' | 'thread')[]; transportCpu: boolean }>();
 
 // Calibration: our per-byte CPU costs, measured here on the aggregator's real loops (138M floats in a
 // FloatArena: SIMD; each 4 MiB chunk staged in from outside the arena, as from a socket).
@@ -128,6 +136,25 @@ const gradsMainMs = withHost ? syncMs + D2H_MS : 0;
 const gradsSetMs = withHost ? setMs : 0;
 process.stdout.write(`calibration (${threads} update thread${threads > 1 ? 's' : ''}): reduce ${reduceMs.toFixed(0)} ms, SGD update ${updateMs.toFixed(0)} ms per 138M floats (${cReduce.toFixed(2)}, ${cUpdate.toFixed(2)} ns/byte); ${copiesNote}\n`);
 
+// The transport's own CPU per byte (thirteenth session): every byte a process sends or receives costs its
+// thread the kernel's copy, ws's framing and our copy into the frame slot or the version buffer, on one
+// thread per process (a worker's transport thread, which also runs its hosted shard). Calibrated from a
+// hosted 2-worker run without compute: the CPU time of all processes per step (cluster.ts reads /proc)
+// less the reduce and the update counted above, over the bytes all processes sent and received
+// (every worker sends (N - 1) / N of the gradient and as much of the weights, and receives as much).
+// Loopback has 64 KiB packets; a NIC's are 1.5-9 KB, so a cluster's cost per byte is at least this.
+const transportNs: Record<string, number> = { fp32: 0, bf16: 0 };
+if (o.transportCpu) {
+  for (const wire of ['fp32', 'bf16']) {
+    const N = 2;
+    const r = await runOurs({ workers: N, steps: o.steps, wire, hosted: true });
+    const sideBytes = 4 * (N - 1) * n * (wire === 'fp32' ? 4 : 2);
+    transportNs[wire] = (Math.max(0, r.cpuMsPerStep - N * reduceMs - updateMs) * 1e6) / sideBytes;
+  }
+  const rate = (ns: number) => `${ns.toFixed(3)} ns/byte, ${(1 / ns).toFixed(1)} GB/s a thread`;
+  process.stdout.write(`calibration, transport CPU (2 workers hosting their shards, fp32 / bf16 on the wire; bf16's conversions included): ${rate(transportNs.fp32 as number)} / ${rate(transportNs.bf16 as number)} sent or received\n`);
+}
+
 // Measured here: one machine, loopback, N worker processes.
 const measured: { workers: number; shards: number; hosted: boolean; overlap: boolean; earlyCommit: boolean; hostCopies: boolean; copyOut?: 'main' | 'thread'; stepMs: number; efficiency: number; hostCopyMs?: { weights: number; gradients: number } }[] = [];
 const layouts = o.hosted.flatMap((hosted): { hosted: boolean; shards: number }[] => (hosted ? [{ hosted, shards: 0 }] : o.shards.map((shards) => ({ hosted, shards }))));
@@ -153,35 +180,50 @@ const copyOutMain: ((typeof projections)[number] & { thread: number })[] = [];
 // H200, fp32, batch 64 (docs/measurements/h200-vgg16-overlap.json): classifier bytes / all bytes, body backward after them / step.
 const CLASSIFIER_FRACTION = 494_571_424 / 553_430_176;
 const pct = (e: number) => `${(100 * e).toFixed(0)}%`.padStart(5);
+/**
+ * The model's efficiencies for N workers over a link of `bytesPerSec` with `shards` shards, each process's
+ * socket work spread over `threads` threads (1: what is built, one transport thread a process).
+ */
+function model(bytesPerSec: number, wire: string, shards: string, N: number, threads: number) {
+  const P = n * (wire === 'fp32' ? 4 : 2);
+  // The CPU loops touch fp32 values: bytes of fp32 regardless of the wire.
+  const P32 = n * 4;
+  const K = shards === '1' ? 1 : shards === 'N/8' ? Math.max(1, N / 8) : N;
+  // One phase's bytes over the busiest link. Hosted by the workers: a worker's own slice stays in
+  // process, so its link moves (N - 1) / N of P each way: the ring all-reduce's bytes.
+  const linkMs = (shards === 'N hosted' ? ((N - 1) * P) / (N * bytesPerSec) : Math.max(P / bytesPerSec, (N * P) / (K * bytesPerSec))) * 1000;
+  // The busiest process's socket work in one phase: a hosting worker sends and receives (N - 1) / N of
+  // P; otherwise a worker sends P and a shard receives N P / K (or the reverse, for the weights).
+  const cpuMs = ((shards === 'N hosted' ? (2 * (N - 1) * P) / N : Math.max(P, (N * P) / K)) * (transportNs[wire] as number)) / 1e6 / threads;
+  const phaseMs = Math.max(linkMs, cpuMs);
+  const reduceMs = ((N * P32) / K) * cReduce / 1e6;
+  const updateMs = (P32 / K) * cUpdate / 1e6;
+  const comm = 2 * phaseMs + reduceMs + updateMs;
+  const plain = o.computeMs / (o.computeMs + weightsInMs + gradsMainMs + gradsSetMs + comm);
+  // Overlap: the classifier's gradients come out on the main thread before the body's backward is
+  // dispatched (the GPU waits: gradsMain all on the step); the transport thread then copies them into
+  // the shared gradient during the body's backward, before their send can use that window.
+  const overlapOf = (setInWindowMs: number, c: number, hidden: number) => {
+    const hideMs = Math.max(0, WINDOW_FRACTION * o.computeMs - setInWindowMs);
+    const host = weightsInMs + gradsMainMs + gradsSetMs - setInWindowMs + Math.max(0, setInWindowMs - WINDOW_FRACTION * o.computeMs);
+    return o.computeMs / (o.computeMs + host + c - Math.min(hidden, hideMs));
+  };
+  const overlap = overlapOf(CLASSIFIER_FRACTION * gradsSetMs, comm, CLASSIFIER_FRACTION * (phaseMs + reduceMs));
+  // Full duplex overlaps the two phases on the link, not on the threads that do both.
+  const commEarly = Math.max(linkMs, 2 * cpuMs) + reduceMs + 1.8 * updateMs;
+  const early = overlapOf(CLASSIFIER_FRACTION * gradsSetMs, commEarly, CLASSIFIER_FRACTION * commEarly);
+  // The worker before the eleventh session: every copy on the main thread, the body's backward after them.
+  const copyOutMainOverlap = overlapOf(0, comm, CLASSIFIER_FRACTION * (phaseMs + reduceMs));
+  return { plain, overlap, early, copyOutMainOverlap };
+}
+
 for (const [link, bytesPerSec] of Object.entries(links)) {
   for (const wire of ['fp32', 'bf16']) {
-    const P = n * (wire === 'fp32' ? 4 : 2);
-    // The CPU loops touch fp32 values: bytes of fp32 regardless of the wire.
-    const P32 = n * 4;
     for (const shards of ['1', 'N/8', 'N', 'N hosted']) {
       const cells = { plain: [] as string[], overlap: [] as string[], early: [] as string[] };
       for (const N of [4, 8, 16, 32, 64]) {
-        const K = shards === '1' ? 1 : shards === 'N/8' ? Math.max(1, N / 8) : N;
-        // One phase's bytes over the busiest link. Hosted by the workers: a worker's own slice stays in
-        // process, so its link moves (N - 1) / N of P each way: the ring all-reduce's bytes.
-        const phaseMs = (shards === 'N hosted' ? ((N - 1) * P) / (N * bytesPerSec) : Math.max(P / bytesPerSec, (N * P) / (K * bytesPerSec))) * 1000;
-        const reduceMs = ((N * P32) / K) * cReduce / 1e6;
-        const updateMs = (P32 / K) * cUpdate / 1e6;
-        const comm = 2 * phaseMs + reduceMs + updateMs;
-        const plain = o.computeMs / (o.computeMs + weightsInMs + gradsMainMs + gradsSetMs + comm);
-        // Overlap: the classifier's gradients come out on the main thread before the body's backward is
-        // dispatched (the GPU waits: gradsMain all on the step); the transport thread then copies them into
-        // the shared gradient during the body's backward, before their send can use that window.
-        const overlapOf = (setInWindowMs: number, c: number, hidden: number) => {
-          const hideMs = Math.max(0, WINDOW_FRACTION * o.computeMs - setInWindowMs);
-          const host = weightsInMs + gradsMainMs + gradsSetMs - setInWindowMs + Math.max(0, setInWindowMs - WINDOW_FRACTION * o.computeMs);
-          return o.computeMs / (o.computeMs + host + c - Math.min(hidden, hideMs));
-        };
-        const overlap = overlapOf(CLASSIFIER_FRACTION * gradsSetMs, comm, CLASSIFIER_FRACTION * (phaseMs + reduceMs));
-        const commEarly = phaseMs + reduceMs + 1.8 * updateMs;
-        const early = overlapOf(CLASSIFIER_FRACTION * gradsSetMs, commEarly, CLASSIFIER_FRACTION * commEarly);
-        // The worker before the eleventh session: every copy on the main thread, the body's backward after them.
-        if (shards === 'N hosted' && N === 64) copyOutMain.push({ link, wire, shards, workers: N, efficiency: Number(overlapOf(0, comm, CLASSIFIER_FRACTION * (phaseMs + reduceMs)).toFixed(3)), thread: Number(overlap.toFixed(3)) });
+        const { plain, overlap, early, copyOutMainOverlap } = model(bytesPerSec, wire, shards, N, 1);
+        if (shards === 'N hosted' && N === 64) copyOutMain.push({ link, wire, shards, workers: N, efficiency: Number(copyOutMainOverlap.toFixed(3)), thread: Number(overlap.toFixed(3)) });
         const at = { link, wire, shards, workers: N };
         projections.push({ ...at, efficiency: Number(plain.toFixed(3)) });
         overlapProjections.push({ ...at, efficiency: Number(overlap.toFixed(3)) });
@@ -194,12 +236,21 @@ for (const [link, bytesPerSec] of Object.entries(links)) {
     }
   }
 }
+// What more transport threads a process would give (not built: every process has one): 64 workers, K=N hosted, overlap.
+const TRANSPORT_THREADS = [1, 2, 4, 8];
+const threadProjections = Object.entries(links).flatMap(([link, bytesPerSec]) => ['fp32', 'bf16'].map((wire) => ({
+  link, wire, shards: 'N hosted', workers: 64, byThreads: TRANSPORT_THREADS.map((t) => Number(model(bytesPerSec, wire, 'N hosted', 64, t).overlap.toFixed(3))),
+})));
 const hostNote = withHost ? `with a worker's host copies and PCIe: weights in ${weightsInMs.toFixed(0)} ms, gradients out ${gradsMainMs.toFixed(0)} ms (main thread) + ${gradsSetMs.toFixed(0)} ms (transport thread) per step` : 'without the workers\' host copies (--host-copies false)';
 process.stdout.write(`\nprojected efficiency, compute ${o.computeMs} ms/step, ${hostNote}, no overlap (N = 4 8 16 32 64):\n${tables.plain.join('\n')}\n`);
 process.stdout.write(`\nprojected with the classifier's gradients sent during the body's backward (what the worker does; the weights come back after the commit):\n${tables.overlap.join('\n')}\n`);
 process.stdout.write(`\nprojected with that and --early-commit (each range's weights go out while later ranges come in; one more pass over the update):\n${tables.early.join('\n')}\n`);
+if (o.transportCpu) {
+  const cells = threadProjections.map((p) => `${p.link} ${p.wire} ${p.byThreads.map((e) => pct(e).trim()).join(' / ')}`);
+  process.stdout.write(`\nthe same, 64 workers, K=N hosted, overlap, with each process's sockets spread over ${TRANSPORT_THREADS.join(' / ')} threads (not built: one thread does them now): ${cells.join(', ')}\n`);
+}
 if (withHost) {
   const cells = copyOutMain.map((p) => `${p.link} ${p.wire} ${pct(p.efficiency).trim()} (${pct(p.thread).trim()} on the transport thread)`);
   process.stdout.write(`\nthe same, 64 workers, K=N hosted, overlap, with the gradients copied into the shared buffer on the main thread (the worker before the eleventh session): ${cells.join(', ')}\n`);
 }
-process.stdout.write(`${JSON.stringify({ bench: 'scaling', computeMs: o.computeMs, wire: o.wire, calibration: { updateThreads: threads, reduceMs, updateMs, cReduceNsPerByte: cReduce, cUpdateNsPerByte: cUpdate, weightsCopyMs, weightsCopiedBytes, gradientsSyncMs: syncMs, gradientsSetMs: setMs, heapReuse, h2dMs: H2D_MS, d2hMs: D2H_MS }, modelHostMs: { weightsIn: weightsInMs, gradientsMain: gradsMainMs, gradientsSet: gradsSetMs }, measured, projections, overlapProjections, earlyCommitProjections, copyOutMainProjections: copyOutMain })}\n`);
+process.stdout.write(`${JSON.stringify({ bench: 'scaling', computeMs: o.computeMs, wire: o.wire, calibration: { updateThreads: threads, reduceMs, updateMs, cReduceNsPerByte: cReduce, cUpdateNsPerByte: cUpdate, transportCpu: o.transportCpu, cTransportNsPerByte: transportNs, weightsCopyMs, weightsCopiedBytes, gradientsSyncMs: syncMs, gradientsSetMs: setMs, heapReuse, h2dMs: H2D_MS, d2hMs: D2H_MS }, modelHostMs: { weightsIn: weightsInMs, gradientsMain: gradsMainMs, gradientsSet: gradsSetMs }, measured, projections, overlapProjections, earlyCommitProjections, copyOutMainProjections: copyOutMain, transportThreads: TRANSPORT_THREADS, transportThreadProjections: threadProjections })}\n`);

@@ -27,8 +27,23 @@ export const median = (xs: number[]): number => {
   return s[Math.floor((s.length - 1) / 2)] ?? NaN;
 };
 
+/**
+ * CPU time (user + system, all threads) that process `pid` has used so far, in ms, from /proc/PID/stat
+ * (clock ticks of 10 ms: the kernel's USER_HZ on Linux); NaN where it cannot be read (the process is gone, not Linux).
+ */
+export function processCpuMs(pid: number | undefined): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(rest[11]) + Number(rest[12])) * 10;
+  } catch {
+    return NaN;
+  }
+}
+
 /** A child process; its stdout lines go to `onLine`, `done` resolves with all of it on exit 0; `say` writes a line to its stdin. */
-export function run(cmd: string, args: string[], onLine?: (line: string) => void): { done: Promise<string>; say: (line: string) => void } {
+export function run(cmd: string, args: string[], onLine?: (line: string) => void): { done: Promise<string>; say: (line: string) => void; pid: number | undefined } {
   const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'inherit'] });
   let out = '';
   let pending = '';
@@ -43,6 +58,7 @@ export function run(cmd: string, args: string[], onLine?: (line: string) => void
   return {
     done: new Promise((resolve, reject) => child.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} ${args.join(' ')} exited with ${code}`))))),
     say: (line) => { child.stdin.write(`${line}\n`); },
+    pid: child.pid,
   };
 }
 
@@ -59,6 +75,12 @@ export interface OursResult {
   stepMs: number; steps: number[]; peakRssBytes: number; followerPeakRssBytes: number; workerPeakRssBytes: number;
   /** With hostCopies: the slowest worker's median ms per step of the weights' and the gradients' host copies. */
   hostCopyMs?: { weights: number; gradients: number };
+  /**
+   * CPU time of all our processes (leader, followers, workers; every thread) per timed step, ms: read from
+   * /proc when the last worker has the last untimed step's weights and again when it has the last step's.
+   * On a machine whose cores are all busy this, unlike the wall time, hardly moves with the other load.
+   */
+  cpuMsPerStep: number;
 }
 
 /**
@@ -83,17 +105,29 @@ export async function runOurs(o: { workers: number; steps: number; wire: string;
     if (m.peakRssBytes !== undefined) peak = m.peakRssBytes;
   });
   const url = `ws://127.0.0.1:${await port}`;
-  const followers = Array.from({ length: o.hosted === true ? 0 : shards - 1 }, (_, i) => node('aggregator-proc.ts', ['--follow', url, '--shard', `${i + 1}/${shards}`], (line) => {
+  const followerRuns = Array.from({ length: o.hosted === true ? 0 : shards - 1 }, (_, i) => node('aggregator-proc.ts', ['--follow', url, '--shard', `${i + 1}/${shards}`], (line) => {
     const m = JSON.parse(line) as { peakRssBytes?: number };
     if (m.peakRssBytes !== undefined) followerPeak = Math.max(followerPeak, m.peakRssBytes);
-  }).done);
+  }));
+  const followers = followerRuns.map((f) => f.done);
   // Every worker connected (and hosting its shard) before any joins step 0: one that came late would find
   // the step committed without it (a stale join).
   let ready = 0;
+  // CPU of every process of ours when all workers have the weights of step WARMUP_STEPS - 1 and of the last step.
+  const arrived = new Map<number, number>();
+  const cpuAt: number[] = [];
+  const allCpuMs = () => [agg, ...followerRuns, ...procs].reduce((sum, p) => sum + processCpuMs(p.pid), 0);
+  const onArrival = (step: number) => {
+    const n = (arrived.get(step) ?? 0) + 1;
+    arrived.set(step, n);
+    if (n === o.workers && (step === WARMUP_STEPS - 1 || step === WARMUP_STEPS + o.steps - 1)) cpuAt.push(allCpuMs());
+  };
   const procs = Array.from({ length: o.workers }, (_, i) => node('worker-proc.ts',
     ['--url', url, '--steps', String(o.steps + WARMUP_STEPS), '--id', String(i), '--compute-ms', String(o.computeMs ?? 0), ...(o.overlap === true ? ['--overlap'] : []), ...(o.hostCopies === true ? ['--host-copies', '--copy-out', o.copyOut ?? 'thread'] : []),
       ...(o.hosted === true ? ['--host-shard', `${i + 1}/${shards}`] : [])], (line) => {
-      if ((JSON.parse(line) as { ready?: boolean }).ready !== true) return;
+      const m = JSON.parse(line) as { ready?: boolean; arrived?: number };
+      if (m.arrived !== undefined) onArrival(m.arrived);
+      if (m.ready !== true) return;
       ready += 1;
       if (ready === o.workers) for (const p of procs) p.say('go');
     }));
@@ -106,5 +140,6 @@ export async function runOurs(o: { workers: number; steps: number; wire: string;
   const steps = Array.from({ length: o.steps }, (_, k) => Math.max(...arrivals.map((a) => (a[k + WARMUP_STEPS] ?? NaN) - (a[k + WARMUP_STEPS - 1] ?? NaN))));
   const copies = results.flatMap((r) => (r.hostCopyMs === undefined ? [] : [r.hostCopyMs]));
   const hostCopyMs = copies.length === 0 ? undefined : { weights: Math.max(...copies.map((c) => c.weights)), gradients: Math.max(...copies.map((c) => c.gradients)) };
-  return { stepMs: median(steps), steps, peakRssBytes: peak, followerPeakRssBytes: followerPeak, workerPeakRssBytes: Math.max(...results.map((r) => r.peakRssBytes)), ...(hostCopyMs === undefined ? {} : { hostCopyMs }) };
+  const cpuMsPerStep = cpuAt.length === 2 ? ((cpuAt[1] as number) - (cpuAt[0] as number)) / o.steps : NaN;
+  return { stepMs: median(steps), steps, cpuMsPerStep, peakRssBytes: peak, followerPeakRssBytes: followerPeak, workerPeakRssBytes: Math.max(...results.map((r) => r.peakRssBytes)), ...(hostCopyMs === undefined ? {} : { hostCopyMs }) };
 }

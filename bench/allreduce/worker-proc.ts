@@ -80,6 +80,8 @@ for (let step = 0; step < steps; step += 1) {
   }
   await next;
   arrivals.push(performance.now());
+  // For the harness's CPU accounting (cluster.ts): it reads every process's CPU time when all workers have a step.
+  process.stdout.write(`${JSON.stringify({ arrived: step })}\n`);
   // The next step's model: the new weights into the framework (part of the next step's interval).
   if (hostCopies) {
     weightsMs.push(copyWeightsIn(entries, (lo, hi) => client.view(lo, hi)).ms);
