@@ -156,7 +156,7 @@ if (o.transportCpu) {
 }
 
 // Measured here: one machine, loopback, N worker processes.
-const measured: { workers: number; shards: number; hosted: boolean; overlap: boolean; earlyCommit: boolean; hostCopies: boolean; copyOut?: 'main' | 'thread'; stepMs: number; efficiency: number; hostCopyMs?: { weights: number; gradients: number } }[] = [];
+const measured: { workers: number; shards: number; hosted: boolean; overlap: boolean; earlyCommit: boolean; hostCopies: boolean; copyOut?: 'main' | 'thread'; stepMs: number; cpuMsPerStep: number; efficiency: number; hostCopyMs?: { weights: number; gradients: number } }[] = [];
 const layouts = o.hosted.flatMap((hosted): { hosted: boolean; shards: number }[] => (hosted ? [{ hosted, shards: 0 }] : o.shards.map((shards) => ({ hosted, shards }))));
 const copyModes = o.hostCopies.flatMap((h): { hostCopies: boolean; copyOut?: 'main' | 'thread' }[] => (h ? o.copyOut.map((copyOut) => ({ hostCopies: h, copyOut })) : [{ hostCopies: h }]));
 for (const { hostCopies, copyOut } of copyModes) for (const earlyCommit of o.earlyCommit) for (const overlap of o.overlap) for (const layout of layouts) for (const workers of o.workers) {
@@ -164,9 +164,9 @@ for (const { hostCopies, copyOut } of copyModes) for (const earlyCommit of o.ear
   const shards = layout.hosted ? workers : layout.shards;
   const r = await runOurs({ workers, steps: o.steps, wire: o.wire, computeMs: o.computeMs, shards, overlap, hosted: layout.hosted, earlyCommit, hostCopies, copyOut });
   const efficiency = o.computeMs / r.stepMs;
-  measured.push({ workers, shards, hosted: layout.hosted, overlap, earlyCommit, hostCopies, ...(copyOut === undefined ? {} : { copyOut }), stepMs: Math.round(r.stepMs), efficiency: Number(efficiency.toFixed(3)), ...(r.hostCopyMs === undefined ? {} : { hostCopyMs: r.hostCopyMs }) });
+  measured.push({ workers, shards, hosted: layout.hosted, overlap, earlyCommit, hostCopies, ...(copyOut === undefined ? {} : { copyOut }), stepMs: Math.round(r.stepMs), cpuMsPerStep: Math.round(r.cpuMsPerStep), efficiency: Number(efficiency.toFixed(3)), ...(r.hostCopyMs === undefined ? {} : { hostCopyMs: r.hostCopyMs }) });
   const copies = r.hostCopyMs === undefined ? '' : ` (host copies on the main thread: weights ${r.hostCopyMs.weights.toFixed(0)} ms, gradients ${r.hostCopyMs.gradients.toFixed(0)} ms)`;
-  process.stdout.write(`measured, ${workers} worker(s), ${shards} shard(s)${layout.hosted ? ' hosted by the workers' : ''}, ${o.wire}, ${overlap ? 'overlap' : 'no overlap'}${earlyCommit ? ', early commit' : ''}${hostCopies ? `, host copies (gradients into the shared buffer on the ${copyOut === 'main' ? 'main' : 'transport'} thread)` : ''}, compute ${o.computeMs} ms: step ${r.stepMs.toFixed(0)} ms, efficiency ${(100 * efficiency).toFixed(1)}%${copies}\n`);
+  process.stdout.write(`measured, ${workers} worker(s), ${shards} shard(s)${layout.hosted ? ' hosted by the workers' : ''}, ${o.wire}, ${overlap ? 'overlap' : 'no overlap'}${earlyCommit ? ', early commit' : ''}${hostCopies ? `, host copies (gradients into the shared buffer on the ${copyOut === 'main' ? 'main' : 'transport'} thread)` : ''}, compute ${o.computeMs} ms: step ${r.stepMs.toFixed(0)} ms, efficiency ${(100 * efficiency).toFixed(1)}%${copies}; CPU of all processes ${r.cpuMsPerStep.toFixed(0)} ms a step\n`);
 }
 process.stdout.write('(every process shares this machine\'s 2 cores and one memory bus: the measured figures are a floor, not a cluster)\n');
 
