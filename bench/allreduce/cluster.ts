@@ -76,9 +76,9 @@ export interface OursResult {
   /** With hostCopies: the slowest worker's median ms per step of the weights' and the gradients' host copies. */
   hostCopyMs?: { weights: number; gradients: number };
   /**
-   * CPU time of all our processes (leader, followers, workers; every thread) per timed step, ms: read from
-   * /proc when the last worker has the last untimed step's weights and again when it has the last step's.
-   * On a machine whose cores are all busy this, unlike the wall time, hardly moves with the other load.
+   * CPU time of all our processes (leader, followers, workers; every thread) per timed step, ms: each worker's
+   * own (process.cpuUsage) when it has the last untimed step's weights and the last step's; the leader's and
+   * followers' read from /proc when the last worker has them (they live on until the workers hang up).
    */
   cpuMsPerStep: number;
 }
@@ -113,14 +113,16 @@ export async function runOurs(o: { workers: number; steps: number; wire: string;
   // Every worker connected (and hosting its shard) before any joins step 0: one that came late would find
   // the step committed without it (a stale join).
   let ready = 0;
-  // CPU of every process of ours when all workers have the weights of step WARMUP_STEPS - 1 and of the last step.
+  // The aggregator processes' CPU when all workers have the weights of step WARMUP_STEPS - 1 and of the last step
+  // (a worker may be gone by the time its last line is read: workers report their own).
   const arrived = new Map<number, number>();
-  const cpuAt: number[] = [];
-  const allCpuMs = () => [agg, ...followerRuns, ...procs].reduce((sum, p) => sum + processCpuMs(p.pid), 0);
+  const aggCpuAt: number[] = [];
   const onArrival = (step: number) => {
     const n = (arrived.get(step) ?? 0) + 1;
     arrived.set(step, n);
-    if (n === o.workers && (step === WARMUP_STEPS - 1 || step === WARMUP_STEPS + o.steps - 1)) cpuAt.push(allCpuMs());
+    if (n === o.workers && (step === WARMUP_STEPS - 1 || step === WARMUP_STEPS + o.steps - 1)) {
+      aggCpuAt.push([agg, ...followerRuns].reduce((sum, p) => sum + processCpuMs(p.pid), 0));
+    }
   };
   const procs = Array.from({ length: o.workers }, (_, i) => node('worker-proc.ts',
     ['--url', url, '--steps', String(o.steps + WARMUP_STEPS), '--id', String(i), '--compute-ms', String(o.computeMs ?? 0), ...(o.overlap === true ? ['--overlap'] : []), ...(o.hostCopies === true ? ['--host-copies', '--copy-out', o.copyOut ?? 'thread'] : []),
@@ -134,12 +136,13 @@ export async function runOurs(o: { workers: number; steps: number; wire: string;
   const outs = await Promise.all(procs.map((p) => p.done));
   await agg.done;
   await Promise.all(followers);
-  const results = outs.map((s) => JSON.parse(s.trim().split('\n').at(-1) ?? '{}') as { arrivals: number[]; peakRssBytes: number; hostCopyMs?: { weights: number; gradients: number } });
+  const results = outs.map((s) => JSON.parse(s.trim().split('\n').at(-1) ?? '{}') as { arrivals: number[]; cpuMs: number[]; peakRssBytes: number; hostCopyMs?: { weights: number; gradients: number } });
   const arrivals = results.map((r) => r.arrivals);
   // A step ends when the last worker has the new weights; arrivals are per-process clocks, so take each worker's own intervals, the slowest.
   const steps = Array.from({ length: o.steps }, (_, k) => Math.max(...arrivals.map((a) => (a[k + WARMUP_STEPS] ?? NaN) - (a[k + WARMUP_STEPS - 1] ?? NaN))));
   const copies = results.flatMap((r) => (r.hostCopyMs === undefined ? [] : [r.hostCopyMs]));
   const hostCopyMs = copies.length === 0 ? undefined : { weights: Math.max(...copies.map((c) => c.weights)), gradients: Math.max(...copies.map((c) => c.gradients)) };
-  const cpuMsPerStep = cpuAt.length === 2 ? ((cpuAt[1] as number) - (cpuAt[0] as number)) / o.steps : NaN;
+  const workersCpuMs = results.reduce((sum, r) => sum + ((r.cpuMs[WARMUP_STEPS + o.steps - 1] ?? NaN) - (r.cpuMs[WARMUP_STEPS - 1] ?? NaN)), 0);
+  const cpuMsPerStep = aggCpuAt.length === 2 ? ((aggCpuAt[1] as number) - (aggCpuAt[0] as number) + workersCpuMs) / o.steps : NaN;
   return { stepMs: median(steps), steps, cpuMsPerStep, peakRssBytes: peak, followerPeakRssBytes: followerPeak, workerPeakRssBytes: Math.max(...results.map((r) => r.peakRssBytes)), ...(hostCopyMs === undefined ? {} : { hostCopyMs }) };
 }

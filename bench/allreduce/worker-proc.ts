@@ -2,7 +2,7 @@
  * bench:allreduce and bench:scaling helper: one worker process, with the worker's own
  * transport (a thread owning the sockets, worker/transport.ts). Joins each step with a
  * 138,357,544-float gradient, streams it, waits for the new weights; prints
- * the time of each weights arrival (ms, performance.now()) as one JSON line.
+ * the time of each weights arrival (ms, performance.now()) and the process's CPU time then as one JSON line.
  * `--compute-ms C`: a GPU's compute time per step, simulated by waiting (a GPU leaves the
  * CPU free for communication). `--overlap`: the classifier's gradients (fc6-fc8) go out
  * when a real backward pass would have them, (1 - WINDOW_FRACTION) C into the step, and the
@@ -61,6 +61,8 @@ const weightsMs: number[] = [];
 const gradientsMs: number[] = [];
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const arrivals: number[] = [];
+/** This process's CPU time (all threads, ms) at each arrival. */
+const cpuMs: number[] = [];
 for (let step = 0; step < steps; step += 1) {
   const joined = client.next<{ t: string }>(['reply']);
   client.send({ t: 'join', step, jobId: `w${id}-s${step}`, lockToken: 'x' });
@@ -80,7 +82,9 @@ for (let step = 0; step < steps; step += 1) {
   }
   await next;
   arrivals.push(performance.now());
-  // For the harness's CPU accounting (cluster.ts): it reads every process's CPU time when all workers have a step.
+  const cpu = process.cpuUsage();
+  cpuMs.push((cpu.user + cpu.system) / 1000);
+  // For the harness's CPU accounting (cluster.ts): it reads the aggregator processes' CPU time when all workers have a step.
   process.stdout.write(`${JSON.stringify({ arrived: step })}\n`);
   // The next step's model: the new weights into the framework (part of the next step's interval).
   if (hostCopies) {
@@ -89,5 +93,5 @@ for (let step = 0; step < steps; step += 1) {
   }
 }
 // Peak RSS (VmHWM) of the whole process: with --host-shard it holds the shard's weights, momentum and sum.
-process.stdout.write(`${JSON.stringify({ id, arrivals, peakRssBytes: peakRssBytes(), ...(hostCopies ? { hostCopyMs: { weights: median(weightsMs), gradients: median(gradientsMs) } } : {}) })}\n`);
+process.stdout.write(`${JSON.stringify({ id, arrivals, cpuMs, peakRssBytes: peakRssBytes(), ...(hostCopies ? { hostCopyMs: { weights: median(weightsMs), gradients: median(gradientsMs) } } : {}) })}\n`);
 await client.close();
