@@ -64,14 +64,14 @@ for (const n of o.workers) {
       workers: n, wire, shards, hosted, followerPeakRssBytes: a.followerPeakRssBytes, workerPeakRssBytes: a.workerPeakRssBytes, oursMs: Math.round(a.stepMs), glooFp32Ms: Math.round(g.stepMs), ratio: Number((a.stepMs / g.stepMs).toFixed(3)),
       aggregatorPeakRssBytes: a.peakRssBytes, rssOverParamBytes: Number((a.peakRssBytes / bytes).toFixed(2)), oursSteps: a.steps.map(Math.round),
       glooSteps: g.steps.map(Math.round), torch: g.torch,
-      oursCpuMsPerStep: Math.round(a.cpuMsPerStep), glooCpuMsPerStep: Math.round(g.cpuMsPerStep), cpuRatio: Number((a.cpuMsPerStep / g.cpuMsPerStep).toFixed(3)),
+      workerTransportBusy: Number(a.transportBusy.toFixed(3)), oursCpuMsPerStep: Math.round(a.cpuMsPerStep), glooCpuMsPerStep: Math.round(g.cpuMsPerStep), cpuRatio: Number((a.cpuMsPerStep / g.cpuMsPerStep).toFixed(3)),
     };
     rows.push(row);
     const goal = wire === 'fp32' ? 'goal <= 1.0' : 'goal <= 0.67, 1.5x faster';
     const follower = hosted ? `; largest hosting worker ${(a.workerPeakRssBytes / 2 ** 30).toFixed(2)} GiB`
       : shards > 1 ? `; largest follower ${(a.followerPeakRssBytes / 2 ** 30).toFixed(2)} GiB` : '';
     const where = hosted ? `${shards} shards hosted by the workers` : `${shards} shard${shards > 1 ? 's' : ''}`;
-    process.stdout.write(`${n} workers, ours ${wire}, ${where}: ${row.oursMs} ms, gloo fp32 ${row.glooFp32Ms} ms, ours/gloo ${row.ratio} (${goal}); CPU per step (all processes) ${row.oursCpuMsPerStep} ms against gloo's ${row.glooCpuMsPerStep} ms, ${row.cpuRatio}x; ${hosted ? 'leader' : 'aggregator'} peak RSS ${(a.peakRssBytes / 2 ** 30).toFixed(2)} GiB = ${row.rssOverParamBytes}x the fp32 parameter bytes${follower}\n`);
+    process.stdout.write(`${n} workers, ours ${wire}, ${where}: ${row.oursMs} ms, gloo fp32 ${row.glooFp32Ms} ms, ours/gloo ${row.ratio} (${goal}); CPU per step (all processes) ${row.oursCpuMsPerStep} ms against gloo's ${row.glooCpuMsPerStep} ms, ${row.cpuRatio}x; a worker's transport thread busy ${(100 * a.transportBusy).toFixed(0)}% of the time; ${hosted ? 'leader' : 'aggregator'} peak RSS ${(a.peakRssBytes / 2 ** 30).toFixed(2)} GiB = ${row.rssOverParamBytes}x the fp32 parameter bytes${follower}\n`);
   }
 }
 process.stdout.write(`${JSON.stringify({ bench: 'allreduce', floats: FLOATS, updateThreads: updateThreads(), earlyCommit: earlyCommitEnabled(), rows })}\n`);

@@ -1,4 +1,5 @@
 import { hostname } from 'node:os';
+import { performance } from 'node:perf_hooks';
 import * as tf from '@tensorflow/tfjs';
 import { Job, Queue, Worker as BullWorker } from 'bullmq';
 import type { Redis } from 'ioredis';
@@ -48,6 +49,8 @@ export interface RunInfo { run: string; redis: string; data: string; model: Mode
  */
 export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<CoordinatorHandle> {
   const started = Date.now();
+  /** The event loop's utilization at the last commit (vgg_transport_busy_ratio). */
+  let busySince = performance.eventLoopUtilization();
   tf.enableProdMode();
   await tf.setBackend('cpu');
   const data = cfg.data !== '' ? cfg.data : (await ensureDefaultDataset(log)).root;
@@ -236,6 +239,10 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
       if (state.imagesPerSec !== null) metrics.imagesPerSecond.set(state.imagesPerSec);
       metrics.learningRate.set(plateau.learningRate);
       metrics.computeSeconds.observe((performance.now() - commitStart) / 1000);
+      // The aggregator runs on this thread: its event loop's utilization since the last commit.
+      const now = performance.eventLoopUtilization();
+      metrics.transportBusy.set(performance.eventLoopUtilization(now, busySince).utilization);
+      busySince = now;
     }
     if (cfg.checkpointEvery > 0 && step % cfg.checkpointEvery === 0 && applied.size < plan.batches.length) await checkpoint();
     if (applied.size === plan.batches.length) setImmediate(() => { void endEpoch().catch(fail); });

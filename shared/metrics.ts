@@ -36,6 +36,7 @@ export interface Metrics {
   rejectedFrames: Counter<'code'>;
   skippedImages: Counter;
   shortSteps: Counter;
+  transportBusy: Gauge;
   queueJobs: Gauge<'queue' | 'state'>;
   validationTop1: Gauge;
   validationTop5: Gauge;
@@ -68,6 +69,7 @@ export function createMetrics(labels: Record<string, string>): Metrics {
     rejectedFrames: new Counter({ name: 'vgg_rejected_frames_total', help: 'frames refused by the aggregator, by error code', labelNames: ['code'], ...r }),
     skippedImages: new Counter({ name: 'vgg_skipped_images_total', help: 'unreadable images skipped', ...r }),
     shortSteps: new Counter({ name: 'vgg_short_steps_total', help: 'coordinator: steps with fewer samples than the full step (a worker lost or not yet back, an epoch\'s last step)', ...r }),
+    transportBusy: new Gauge({ name: 'vgg_transport_busy_ratio', help: 'share of the last step the thread moving the gradients and weights was busy (worker: its transport thread, with a hosted shard\'s reduce and update; coordinator: the aggregator\'s thread); near 1 it limits the step', ...r }),
     queueJobs: new Gauge({ name: 'vgg_queue_jobs', help: 'BullMQ jobs by queue and state', labelNames: ['queue', 'state'], ...r }),
     validationTop1: new Gauge({ name: 'vgg_validation_top1_ratio', help: 'validation top-1 accuracy of the last epoch', ...r }),
     validationTop5: new Gauge({ name: 'vgg_validation_top5_ratio', help: 'validation top-5 accuracy of the last epoch', ...r }),

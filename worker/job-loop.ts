@@ -283,6 +283,7 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
       metrics.computeSeconds.observe((t1 - t0) / 1000);
       metrics.communicationSeconds.observe((t2 - t1) / 1000);
       metrics.stepSeconds.observe((t2 - t0) / 1000);
+      metrics.transportBusy.set(client.busyRatio());
       metrics.steps.inc();
       metrics.step.set(client.weightsStep);
       metrics.images.inc(r.samples);

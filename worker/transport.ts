@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
+import type { EventLoopUtilization } from 'node:perf_hooks';
 import type { Logger } from '../shared/logger.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import type { ShardSpec } from '../shared/shard.ts';
@@ -111,6 +112,20 @@ export class Transport extends EventEmitter {
 
   get connected(): boolean {
     return this.isConnected;
+  }
+
+  private busySince?: EventLoopUtilization;
+
+  /**
+   * The share of the time since the last call (or the thread's start) that the transport thread was
+   * busy: its event loop's utilization (sockets, the hosted shard's reduce and update; waiting in the
+   * poll is idle). Near 1, the thread is what the step waits for (bench:scaling's model).
+   */
+  busyRatio(): number {
+    const now = this.thread.performance.eventLoopUtilization();
+    const since = this.busySince === undefined ? now : this.thread.performance.eventLoopUtilization(now, this.busySince);
+    this.busySince = now;
+    return since.utilization;
   }
 
   private fail(err: Error): void {

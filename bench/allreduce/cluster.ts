@@ -81,6 +81,8 @@ export interface OursResult {
    * followers' read from /proc when the last worker has them (they live on until the workers hang up).
    */
   cpuMsPerStep: number;
+  /** The busiest worker's transport thread: the share of the timed steps its event loop was busy. */
+  transportBusy: number;
 }
 
 /**
@@ -136,7 +138,7 @@ export async function runOurs(o: { workers: number; steps: number; wire: string;
   const outs = await Promise.all(procs.map((p) => p.done));
   await agg.done;
   await Promise.all(followers);
-  const results = outs.map((s) => JSON.parse(s.trim().split('\n').at(-1) ?? '{}') as { arrivals: number[]; cpuMs: number[]; peakRssBytes: number; hostCopyMs?: { weights: number; gradients: number } });
+  const results = outs.map((s) => JSON.parse(s.trim().split('\n').at(-1) ?? '{}') as { arrivals: number[]; cpuMs: number[]; transportBusy: number; peakRssBytes: number; hostCopyMs?: { weights: number; gradients: number } });
   const arrivals = results.map((r) => r.arrivals);
   // A step ends when the last worker has the new weights; arrivals are per-process clocks, so take each worker's own intervals, the slowest.
   const steps = Array.from({ length: o.steps }, (_, k) => Math.max(...arrivals.map((a) => (a[k + WARMUP_STEPS] ?? NaN) - (a[k + WARMUP_STEPS - 1] ?? NaN))));
@@ -144,5 +146,5 @@ export async function runOurs(o: { workers: number; steps: number; wire: string;
   const hostCopyMs = copies.length === 0 ? undefined : { weights: Math.max(...copies.map((c) => c.weights)), gradients: Math.max(...copies.map((c) => c.gradients)) };
   const workersCpuMs = results.reduce((sum, r) => sum + ((r.cpuMs[WARMUP_STEPS + o.steps - 1] ?? NaN) - (r.cpuMs[WARMUP_STEPS - 1] ?? NaN)), 0);
   const cpuMsPerStep = aggCpuAt.length === 2 ? ((aggCpuAt[1] as number) - (aggCpuAt[0] as number) + workersCpuMs) / o.steps : NaN;
-  return { stepMs: median(steps), steps, cpuMsPerStep, peakRssBytes: peak, followerPeakRssBytes: followerPeak, workerPeakRssBytes: Math.max(...results.map((r) => r.peakRssBytes)), ...(hostCopyMs === undefined ? {} : { hostCopyMs }) };
+  return { stepMs: median(steps), steps, cpuMsPerStep, transportBusy: Math.max(...results.map((r) => r.transportBusy ?? NaN)), peakRssBytes: peak, followerPeakRssBytes: followerPeak, workerPeakRssBytes: Math.max(...results.map((r) => r.peakRssBytes)), ...(hostCopyMs === undefined ? {} : { hostCopyMs }) };
 }

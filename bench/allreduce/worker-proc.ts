@@ -23,7 +23,7 @@ import { parseShard } from '../../shared/shard.ts';
 import { DEFAULT_MODEL_CONFIG } from '../../shared/vgg-configs.ts';
 import { reuseFreedMemory } from '../../worker/host-memory.ts';
 import { Transport } from '../../worker/transport.ts';
-import { WINDOW_FRACTION, median, peakRssBytes } from './cluster.ts';
+import { WARMUP_STEPS, WINDOW_FRACTION, median, peakRssBytes } from './cluster.ts';
 import { copyGradientsOut, copyWeightsIn } from './host-copies.ts';
 
 const arg = (name: string) => process.argv[process.argv.indexOf(name) + 1] ?? '';
@@ -63,6 +63,7 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const arrivals: number[] = [];
 /** This process's CPU time (all threads, ms) at each arrival. */
 const cpuMs: number[] = [];
+let transportBusy = NaN;
 for (let step = 0; step < steps; step += 1) {
   const joined = client.next<{ t: string }>(['reply']);
   client.send({ t: 'join', step, jobId: `w${id}-s${step}`, lockToken: 'x' });
@@ -84,6 +85,9 @@ for (let step = 0; step < steps; step += 1) {
   arrivals.push(performance.now());
   const cpu = process.cpuUsage();
   cpuMs.push((cpu.user + cpu.system) / 1000);
+  // The transport thread's busy share over the timed steps (from the last untimed step's arrival on).
+  if (step === WARMUP_STEPS - 1) client.busyRatio();
+  if (step === steps - 1) transportBusy = client.busyRatio();
   // For the harness's CPU accounting (cluster.ts): it reads the aggregator processes' CPU time when all workers have a step.
   process.stdout.write(`${JSON.stringify({ arrived: step })}\n`);
   // The next step's model: the new weights into the framework (part of the next step's interval).
@@ -93,5 +97,5 @@ for (let step = 0; step < steps; step += 1) {
   }
 }
 // Peak RSS (VmHWM) of the whole process: with --host-shard it holds the shard's weights, momentum and sum.
-process.stdout.write(`${JSON.stringify({ id, arrivals, cpuMs, peakRssBytes: peakRssBytes(), ...(hostCopies ? { hostCopyMs: { weights: median(weightsMs), gradients: median(gradientsMs) } } : {}) })}\n`);
+process.stdout.write(`${JSON.stringify({ id, arrivals, cpuMs, transportBusy, peakRssBytes: peakRssBytes(), ...(hostCopies ? { hostCopyMs: { weights: median(weightsMs), gradients: median(gradientsMs) } } : {}) })}\n`);
 await client.close();

@@ -69,6 +69,11 @@ test('/metrics of the coordinator and of a worker move during a run; the report 
     assert.ok(copies(w2, direction) > copies(w1, direction), `worker host copies ${direction}: ${copies(w1, direction)} -> ${copies(w2, direction)}`);
   }
   assert.ok(value(w2, 'vgg_minor_page_faults_total') > 0, 'worker page faults counted');
+  // The busy share of the thread that moves the gradients (the worker's transport thread, the coordinator's aggregator).
+  for (const [who, m] of [['worker', w2], ['coordinator', c2]] as const) {
+    const busy = value(m, 'vgg_transport_busy_ratio');
+    assert.ok(busy > 0 && busy <= 1, `${who} vgg_transport_busy_ratio: expected in (0, 1], got ${busy}`);
+  }
   assert.equal(value(c2, 'vgg_members'), 1);
   assert.ok(value(c2, 'vgg_learning_rate') > 0, 'learning rate');
   assert.ok(Number.isFinite(value(c2, 'vgg_loss')), 'loss');
