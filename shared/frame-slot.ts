@@ -13,7 +13,29 @@ export interface ReceiverInternals {
   startLoop(cb: (err?: Error) => void): void;
   _write(chunk: Buffer, encoding: string, cb: (err?: Error) => void): void;
   write(chunk: Buffer): boolean;
+  destroy(err?: Error): void;
   readonly writableLength: number;
+}
+
+/**
+ * The frame a socket's receiver is gathering (gatherFrames), as a place for the socket's next read:
+ * readIntoOneBuffer (socket-reads.ts) has the kernel write the frame's next bytes straight there
+ * instead of into the thread's read buffer and a copy after it.
+ */
+export interface InPlace {
+  /** Room for the next read: the rest of the frame being gathered, at most `max` bytes; undefined when none is being gathered. */
+  room(max: number): Uint8Array | undefined;
+  /** The last read put `n` bytes into the room room() gave. */
+  landed(n: number): void;
+  /** Bytes read into place so far. */
+  readonly landedBytes: number;
+}
+
+const IN_PLACE = new WeakMap<ReceiverInternals, InPlace>();
+
+/** The receiver's InPlace where gatherFrames was set up on it. */
+export function inPlaceOf(receiver: ReceiverInternals): InPlace | undefined {
+  return IN_PLACE.get(receiver);
 }
 
 /** ws's receiver of `ws` where it is the one this module was written against (ws 8: lib/receiver.js), else undefined. */
@@ -22,7 +44,7 @@ export function receiverOf(ws: WebSocket): ReceiverInternals | undefined {
   const r = (ws as unknown as { _receiver?: ReceiverInternals | null })._receiver;
   if (r === undefined || r === null || !Array.isArray(r._buffers) || typeof r._bufferedBytes !== 'number' || !Array.isArray(r._fragments)
     || typeof r._payloadLength !== 'number' || typeof r._errored !== 'boolean'
-    || ![r.consume, r.getData, r.startLoop, r._write, r.write].every((f) => typeof f === 'function')) return undefined;
+    || ![r.consume, r.getData, r.startLoop, r._write, r.write, r.destroy].every((f) => typeof f === 'function')) return undefined;
   return r;
 }
 
@@ -79,6 +101,22 @@ export function gatherFrames(ws: WebSocket, minBytes: number, where: (n: number,
     }
     this.startLoop(cb);
   };
+  IN_PLACE.set(receiver, {
+    landedBytes: 0,
+    // Not into shared memory: where Node hands a read buffer to libuv it expects an ArrayBuffer's bytes.
+    room: (max) => (into === undefined || into.at === into.dst.length || into.dst.buffer instanceof SharedArrayBuffer ? undefined
+      : into.dst.subarray(into.at, Math.min(into.dst.length, into.at + max))),
+    landed(n) {
+      const s = into;
+      if (s === undefined || receiver._errored) return;
+      // As writeOnArrival, without the copy: the bytes are in place.
+      s.at += n;
+      (this as { landedBytes: number }).landedBytes += n;
+      receiver._bufferedBytes += n;
+      // Complete: ws's loop takes the payload back through consume (as a write's would; an error ends the receiver as a write's does).
+      if (s.at === s.dst.length) receiver.startLoop((err) => { if (err !== undefined && err !== null) receiver.destroy(err); });
+    },
+  });
   receiver.consume = function gather(this: ReceiverInternals, n: number): Buffer {
     if (into !== undefined && into.at === n && into.dst.length === n) {
       const { dst } = into;

@@ -7,7 +7,7 @@ import net, { type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import WebSocket, { WebSocketServer } from 'ws';
-import { gatherFrames } from '../../shared/frame-slot.ts';
+import { gatherFrames, inPlaceOf, receiverOf } from '../../shared/frame-slot.ts';
 import { READ_BYTES, readIntoOneBuffer } from '../../shared/socket-reads.ts';
 
 const pattern = (n: number, seed: number) => Buffer.from(Array.from({ length: n }, (_, i) => (i * 131 + seed * 17 + (i >> 9)) & 0xff));
@@ -94,6 +94,29 @@ describe('readIntoOneBuffer: sockets read into one reused buffer', () => {
       assert.equal(have.length, want.length, `client ${id}: message count`);
       want.forEach((w, i) => assert.ok(w.equals(have[i] as Buffer), `client ${id}, message ${i} (${w.length} bytes) intact`));
     }
+  });
+
+  test('a large frame is read by the kernel straight into its room (most of its bytes), no copy out of the read buffer; small ones are not', async (t) => {
+    const s = await setup(t);
+    const c = await s.connect(1);
+    await s.messages(0);
+    const receiver = receiverOf(s.sockets[0] as WebSocket);
+    const inPlace = receiver === undefined ? undefined : inPlaceOf(receiver);
+    assert.ok(inPlace !== undefined, 'gatherFrames set the socket up for reads in place');
+    const small = pattern(30_000, 5);
+    c.send(small);
+    await s.messages(1);
+    assert.equal(inPlace.landedBytes, 0, 'a frame below the gathering threshold goes through the read buffer');
+    // Into the 1 MiB room, then (larger than the room) into fresh room of its own.
+    const sizes = [900_000, 3_000_000];
+    for (const [i, n] of sizes.entries()) c.send(pattern(n, 6 + i));
+    await s.messages(3);
+    const have = s.got.get(1) ?? [];
+    assert.ok(small.equals(have[0] as Buffer));
+    sizes.forEach((n, i) => assert.ok(pattern(n, 6 + i).equals(have[i + 1] as Buffer), `${n} bytes intact`));
+    // Each frame's first read holds its header and some payload (copied); the later reads land in place.
+    const total = sizes.reduce((a, b) => a + b, 0);
+    assert.ok(inPlace.landedBytes > total - 2 * READ_BYTES && inPlace.landedBytes <= total, `${inPlace.landedBytes} of ${total} bytes read in place`);
   });
 
   test('with binaryType fragments, a message in two frames keeps its first fragment (copied out of the read buffer) until the last', async (t) => {
