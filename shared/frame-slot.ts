@@ -103,8 +103,8 @@ export function gatherFrames(ws: WebSocket, minBytes: number, where: (n: number,
   };
   IN_PLACE.set(receiver, {
     landedBytes: 0,
-    // Not into shared memory: where Node hands a read buffer to libuv it expects an ArrayBuffer's bytes.
-    room: (max) => (into === undefined || into.at === into.dst.length || into.dst.buffer instanceof SharedArrayBuffer ? undefined
+    // (Shared memory too: Node reads into a SharedArrayBuffer's view as into an ArrayBuffer's.)
+    room: (max) => (into === undefined || into.at === into.dst.length ? undefined
       : into.dst.subarray(into.at, Math.min(into.dst.length, into.at + max))),
     landed(n) {
       const s = into;

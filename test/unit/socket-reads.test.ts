@@ -20,13 +20,13 @@ const copy = (data: Buffer | Buffer[]) => Buffer.concat(Array.isArray(data) ? da
  * as they arrive (into fresh room, or one 1 MiB room when asked) and read into
  * the thread's one buffer; each socket's messages are recorded per client.
  */
-async function setup(t: { after: (fn: () => unknown) => void }, o: { fragments?: boolean } = {}) {
+async function setup(t: { after: (fn: () => unknown) => void }, o: { fragments?: boolean; sharedRoom?: boolean } = {}) {
   const server = new WebSocketServer({ host: '127.0.0.1', port: 0, maxPayload: 64 << 20 });
   const got = new Map<number, Buffer[]>();
   const switched: boolean[] = [];
   const waiters: (() => void)[] = [];
   const sockets: WebSocket[] = [];
-  const room = Buffer.alloc(1 << 20);
+  const room = o.sharedRoom === true ? Buffer.from(new SharedArrayBuffer(1 << 20)) : Buffer.alloc(1 << 20);
   let holder: WebSocket | undefined;
   server.on('connection', (ws) => {
     sockets.push(ws);
@@ -96,8 +96,8 @@ describe('readIntoOneBuffer: sockets read into one reused buffer', () => {
     }
   });
 
-  test('a large frame is read by the kernel straight into its room (most of its bytes), no copy out of the read buffer; small ones are not', async (t) => {
-    const s = await setup(t);
+  for (const sharedRoom of [false, true]) test(`a large frame is read by the kernel straight into its room${sharedRoom ? ' (in shared memory)' : ''} (most of its bytes), no copy out of the read buffer; small ones are not`, async (t) => {
+    const s = await setup(t, { sharedRoom });
     const c = await s.connect(1);
     await s.messages(0);
     const receiver = receiverOf(s.sockets[0] as WebSocket);
