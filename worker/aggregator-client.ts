@@ -8,7 +8,7 @@ import type { Logger } from '../shared/logger.ts';
 import { WIRE_FORMATS, encode16, wireBytes, type WireFormat } from '../shared/half.ts';
 import { arenaOf, type FloatArena } from '../shared/simd.ts';
 import type { Metrics } from '../shared/metrics.ts';
-import { alignedFloats } from './host-memory.ts';
+import { sharedAlignedFloats } from './host-memory.ts';
 import {
   CHUNK_FLOATS, CHUNK_MESSAGE_BYTES, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, chunkHeadOf, chunkMessage, decodeFragments, encode, field, fragmentBytes, sendChunk, valuesOf,
   type BatchStats, type ClientMessage,
@@ -334,7 +334,7 @@ export class AggregatorClient extends EventEmitter {
   private scratch(n: number): Float32Array {
     const s = this.spare;
     this.spare = undefined;
-    return s !== undefined && s.length === n ? s : alignedFloats(n);
+    return s !== undefined && s.length === n ? s : sharedAlignedFloats(n);
   }
 
   get connected(): boolean {

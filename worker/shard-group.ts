@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { ProtocolError, field, type BatchStats, type ClientMessage } from '../shared/wire-protocol.ts';
 import { AggregatorClient, ConnectionLost, nextEvent, weightsOf, type ClientOptions, type GradientSplit } from './aggregator-client.ts';
-import { alignedFloats } from './host-memory.ts';
+import { alignedFloats, sharedAlignedFloats } from './host-memory.ts';
 
 interface Part { client: AggregatorClient; lo: number; hi: number }
 
@@ -157,7 +157,7 @@ export class ShardGroup extends EventEmitter {
     if (step <= this.emittedStep || part.client.weightsStep >= step) return undefined;
     let whole = this.versions.get(step);
     if (whole === undefined) {
-      whole = this.free.pop() ?? alignedFloats(this.total);
+      whole = this.free.pop() ?? sharedAlignedFloats(this.total);
       this.versions.set(step, whole);
     }
     return whole.subarray(part.lo, part.hi);
@@ -203,7 +203,7 @@ export class ShardGroup extends EventEmitter {
     }
     // One version's views of its whole-vector buffer (shard 0's range starts it): the buffer is free again.
     const first = buffers[0];
-    if (first === undefined || !(first.buffer instanceof ArrayBuffer) || first.byteOffset + 4 * this.total > first.buffer.byteLength) return;
+    if (first === undefined || first.byteOffset + 4 * this.total > first.buffer.byteLength) return;
     this.free.push(new Float32Array(first.buffer, first.byteOffset, this.total));
   }
 

@@ -250,10 +250,18 @@ export class Transport extends EventEmitter {
     if (before !== this.parts) this.giveBack(before);
   }
 
-  /** A version's buffers, free again, back to the thread to receive into (transferred: views of them are detached). */
+  /** Versions given back to the thread so far (giveBack). */
+  versionsGivenBack = 0;
+
+  /**
+   * A version's buffers, free again, back to the thread to receive into: lent (shared memory, the
+   * worker's versions: sharedAlignedFloats), or transferred where they are ArrayBuffers.
+   */
   private giveBack(parts: WeightsRange[]): void {
     const buffers = parts.map((p) => p.weights);
-    if (buffers.some((b) => b !== undefined)) this.post({ op: 'recycle', buffers }, transferList(buffers));
+    if (!buffers.some((b) => b !== undefined)) return;
+    this.versionsGivenBack += 1;
+    this.post({ op: 'recycle', buffers }, transferList(buffers));
   }
 
   /**

@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { MessageChannel } from 'node:worker_threads';
-import { TENSOR_ALIGN_BYTES, alignedFloats, misalignment, reuseFreedMemory } from '../../worker/host-memory.ts';
+import { TENSOR_ALIGN_BYTES, alignedFloats, misalignment, reuseFreedMemory, sharedAlignedFloats } from '../../worker/host-memory.ts';
 import { readRanges } from '../../worker/shard-group.ts';
 
 const MODULE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../worker/host-memory.ts');
@@ -79,6 +79,28 @@ describe('host memory (worker/native/host_memory.c)', () => {
     assert.equal(got[5], 2.5);
     assert.equal(misalignment(got), 0);
     assert.equal(TENSOR_ALIGN_BYTES % 16, 0);
+  });
+
+  test('sharedAlignedFloats: zeroed floats at a 64-byte boundary in shared memory; lent to another port, the same bytes', async () => {
+    for (const n of [1, 1000, 4097, 1 << 22]) {
+      const v = sharedAlignedFloats(n);
+      assert.ok(v.buffer instanceof SharedArrayBuffer);
+      assert.equal(v.length, n);
+      assert.ok(v.every((x) => x === 0));
+      assert.equal(misalignment(v), 0, `${n} floats`);
+    }
+    // misalignment reads shared memory's addresses too (or the check above could not fail).
+    const plain = Array.from({ length: 32 }, (_, i) => misalignment(new Float32Array(new SharedArrayBuffer(4 * (1000 + i) + 16), 16)));
+    assert.ok(plain.some((m) => m !== 0), `shared arrays offset by 16 bytes: ${plain.join(' ')}`);
+    const lent = sharedAlignedFloats(1 << 20);
+    const { port1, port2 } = new MessageChannel();
+    const got = new Promise<Float32Array>((resolve) => port2.once('message', (m: Float32Array) => resolve(m)));
+    port1.postMessage(lent);
+    const other = await got;
+    port1.close();
+    other[7] = 3.5;
+    assert.equal(lent[7], 3.5, 'the other side writes the lender\'s bytes');
+    assert.equal(misalignment(other), 0);
   });
 
   test('a tensor that spans two shards\' ranges is copied into aligned memory', () => {

@@ -154,15 +154,16 @@ test('weights viewed for the model are not received into again until the model h
   assert.equal(tr.view(0, n).buffer, v0.buffer, 'a view of the received buffer, not a copy');
   assert.deepEqual(v0, w0);
   tr.modelWritten();
+  assert.ok(v0.buffer instanceof SharedArrayBuffer, 'versions are shared memory, lent to this thread');
   // Two more versions arrive while the model holds version 0: the thread receives them into other buffers.
   await step(0);
   const w2 = await step(1);
-  assert.equal(v0.length, n, 'version 0 not given back');
+  assert.equal(tr.versionsGivenBack, 1, 'version 1 (replaced before the model took it) given back, version 0 not');
   assert.deepEqual(v0, w0, 'version 0 unchanged while the model holds it');
   assert.deepEqual(tr.view(0, n), w2);
-  // The model takes version 2: version 0 goes back to the thread (transferred: the view is detached) and is received into again.
+  // The model takes version 2: version 0 goes back to the thread, free to be received into again.
   tr.modelWritten();
-  assert.equal(v0.length, 0, 'version 0 given back once the model holds a newer one');
+  assert.equal(tr.versionsGivenBack, 2, 'version 0 given back once the model holds a newer one');
   const w3 = await step(2);
   assert.deepEqual(tr.read(0, n), w3);
 });
@@ -176,7 +177,7 @@ test('the received weights start at 64-byte boundaries: every tensor at a 16-flo
     assert.equal(misalignment(tr.view(0, n)), 0);
   };
   check('in the first version');
-  // Later versions are received into new buffers, then into those given back (transferred to the thread and back).
+  // Later versions are received into new buffers, then into those given back (lent to this thread and back).
   for (let s = 0; s < 3; s += 1) {
     g.fill(0.01);
     await fullStep(tr, s);
