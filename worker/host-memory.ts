@@ -6,7 +6,7 @@ import { boolEnv } from '../shared/option-parsers.ts';
 
 const ADDON = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../build/host_memory.node');
 
-interface Addon { reuseFreedMemory: () => boolean; pageOffset: (buffer: ArrayBuffer) => number; viewOffset?: (view: Uint8Array) => number }
+interface Addon { reuseFreedMemory: () => boolean; viewOffset: (view: Uint8Array) => number }
 let addon: Addon | null | undefined;
 /** worker/native/host_memory.c, loaded once per thread; null where it is not built. */
 function load(): Addon | null {
@@ -34,36 +34,34 @@ export function reuseFreedMemory(env: NodeJS.ProcessEnv = process.env): { applie
  */
 export const TENSOR_ALIGN_BYTES = 64;
 
-/** The address of byte `at` of `buffer` within its memory page; undefined where the addon cannot tell. */
-function pageOffsetAt(buffer: ArrayBufferLike, at: number): number | undefined {
+/** The address of byte `at` of `buffer` (shared or not) modulo TENSOR_ALIGN_BYTES; undefined where the addon is not built. */
+function offsetAt(buffer: ArrayBufferLike, at: number): number | undefined {
   const a = load();
-  if (a === null) return undefined;
-  if (a.viewOffset !== undefined) return a.viewOffset(new Uint8Array(buffer, at, 0));
-  return buffer instanceof ArrayBuffer ? (a.pageOffset(buffer) + at) % 4096 : undefined;
+  return a === null ? undefined : a.viewOffset(new Uint8Array(buffer, at, 0)) % TENSOR_ALIGN_BYTES;
 }
 
 /**
  * The address of a view's first byte modulo TENSOR_ALIGN_BYTES (0: TensorFlow wraps it without a copy);
- * undefined where the addon is not built (or, built before viewOffset, the view is over shared memory).
+ * undefined where the addon is not built.
  */
 export function misalignment(view: ArrayBufferView): number | undefined {
-  const offset = pageOffsetAt(view.buffer, view.byteOffset);
-  return offset === undefined ? undefined : offset % TENSOR_ALIGN_BYTES;
+  return offsetAt(view.buffer, view.byteOffset);
 }
 
 /**
  * `n` zeroed floats starting at a TENSOR_ALIGN_BYTES boundary, in an ArrayBuffer of their own (it can be
- * transferred between threads: the address stays). A worker receives the weights into these: the views
- * of every tensor at a 16-float offset in them (shards are cut at 16 floats) are then aligned, and
- * tfjs-node's createTensor takes them as the host tensors' storage instead of copying 553 MB a step.
- * Where the addon is not built, a plain array (TensorFlow copies what it finds misaligned).
+ * transferred between threads: the address stays): what a thread keeps for itself, e.g. a tensor copied
+ * out of two shards' ranges (readRanges). Where the addon is not built, unaligned (TensorFlow copies what
+ * it finds misaligned).
  */
 export function alignedFloats(n: number): Float32Array {
   return alignedIn(new ArrayBuffer(4 * n + TENSOR_ALIGN_BYTES), n);
 }
 
 /**
- * `n` zeroed floats at a TENSOR_ALIGN_BYTES boundary in shared memory: a worker's weights versions. The
+ * `n` zeroed floats at a TENSOR_ALIGN_BYTES boundary in shared memory: a worker's weights versions (the
+ * views of every tensor at a 16-float offset in them, shards being cut at 16 floats, are then aligned, and
+ * tfjs-node's createTensor takes them as the host tensors' storage instead of copying 553 MB a step). The
  * transport thread receives a version into one and lends it to the main thread, which gives it back,
  * both by posting the view (no transfer): a 553 MB ArrayBuffer transferred to a thread counts there as
  * new external memory, and V8 answered each arrival with a major collection (one a step on each side,
@@ -76,7 +74,7 @@ export function sharedAlignedFloats(n: number): Float32Array {
 
 /** `n` floats of `buffer` (4 n + TENSOR_ALIGN_BYTES bytes) from its first TENSOR_ALIGN_BYTES boundary (from 0 where the addon cannot tell). */
 function alignedIn(buffer: ArrayBufferLike, n: number): Float32Array {
-  const offset = pageOffsetAt(buffer, 0);
-  const skip = offset === undefined ? 0 : (TENSOR_ALIGN_BYTES - (offset % TENSOR_ALIGN_BYTES)) % TENSOR_ALIGN_BYTES;
+  const offset = offsetAt(buffer, 0);
+  const skip = offset === undefined ? 0 : (TENSOR_ALIGN_BYTES - offset) % TENSOR_ALIGN_BYTES;
   return new Float32Array(buffer, skip, n);
 }

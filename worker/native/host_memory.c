@@ -17,16 +17,14 @@
  * only before the process starts). True when glibc took both settings, false
  * elsewhere (another C library: nothing changed).
  *
- * viewOffset(typedArray) -> number: the same for a typed array's first byte, over an
- * ArrayBuffer or a SharedArrayBuffer (napi_get_typedarray_info gives the address of either; the
- * worker's weights versions are shared memory, lent to the main thread instead of transferred).
- *
- * pageOffset(arrayBuffer) -> number: where the buffer's first byte lies in its
- * memory page (0..4095). JavaScript cannot see an address; TensorFlow's
+ * viewOffset(typedArray) -> number: where the view's first byte lies in its
+ * memory page (0..4095), over an ArrayBuffer or a SharedArrayBuffer
+ * (napi_get_typedarray_info gives the address of either; the worker's weights
+ * versions are shared memory). JavaScript cannot see an address; TensorFlow's
  * TF_NewTensor wraps a host buffer without copying it only when the address is
  * a multiple of EIGEN_MAX_ALIGN_BYTES (16, 32 or 64 by the build's vector
  * width) and copies it otherwise, so the worker places the weights it receives
- * at 64-byte boundaries (worker/host-memory.ts, alignedFloats).
+ * at 64-byte boundaries (worker/host-memory.ts, sharedAlignedFloats).
  */
 #include <limits.h>
 #include <stdint.h>
@@ -43,23 +41,6 @@ static napi_value reuse_freed_memory(napi_env env, napi_callback_info info) {
 #endif
   napi_value result;
   napi_get_boolean(env, ok, &result);
-  return result;
-}
-
-static napi_value page_offset(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  bool is_buffer = false;
-  void *data = NULL;
-  size_t length = 0;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1
-      || napi_is_arraybuffer(env, argv[0], &is_buffer) != napi_ok || !is_buffer
-      || napi_get_arraybuffer_info(env, argv[0], &data, &length) != napi_ok) {
-    napi_throw_type_error(env, NULL, "pageOffset: expected an ArrayBuffer");
-    return NULL;
-  }
-  napi_value result;
-  napi_create_uint32(env, (uint32_t)((uintptr_t)data & 4095u), &result);
   return result;
 }
 
@@ -83,8 +64,6 @@ NAPI_MODULE_INIT() {
   napi_value fn;
   napi_create_function(env, "reuseFreedMemory", NAPI_AUTO_LENGTH, reuse_freed_memory, NULL, &fn);
   napi_set_named_property(env, exports, "reuseFreedMemory", fn);
-  napi_create_function(env, "pageOffset", NAPI_AUTO_LENGTH, page_offset, NULL, &fn);
-  napi_set_named_property(env, exports, "pageOffset", fn);
   napi_create_function(env, "viewOffset", NAPI_AUTO_LENGTH, view_offset, NULL, &fn);
   napi_set_named_property(env, exports, "viewOffset", fn);
   return exports;
