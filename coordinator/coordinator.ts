@@ -11,7 +11,7 @@ import { modelHash } from '../shared/param-layout.ts';
 import { connectRedis } from '../shared/redis-connection.ts';
 import { subsetIds } from '../shared/subset.ts';
 import type { WireFormat } from '../shared/half.ts';
-import { createMetrics, serveMetrics } from '../shared/metrics.ts';
+import { busyMeter, createMetrics, serveMetrics } from '../shared/metrics.ts';
 import { evalJobId, runKeys, trainJobId, type EvalJobData, type EvalJobResult, type LedgerEntry, type RunMeta, type SeriesPoint } from '../shared/redis-keys.ts';
 import { resolveModelConfig, type ModelConfig } from '../shared/vgg-configs.ts';
 import { estimateRgbStats, type AugmentOptions } from '../worker/data/image-pipeline.ts';
@@ -49,8 +49,8 @@ export interface RunInfo { run: string; redis: string; data: string; model: Mode
  */
 export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<CoordinatorHandle> {
   const started = Date.now();
-  /** The event loop's utilization at the last commit (vgg_transport_busy_ratio). */
-  let busySince = performance.eventLoopUtilization();
+  /** This thread's (the aggregator's) busy share since the last commit (vgg_transport_busy_ratio). */
+  const aggregatorBusy = busyMeter(performance.eventLoopUtilization.bind(performance));
   tf.enableProdMode();
   await tf.setBackend('cpu');
   const data = cfg.data !== '' ? cfg.data : (await ensureDefaultDataset(log)).root;
@@ -239,10 +239,7 @@ export async function startCoordinator(cfg: RunConfig, log: Logger): Promise<Coo
       if (state.imagesPerSec !== null) metrics.imagesPerSecond.set(state.imagesPerSec);
       metrics.learningRate.set(plateau.learningRate);
       metrics.computeSeconds.observe((performance.now() - commitStart) / 1000);
-      // The aggregator runs on this thread: its event loop's utilization since the last commit.
-      const now = performance.eventLoopUtilization();
-      metrics.transportBusy.set(performance.eventLoopUtilization(now, busySince).utilization);
-      busySince = now;
+      metrics.transportBusy.set(aggregatorBusy());
     }
     if (cfg.checkpointEvery > 0 && step % cfg.checkpointEvery === 0 && applied.size < plan.batches.length) await checkpoint();
     if (applied.size === plan.batches.length) setImmediate(() => { void endEpoch().catch(fail); });

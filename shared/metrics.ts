@@ -1,6 +1,22 @@
 import { createServer } from 'node:http';
+import type { EventLoopUtilityFunction } from 'node:perf_hooks';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Logger } from './logger.ts';
+
+/**
+ * The share of the time since its last call (the first call: since the meter was made) that an event
+ * loop was busy, from `elu`: `performance.eventLoopUtilization` (this thread) or a Worker's
+ * `performance.eventLoopUtilization` (that thread). For vgg_transport_busy_ratio.
+ */
+export function busyMeter(elu: EventLoopUtilityFunction): () => number {
+  let last = elu();
+  return () => {
+    const now = elu();
+    const since = elu(now, last);
+    last = now;
+    return since.utilization;
+  };
+}
 
 /**
  * The Prometheus series of one process (coordinator or worker), named by

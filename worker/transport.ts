@@ -1,8 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
-import type { EventLoopUtilization } from 'node:perf_hooks';
 import type { Logger } from '../shared/logger.ts';
-import type { Metrics } from '../shared/metrics.ts';
+import { busyMeter, type Metrics } from '../shared/metrics.ts';
 import type { ShardSpec } from '../shared/shard.ts';
 import { ProtocolError, type BatchStats, type ClientMessage } from '../shared/wire-protocol.ts';
 import { tryArena } from '../shared/simd.ts';
@@ -90,6 +89,7 @@ export class Transport extends EventEmitter {
     const tsx = import.meta.resolve('tsx/esm/api');
     const bootstrap = `import(${JSON.stringify(tsx)}).then((t) => { t.register(); return import(${JSON.stringify(new URL('./transport-thread.ts', import.meta.url).href)}); })`;
     this.thread = new Worker(bootstrap, { eval: true, workerData: init });
+    this.busyRatio = busyMeter(this.thread.performance.eventLoopUtilization.bind(this.thread.performance));
     this.thread.on('message', (m: FromThread & { sent: number; received: number }) => this.onMessage(m));
     this.thread.on('error', (err) => {
       o.log.error({ err: err.message, stack: err.stack }, 'transport thread failed');
@@ -114,19 +114,12 @@ export class Transport extends EventEmitter {
     return this.isConnected;
   }
 
-  private busySince?: EventLoopUtilization;
-
   /**
    * The share of the time since the last call (or the thread's start) that the transport thread was
    * busy: its event loop's utilization (sockets, the hosted shard's reduce and update; waiting in the
    * poll is idle). Near 1, the thread is what the step waits for (bench:scaling's model).
    */
-  busyRatio(): number {
-    const now = this.thread.performance.eventLoopUtilization();
-    const since = this.busySince === undefined ? now : this.thread.performance.eventLoopUtilization(now, this.busySince);
-    this.busySince = now;
-    return since.utilization;
-  }
+  readonly busyRatio: () => number;
 
   private fail(err: Error): void {
     for (const c of this.calls.values()) c.reject(err);
