@@ -101,8 +101,9 @@ export function gatherFrames(ws: WebSocket, minBytes: number, where: (n: number,
     }
     this.startLoop(cb);
   };
+  let landedBytes = 0;
   IN_PLACE.set(receiver, {
-    landedBytes: 0,
+    get landedBytes() { return landedBytes; },
     // (Shared memory too: Node reads into a SharedArrayBuffer's view as into an ArrayBuffer's.)
     room: (max) => (into === undefined || into.at === into.dst.length ? undefined
       : into.dst.subarray(into.at, Math.min(into.dst.length, into.at + max))),
@@ -111,7 +112,7 @@ export function gatherFrames(ws: WebSocket, minBytes: number, where: (n: number,
       if (s === undefined || receiver._errored) return;
       // As writeOnArrival, without the copy: the bytes are in place.
       s.at += n;
-      (this as { landedBytes: number }).landedBytes += n;
+      landedBytes += n;
       receiver._bufferedBytes += n;
       // Complete: ws's loop takes the payload back through consume (as a write's would; an error ends the receiver as a write's does).
       if (s.at === s.dst.length) receiver.startLoop((err) => { if (err !== undefined && err !== null) receiver.destroy(err); });
