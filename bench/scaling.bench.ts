@@ -56,7 +56,7 @@
  */
 import { Command } from 'commander';
 import { FlatMomentumSgd } from '../shared/flat-sgd.ts';
-import { choiceListOption, intListOption, intOption } from '../shared/option-parsers.ts';
+import { choiceListOption, choiceOption, intListOption, intOption } from '../shared/option-parsers.ts';
 import { buildLayout } from '../shared/param-layout.ts';
 import { FloatArena, aggregatorArenaFloats, updateThreads } from '../shared/simd.ts';
 import { DEFAULT_MODEL_CONFIG } from '../shared/vgg-configs.ts';
@@ -79,7 +79,7 @@ const o = new Command('bench:scaling')
   .option('--early-commit <list>', 'measure without (false) and/or with (true) early commit', boolList('--early-commit'), [false])
   .option('--host-copies <list>', 'measure without (false) and/or with (true) the host copies of a tfjs-node worker (the model includes them when true is listed)', boolList('--host-copies'), [true])
   .option('--copy-out <list>', 'with host copies: each gradient tensor copied into the shared gradient on the transport thread (thread: the worker) and/or on the main thread (main: before the eleventh session)', choiceListOption('--copy-out', ['main', 'thread'] as const), ['thread'])
-  .option('--transport-cpu <bool>', 'the model counts the transport threads\' CPU per byte, calibrated here (false: the link alone, the model before the thirteenth session)', (v: string) => (choiceListOption('--transport-cpu', ['false', 'true'])(v)[0] === 'true'), true)
+  .option('--transport-cpu <bool>', 'the model counts the transport threads\' CPU per byte, calibrated here (false: the link alone, the model before the thirteenth session)', (v: string) => choiceOption('--transport-cpu', ['false', 'true'])(v) === 'true', true)
   .parse(process.argv)
   .opts<{ workers: number[]; computeMs: number; steps: number; wire: string; shards: number[]; overlap: boolean[]; hosted: boolean[]; earlyCommit: boolean[]; hostCopies: boolean[]; copyOut: ('main' | 'thread')[]; transportCpu: boolean }>();
 
