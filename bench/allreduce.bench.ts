@@ -23,7 +23,7 @@ import { Command } from 'commander';
 import { freePort } from '../coordinator/redis-server.ts';
 import { intListOption, intOption } from '../shared/option-parsers.ts';
 import { updateThreads } from '../shared/simd.ts';
-import { VGG16_FLOATS, earlyCommitEnabled, median, run, runOurs } from './allreduce/cluster.ts';
+import { VGG16_FLOATS, earlyCommitEnabled, median, run, runOurs, sum } from './allreduce/cluster.ts';
 
 const o = new Command('bench:allreduce')
   .option('--workers <list>', 'worker counts', intListOption('--workers'), [2, 4])
@@ -39,15 +39,15 @@ if (!['yes', 'no', 'only'].includes(o.hosted)) throw new Error(`--hosted: expect
 const FLOATS = VGG16_FLOATS;
 const here = path.dirname(new URL(import.meta.url).pathname);
 
-/** gloo's median step, and the CPU time of all its ranks per timed step (each rank's time.process_time over the timed loop). */
-async function gloo(workers: number): Promise<{ stepMs: number; steps: number[]; torch: string; cpuMsPerStep: number }> {
+/** gloo's median step, and the CPU time and minor page faults of all its ranks per timed step (each rank's over the timed loop). */
+async function gloo(workers: number): Promise<{ stepMs: number; steps: number[]; torch: string; cpuMsPerStep: number; minorFaultsPerStep: number }> {
   const port = await freePort();
   const procs = Array.from({ length: workers }, (_, rank) => run(o.python, [path.join(here, 'allreduce', 'gloo.py'),
     '--rank', String(rank), '--world', String(workers), '--port', String(port), '--floats', String(FLOATS), '--steps', String(o.steps)]).done);
   const outs = await Promise.all(procs);
-  const last = outs.map((out) => JSON.parse(out.trim().split('\n').at(-1) ?? '{}') as { ms?: number[]; torch?: string; cpuMs: number });
+  const last = outs.map((out) => JSON.parse(out.trim().split('\n').at(-1) ?? '{}') as { ms?: number[]; torch?: string; cpuMs: number; minorFaults: number });
   const r = last[0] as { ms: number[]; torch: string };
-  return { stepMs: median(r.ms), steps: r.ms, torch: r.torch, cpuMsPerStep: last.reduce((sum, l) => sum + l.cpuMs, 0) / o.steps };
+  return { stepMs: median(r.ms), steps: r.ms, torch: r.torch, cpuMsPerStep: sum(last.map((l) => l.cpuMs)) / o.steps, minorFaultsPerStep: sum(last.map((l) => l.minorFaults)) / o.steps };
 }
 
 const bytes = FLOATS * 4;
@@ -65,13 +65,14 @@ for (const n of o.workers) {
       aggregatorPeakRssBytes: a.peakRssBytes, rssOverParamBytes: Number((a.peakRssBytes / bytes).toFixed(2)), oursSteps: a.steps.map(Math.round),
       glooSteps: g.steps.map(Math.round), torch: g.torch,
       workerTransportBusy: Number(a.transportBusy.toFixed(3)), oursCpuMsPerStep: Math.round(a.cpuMsPerStep), glooCpuMsPerStep: Math.round(g.cpuMsPerStep), cpuRatio: Number((a.cpuMsPerStep / g.cpuMsPerStep).toFixed(3)),
+      oursMinorFaultsPerStep: Math.round(a.minorFaultsPerStep), glooMinorFaultsPerStep: Math.round(g.minorFaultsPerStep),
     };
     rows.push(row);
     const goal = wire === 'fp32' ? 'goal <= 1.0' : 'goal <= 0.67, 1.5x faster';
     const follower = hosted ? `; largest hosting worker ${(a.workerPeakRssBytes / 2 ** 30).toFixed(2)} GiB`
       : shards > 1 ? `; largest follower ${(a.followerPeakRssBytes / 2 ** 30).toFixed(2)} GiB` : '';
     const where = hosted ? `${shards} shards hosted by the workers` : `${shards} shard${shards > 1 ? 's' : ''}`;
-    process.stdout.write(`${n} workers, ours ${wire}, ${where}: ${row.oursMs} ms, gloo fp32 ${row.glooFp32Ms} ms, ours/gloo ${row.ratio} (${goal}); CPU per step (all processes) ${row.oursCpuMsPerStep} ms against gloo's ${row.glooCpuMsPerStep} ms, ${row.cpuRatio}x; a worker's transport thread busy ${(100 * a.transportBusy).toFixed(0)}% of the time; ${hosted ? 'leader' : 'aggregator'} peak RSS ${(a.peakRssBytes / 2 ** 30).toFixed(2)} GiB = ${row.rssOverParamBytes}x the fp32 parameter bytes${follower}\n`);
+    process.stdout.write(`${n} workers, ours ${wire}, ${where}: ${row.oursMs} ms, gloo fp32 ${row.glooFp32Ms} ms, ours/gloo ${row.ratio} (${goal}); CPU per step (all processes) ${row.oursCpuMsPerStep} ms against gloo's ${row.glooCpuMsPerStep} ms, ${row.cpuRatio}x; minor page faults per step ${row.oursMinorFaultsPerStep} against ${row.glooMinorFaultsPerStep}; a worker's transport thread busy ${(100 * a.transportBusy).toFixed(0)}% of the time; ${hosted ? 'leader' : 'aggregator'} peak RSS ${(a.peakRssBytes / 2 ** 30).toFixed(2)} GiB = ${row.rssOverParamBytes}x the fp32 parameter bytes${follower}\n`);
   }
 }
 process.stdout.write(`${JSON.stringify({ bench: 'allreduce', floats: FLOATS, updateThreads: updateThreads(), earlyCommit: earlyCommitEnabled(), rows })}\n`);

@@ -22,23 +22,28 @@ const here = path.dirname(new URL(import.meta.url).pathname);
 /** This process's peak RSS (VmHWM) in bytes, for the benchmark helpers to print. */
 export const peakRssBytes = (): number => Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1] ?? 0) * 1024;
 
+export const sum = (xs: number[]): number => xs.reduce((a, b) => a + b, 0);
+
 export const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor((s.length - 1) / 2)] ?? NaN;
 };
 
 /**
- * CPU time (user + system, all threads) that process `pid` has used so far, in ms, from /proc/PID/stat
- * (clock ticks of 10 ms: the kernel's USER_HZ on Linux); NaN where it cannot be read (the process is gone, not Linux).
+ * CPU time (user + system, all threads, ms) and minor page faults that process `pid` (default: this one) has had
+ * so far, from /proc/PID/stat; NaN where it cannot be read. The faults tell whether a run has reached its steady
+ * state: on a virtual machine a page touched for the first time costs ~1 us of fault plus the host's own fault
+ * (~0.2-0.3 GB/s of first touches here, where the steady step moves ~5 GB/s), and a worker's first ~10 steps
+ * touch its 2.6 GB of buffers for the first time (fourteenth session).
  */
-export function processCpuMs(pid: number | undefined): number {
+export function processStat(pid: number | undefined = process.pid): { cpuMs: number; minorFaults: number } {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    // Fields after the command name (which may hold spaces): state is field 3, minflt 10, utime 14, stime 15.
     const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(rest[11]) + Number(rest[12])) * 10;
+    return { cpuMs: (Number(rest[11]) + Number(rest[12])) * 10, minorFaults: Number(rest[7]) };
   } catch {
-    return NaN;
+    return { cpuMs: NaN, minorFaults: NaN };
   }
 }
 
@@ -81,6 +86,11 @@ export interface OursResult {
    * followers' read from /proc when the last worker has them (they live on until the workers hang up).
    */
   cpuMsPerStep: number;
+  /**
+   * Minor page faults of all our processes per timed step, counted as cpuMsPerStep is: near 0 in the steady state
+   * (every buffer reused); thousands mean memory touched for the first time inside the timed steps (see processStat).
+   */
+  minorFaultsPerStep: number;
   /** The busiest worker's transport thread: the share of the timed steps its event loop was busy. */
   transportBusy: number;
 }
@@ -118,12 +128,13 @@ export async function runOurs(o: { workers: number; steps: number; wire: string;
   // The aggregator processes' CPU when all workers have the weights of step WARMUP_STEPS - 1 and of the last step
   // (a worker may be gone by the time its last line is read: workers report their own).
   const arrived = new Map<number, number>();
-  const aggCpuAt: number[] = [];
+  const aggAt: { cpuMs: number; minorFaults: number }[] = [];
   const onArrival = (step: number) => {
     const n = (arrived.get(step) ?? 0) + 1;
     arrived.set(step, n);
     if (n === o.workers && (step === WARMUP_STEPS - 1 || step === WARMUP_STEPS + o.steps - 1)) {
-      aggCpuAt.push([agg, ...followerRuns].reduce((sum, p) => sum + processCpuMs(p.pid), 0));
+      const stats = [agg, ...followerRuns].map((p) => processStat(p.pid));
+      aggAt.push({ cpuMs: sum(stats.map((x) => x.cpuMs)), minorFaults: sum(stats.map((x) => x.minorFaults)) });
     }
   };
   const procs = Array.from({ length: o.workers }, (_, i) => node('worker-proc.ts',
@@ -138,13 +149,18 @@ export async function runOurs(o: { workers: number; steps: number; wire: string;
   const outs = await Promise.all(procs.map((p) => p.done));
   await agg.done;
   await Promise.all(followers);
-  const results = outs.map((s) => JSON.parse(s.trim().split('\n').at(-1) ?? '{}') as { arrivals: number[]; cpuMs: number[]; transportBusy: number; peakRssBytes: number; hostCopyMs?: { weights: number; gradients: number } });
+  const results = outs.map((s) => JSON.parse(s.trim().split('\n').at(-1) ?? '{}') as { arrivals: number[]; cpuMs: number[]; minorFaults: number[]; transportBusy: number; peakRssBytes: number; hostCopyMs?: { weights: number; gradients: number } });
   const arrivals = results.map((r) => r.arrivals);
   // A step ends when the last worker has the new weights; arrivals are per-process clocks, so take each worker's own intervals, the slowest.
   const steps = Array.from({ length: o.steps }, (_, k) => Math.max(...arrivals.map((a) => (a[k + WARMUP_STEPS] ?? NaN) - (a[k + WARMUP_STEPS - 1] ?? NaN))));
   const copies = results.flatMap((r) => (r.hostCopyMs === undefined ? [] : [r.hostCopyMs]));
   const hostCopyMs = copies.length === 0 ? undefined : { weights: Math.max(...copies.map((c) => c.weights)), gradients: Math.max(...copies.map((c) => c.gradients)) };
-  const workersCpuMs = results.reduce((sum, r) => sum + ((r.cpuMs[WARMUP_STEPS + o.steps - 1] ?? NaN) - (r.cpuMs[WARMUP_STEPS - 1] ?? NaN)), 0);
-  const cpuMsPerStep = aggCpuAt.length === 2 ? ((aggCpuAt[1] as number) - (aggCpuAt[0] as number) + workersCpuMs) / o.steps : NaN;
-  return { stepMs: median(steps), steps, cpuMsPerStep, transportBusy: Math.max(...results.map((r) => r.transportBusy ?? NaN)), peakRssBytes: peak, followerPeakRssBytes: followerPeak, workerPeakRssBytes: Math.max(...results.map((r) => r.peakRssBytes)), ...(hostCopyMs === undefined ? {} : { hostCopyMs }) };
+  // Over the timed steps: from the last untimed step's arrival to the last step's, per step.
+  const timed = (xs: number[]) => ((xs[WARMUP_STEPS + o.steps - 1] ?? NaN) - (xs[WARMUP_STEPS - 1] ?? NaN));
+  const perStep = (field: 'cpuMs' | 'minorFaults') => aggAt.length === 2
+    ? ((aggAt[1] as (typeof aggAt)[number])[field] - (aggAt[0] as (typeof aggAt)[number])[field] + sum(results.map((r) => timed(r[field])))) / o.steps
+    : NaN;
+  const cpuMsPerStep = perStep('cpuMs');
+  const minorFaultsPerStep = perStep('minorFaults');
+  return { stepMs: median(steps), steps, cpuMsPerStep, minorFaultsPerStep, transportBusy: Math.max(...results.map((r) => r.transportBusy ?? NaN)), peakRssBytes: peak, followerPeakRssBytes: followerPeak, workerPeakRssBytes: Math.max(...results.map((r) => r.peakRssBytes)), ...(hostCopyMs === undefined ? {} : { hostCopyMs }) };
 }

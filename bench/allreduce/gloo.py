@@ -1,8 +1,9 @@
 """bench:allreduce peer: torch.distributed.all_reduce (gloo) of one fp32 tensor
 of --floats elements across --world processes over loopback. Rank 0 prints one
 JSON line with the time of each timed all_reduce (after a barrier); every rank prints
-its CPU time (all threads, time.process_time) over the timed loop, barriers included."""
-import argparse, json, time
+its CPU time (all threads, time.process_time) and minor page faults over the timed
+loop, barriers included."""
+import argparse, json, resource, time
 import torch
 import torch.distributed as dist
 
@@ -16,14 +17,16 @@ t = torch.full((a.floats,), 1e-3, dtype=torch.float32)
 dist.all_reduce(t)  # warm-up
 times = []
 cpu0 = time.process_time()
+faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(a.steps):
     dist.barrier()
     t0 = time.perf_counter()
     dist.all_reduce(t)
     times.append((time.perf_counter() - t0) * 1000)
 cpu_ms = (time.process_time() - cpu0) * 1000
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
 if a.rank == 0:
-    print(json.dumps({'torch': torch.__version__, 'world': a.world, 'ms': times, 'cpuMs': cpu_ms}), flush=True)
+    print(json.dumps({'torch': torch.__version__, 'world': a.world, 'ms': times, 'cpuMs': cpu_ms, 'minorFaults': faults}), flush=True)
 else:
-    print(json.dumps({'rank': a.rank, 'cpuMs': cpu_ms}), flush=True)
+    print(json.dumps({'rank': a.rank, 'cpuMs': cpu_ms, 'minorFaults': faults}), flush=True)
 dist.destroy_process_group()

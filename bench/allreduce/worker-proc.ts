@@ -23,7 +23,7 @@ import { parseShard } from '../../shared/shard.ts';
 import { DEFAULT_MODEL_CONFIG } from '../../shared/vgg-configs.ts';
 import { reuseFreedMemory } from '../../worker/host-memory.ts';
 import { Transport } from '../../worker/transport.ts';
-import { WARMUP_STEPS, WINDOW_FRACTION, median, peakRssBytes } from './cluster.ts';
+import { WARMUP_STEPS, WINDOW_FRACTION, median, peakRssBytes, processStat } from './cluster.ts';
 import { copyGradientsOut, copyWeightsIn } from './host-copies.ts';
 
 const arg = (name: string) => process.argv[process.argv.indexOf(name) + 1] ?? '';
@@ -61,8 +61,9 @@ const weightsMs: number[] = [];
 const gradientsMs: number[] = [];
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const arrivals: number[] = [];
-/** This process's CPU time (all threads, ms) at each arrival. */
+/** This process's CPU time (all threads, ms) and minor page faults at each arrival. */
 const cpuMs: number[] = [];
+const minorFaults: number[] = [];
 let transportBusy = NaN;
 for (let step = 0; step < steps; step += 1) {
   const joined = client.next<{ t: string }>(['reply']);
@@ -85,6 +86,7 @@ for (let step = 0; step < steps; step += 1) {
   arrivals.push(performance.now());
   const cpu = process.cpuUsage();
   cpuMs.push((cpu.user + cpu.system) / 1000);
+  minorFaults.push(processStat().minorFaults);
   // The transport thread's busy share over the timed steps (from the last untimed step's arrival on).
   if (step === WARMUP_STEPS - 1) client.busyRatio();
   if (step === steps - 1) transportBusy = client.busyRatio();
@@ -97,5 +99,5 @@ for (let step = 0; step < steps; step += 1) {
   }
 }
 // Peak RSS (VmHWM) of the whole process: with --host-shard it holds the shard's weights, momentum and sum.
-process.stdout.write(`${JSON.stringify({ id, arrivals, cpuMs, transportBusy, peakRssBytes: peakRssBytes(), ...(hostCopies ? { hostCopyMs: { weights: median(weightsMs), gradients: median(gradientsMs) } } : {}) })}\n`);
+process.stdout.write(`${JSON.stringify({ id, arrivals, cpuMs, minorFaults, transportBusy, peakRssBytes: peakRssBytes(), ...(hostCopies ? { hostCopyMs: { weights: median(weightsMs), gradients: median(gradientsMs) } } : {}) })}\n`);
 await client.close();
