@@ -8,7 +8,7 @@ import type { Logger } from '../shared/logger.ts';
 import { WIRE_FORMATS, encode16, wireBytes, type WireFormat } from '../shared/half.ts';
 import { arenaOf, type FloatArena } from '../shared/simd.ts';
 import type { Metrics } from '../shared/metrics.ts';
-import { sharedAlignedFloats } from './host-memory.ts';
+import { TENSOR_ALIGN_BYTES, alignedWithin, sharedAlignedFloats } from './host-memory.ts';
 import {
   CHUNK_FLOATS, CHUNK_MESSAGE_BYTES, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, chunkHeadOf, chunkMessage, decodeFragments, encode, field, fragmentBytes, sendChunk, valuesOf,
   type BatchStats, type ClientMessage,
@@ -94,6 +94,84 @@ export function sendRoomFor(flat: Float32Array): Buffer {
     return Buffer.from(b.buffer, b.byteOffset, b.byteLength);
   }
   return Buffer.allocUnsafeSlow(CHUNK_MESSAGE_BYTES);
+}
+
+/**
+ * Weights versions the gradient's arena keeps room for (transport.ts): the one the model holds and the one being
+ * received. More at once (a version re-sent after a coordinator's --resume) get buffers of their own.
+ */
+export const VERSION_ROOMS = 2;
+/** Rooms for a weights chunk's 16-bit codes in that arena (one per shard client, each gathers one frame at a time). */
+const CODE_ROOMS = 8;
+/** What the gradient's arena keeps for weights versions of `floats` floats and their code rooms, in bytes. */
+export const versionReserveBytes = (floats: number): number => VERSION_ROOMS * (4 * floats + TENSOR_ALIGN_BYTES) + CODE_ROOMS * 2 * CHUNK_FLOATS;
+
+/** The arena weights versions are received into (allowVersionRooms), and how many rooms of each kind it has left. */
+let versionArena: { arena: FloatArena; versions: number; codes: number } | undefined;
+
+/**
+ * Lets weights versions and their code rooms be taken from `arena` (the transport thread's gradient arena, made
+ * with versionReserveBytes of room): a 16-bit version is then decoded straight into place, its codes gathered in
+ * the same memory (the SIMD decode reads and writes only its arena's memory; with a version outside it, each chunk
+ * went through a staging room and a copy out, ~2/3 of the decode's cost: 20% of a hosted bf16 step's CPU, perf).
+ */
+export function allowVersionRooms(arena: FloatArena): void {
+  versionArena = { arena, versions: VERSION_ROOMS, codes: CODE_ROOMS };
+}
+
+/**
+ * `n` zeroed floats for a weights version at a TENSOR_ALIGN_BYTES boundary, in shared memory (lent to the main
+ * thread, see sharedAlignedFloats): from the version arena while it has rooms left, else a buffer of their own.
+ */
+export function versionFloats(n: number): Float32Array {
+  const v = versionArena;
+  if (v !== undefined && v.versions > 0 && v.arena.used + 4 * n + TENSOR_ALIGN_BYTES + STAGING_MARGIN_BYTES <= v.arena.memory.buffer.byteLength) {
+    v.versions -= 1;
+    const version = alignedWithin(v.arena.alloc(n + TENSOR_ALIGN_BYTES / 4), n);
+    arenaVersions.set(version.byteOffset, version);
+    return version;
+  }
+  return sharedAlignedFloats(n);
+}
+
+/** The versions taken from the version arena, by byte offset in it. */
+const arenaVersions = new Map<number, Float32Array>();
+
+/**
+ * This thread's own view of a weights version the main thread gave back: a view posted between threads is over
+ * another SharedArrayBuffer object (the same memory), and the SIMD decode writes in place only into views of its
+ * arena's own buffer object (arenaOf). `view` itself where it is not a version of the version arena.
+ */
+export function ownVersion(view: Float32Array): Float32Array {
+  const v = versionArena;
+  const b = view.buffer;
+  if (v === undefined || b === v.arena.memory.buffer || !(b instanceof SharedArrayBuffer) || b.byteLength !== v.arena.memory.buffer.byteLength) return view;
+  const own = arenaVersions.get(view.byteOffset);
+  return own !== undefined && own.length === view.length ? own : view;
+}
+
+/**
+ * Whether a free weights buffer (this thread's own view, ownVersion) is worth keeping for the next version: not
+ * one outside the version arena while the arena has version rooms left (the first versions arrive before the
+ * gradient, and so the arena, is there; dropped, their place is taken from the arena).
+ */
+export function keepsVersion(buf: Float32Array): boolean {
+  const v = versionArena;
+  return v === undefined || v.versions === 0 || buf.buffer === v.arena.memory.buffer;
+}
+
+/**
+ * Room for a 16-bit weights chunk's codes: `room` itself where it is in the version arena, or where that has no
+ * code rooms left; else one from the arena (a room made before the gradient's arena was there is replaced).
+ */
+function codeRoom(room: Uint8Array | undefined): Uint8Array {
+  const v = versionArena;
+  if (room !== undefined && (v === undefined || room.buffer === v.arena.memory.buffer || v.codes === 0)) return room;
+  if (v !== undefined && v.codes > 0 && v.arena.used + 2 * CHUNK_FLOATS + STAGING_MARGIN_BYTES <= v.arena.memory.buffer.byteLength) {
+    v.codes -= 1;
+    return v.arena.allocBytes(2 * CHUNK_FLOATS);
+  }
+  return room ?? new Uint8Array(2 * CHUNK_FLOATS);
 }
 
 /**
@@ -249,7 +327,8 @@ export class AggregatorClient extends EventEmitter {
     if (size === 2) {
       if (n > CHUNK_FLOATS * 2) return undefined;
       this.gatheredCodes += 1;
-      return (this.room16 ??= new Uint8Array(CHUNK_FLOATS * 2)).subarray(0, n);
+      this.room16 = codeRoom(this.room16);
+      return this.room16.subarray(0, n);
     }
     this.gatheredInPlace += 1;
     return new Uint8Array(inc.buf.buffer, inc.buf.byteOffset + 4 * inc.next, n);
@@ -294,7 +373,7 @@ export class AggregatorClient extends EventEmitter {
         const previous = this.weights;
         this.weights = inc.buf;
         // (A placed version's buffer is the group's to reuse.)
-        if (this.placeWeights === undefined) this.spare = previous;
+        if (this.placeWeights === undefined && previous !== undefined && keepsVersion(previous)) this.spare = previous;
         this.weightsStep = inc.step;
         this.emit('weights', inc.step);
         return;
@@ -324,7 +403,8 @@ export class AggregatorClient extends EventEmitter {
 
   /** A buffer handed over before, free again: the next weights version is received into it. */
   recycle(buf: Float32Array): void {
-    if (this.spare === undefined || this.spare.length === 0) this.spare = buf;
+    const own = ownVersion(buf);
+    if ((this.spare === undefined || this.spare.length === 0) && keepsVersion(own)) this.spare = own;
   }
 
   /**
@@ -334,7 +414,7 @@ export class AggregatorClient extends EventEmitter {
   private scratch(n: number): Float32Array {
     const s = this.spare;
     this.spare = undefined;
-    return s !== undefined && s.length === n ? s : sharedAlignedFloats(n);
+    return s !== undefined && s.length === n ? s : versionFloats(n);
   }
 
   get connected(): boolean {

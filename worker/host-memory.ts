@@ -72,6 +72,17 @@ export function sharedAlignedFloats(n: number): Float32Array {
   return alignedIn(new SharedArrayBuffer(4 * n + TENSOR_ALIGN_BYTES), n);
 }
 
+/**
+ * `n` floats of `room` (at least n + TENSOR_ALIGN_BYTES / 4 floats, 4-byte aligned) from its first TENSOR_ALIGN_BYTES
+ * boundary; from its start where the addon cannot tell.
+ */
+export function alignedWithin(room: Float32Array, n: number): Float32Array {
+  const offset = misalignment(room);
+  if (room.length < n + TENSOR_ALIGN_BYTES / 4) throw new RangeError(`alignedWithin: expected room for ${n + TENSOR_ALIGN_BYTES / 4} floats, got ${room.length}`);
+  const skip = offset === undefined ? 0 : ((TENSOR_ALIGN_BYTES - offset) % TENSOR_ALIGN_BYTES) / 4;
+  return room.subarray(skip, skip + n);
+}
+
 /** `n` floats of `buffer` (4 n + TENSOR_ALIGN_BYTES bytes) from its first TENSOR_ALIGN_BYTES boundary (from 0 where the addon cannot tell). */
 function alignedIn(buffer: ArrayBufferLike, n: number): Float32Array {
   const offset = offsetAt(buffer, 0);

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { ProtocolError, field, type BatchStats, type ClientMessage } from '../shared/wire-protocol.ts';
-import { AggregatorClient, ConnectionLost, nextEvent, weightsOf, type ClientOptions, type GradientSplit } from './aggregator-client.ts';
-import { alignedFloats, sharedAlignedFloats } from './host-memory.ts';
+import { AggregatorClient, ConnectionLost, keepsVersion, nextEvent, ownVersion, versionFloats, weightsOf, type ClientOptions, type GradientSplit } from './aggregator-client.ts';
+import { alignedFloats } from './host-memory.ts';
 
 interface Part { client: AggregatorClient; lo: number; hi: number }
 
@@ -157,7 +157,7 @@ export class ShardGroup extends EventEmitter {
     if (step <= this.emittedStep || part.client.weightsStep >= step) return undefined;
     let whole = this.versions.get(step);
     if (whole === undefined) {
-      whole = this.free.pop() ?? sharedAlignedFloats(this.total);
+      whole = this.free.pop() ?? versionFloats(this.total);
       this.versions.set(step, whole);
     }
     return whole.subarray(part.lo, part.hi);
@@ -168,7 +168,7 @@ export class ShardGroup extends EventEmitter {
     for (const [s, whole] of this.versions) {
       if (s >= step) continue;
       this.versions.delete(s);
-      this.free.push(whole);
+      if (keepsVersion(whole)) this.free.push(whole);
     }
   }
 
@@ -204,7 +204,8 @@ export class ShardGroup extends EventEmitter {
     // One version's views of its whole-vector buffer (shard 0's range starts it): the buffer is free again.
     const first = buffers[0];
     if (first === undefined || first.byteOffset + 4 * this.total > first.buffer.byteLength) return;
-    this.free.push(new Float32Array(first.buffer, first.byteOffset, this.total));
+    const whole = ownVersion(new Float32Array(first.buffer, first.byteOffset, this.total));
+    if (keepsVersion(whole)) this.free.push(whole);
   }
 
   /** floats [start, end) of the complete weights, copied out of the shards' buffers. */

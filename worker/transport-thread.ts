@@ -13,7 +13,7 @@ import { createLogger } from '../shared/logger.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import { ProtocolError, type BatchStats, type ClientMessage } from '../shared/wire-protocol.ts';
 import { FloatArena } from '../shared/simd.ts';
-import { ConnectionLost, allowSendRooms } from './aggregator-client.ts';
+import { ConnectionLost, SEND_ROOM_RESERVE_BYTES, allowSendRooms, allowVersionRooms, versionReserveBytes } from './aggregator-client.ts';
 import { ShardGroup } from './shard-group.ts';
 import { transferList, type FromThread, type ToThread, type TransportInit } from './transport.ts';
 
@@ -141,10 +141,14 @@ port.on('message', (msg: ToThread) => {
       bodies.get(msg.id)?.();
       return;
     case 'gradient': {
-      // The main thread's arena (the gradient first, then free room): adopted here, the encode and the
-      // send rooms work in it (aggregator-client.ts).
+      // The main thread's arena (the gradient first, then free room): adopted here, the encode, the
+      // send rooms and the weights versions work in it (aggregator-client.ts). Room for the versions is
+      // there when the main thread could reserve it (Transport.allocateGradient).
       const arena = msg.memory === undefined ? undefined : new FloatArena(0, 1, { memory: msg.memory, used: msg.used ?? 0 });
-      if (arena !== undefined) allowSendRooms(arena);
+      if (arena !== undefined) {
+        allowSendRooms(arena);
+        if (arena.memory.buffer.byteLength - arena.used >= SEND_ROOM_RESERVE_BYTES + versionReserveBytes(msg.floats)) allowVersionRooms(arena);
+      }
       flat = new Float32Array(arena?.memory.buffer ?? msg.buffer, msg.offset, msg.floats);
       return;
     }

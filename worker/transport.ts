@@ -5,7 +5,7 @@ import { busyMeter, type Metrics } from '../shared/metrics.ts';
 import type { ShardSpec } from '../shared/shard.ts';
 import { ProtocolError, type BatchStats, type ClientMessage } from '../shared/wire-protocol.ts';
 import { tryArena } from '../shared/simd.ts';
-import { ConnectionLost, SEND_ROOM_RESERVE_BYTES, nextEvent, weightsOf, type GradientSplit } from './aggregator-client.ts';
+import { ConnectionLost, SEND_ROOM_RESERVE_BYTES, nextEvent, versionReserveBytes, weightsOf, type GradientSplit } from './aggregator-client.ts';
 import { readRanges, type WeightsRange } from './shard-group.ts';
 
 /**
@@ -103,8 +103,11 @@ export class Transport extends EventEmitter {
   allocateGradient(floats: number): Float32Array<ArrayBufferLike> {
     // In a shared wasm memory (where there is SIMD) that the thread adopts as its FloatArena, with room
     // for the 16-bit send rooms after it: the bf16/fp16 encode reads the gradient and writes the codes
-    // in place (0.50 ns a float here, against 0.78 through the encoder's staging room).
-    const arena = tryArena(floats + SEND_ROOM_RESERVE_BYTES / 4, 1, { shared: true });
+    // in place (0.50 ns a float here, against 0.78 through the encoder's staging room); and room for the
+    // weights versions (allowVersionRooms), without it where the whole would pass the 4 GiB of a memory.
+    // (Room not used costs address space only: pages are touched on use.)
+    const arena = tryArena(floats + (SEND_ROOM_RESERVE_BYTES + versionReserveBytes(floats)) / 4, 1, { shared: true })
+      ?? tryArena(floats + SEND_ROOM_RESERVE_BYTES / 4, 1, { shared: true });
     this.gradient = arena?.alloc(floats) ?? new Float32Array(new SharedArrayBuffer(floats * 4));
     this.post({ op: 'gradient', buffer: this.gradient.buffer as SharedArrayBuffer, offset: this.gradient.byteOffset, floats, ...(arena === undefined ? {} : { memory: arena.memory, used: arena.used }) });
     return this.gradient;

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ConnectionLost } from '../../worker/aggregator-client.ts';
+import { decodeBf16Scalar, encodeBf16Scalar, type WireFormat } from '../../shared/half.ts';
 import { misalignment } from '../../worker/host-memory.ts';
 import { Transport } from '../../worker/transport.ts';
 import { SGD, join, log, startAggregator, stats } from '../helpers/aggregator-harness.ts';
@@ -48,8 +49,8 @@ test('the transport thread: handshake, a split gradient whose head streams befor
 });
 
 /** A harness aggregator and a transport `workerId` that has its initial weights and its gradient buffer. */
-async function readyTransport(t: { after: (f: () => Promise<void>) => void }, workerId: string, putMinFloats?: number) {
-  const h = await startAggregator();
+async function readyTransport(t: { after: (f: () => Promise<void>) => void }, workerId: string, putMinFloats?: number, wire?: WireFormat) {
+  const h = await startAggregator({ wire });
   const tr = new Transport({ client: { url: `ws://127.0.0.1:${h.port}`, token: 'secret', workerId, host: 'h', gpu: null, backend: 'cpu' }, log, putMinFloats });
   t.after(async () => { await tr.close(); await h.close(); });
   await tr.connect();
@@ -184,6 +185,31 @@ test('the received weights start at 64-byte boundaries: every tensor at a 16-flo
     tr.modelWritten();
     check(`in version ${s + 1}`);
   }
+});
+
+test('weights versions are received into the gradient\'s shared memory once it is there (bf16 decoded in place), two of them reused step after step', async (t) => {
+  const { h, tr, n, g } = await readyTransport(t, 'tb', undefined, 'bf16');
+  const inGradientMemory = (v: Float32Array) => v.buffer.byteLength === g.buffer.byteLength && v.byteOffset >= g.byteOffset + g.byteLength;
+  assert.ok(!inGradientMemory(tr.view(0, n)), 'the first version arrived before the gradient (and its memory) was allocated');
+  const offsets = new Set<number>();
+  for (let s = 0; s < 5; s += 1) {
+    g.fill(0.01 * (s + 1));
+    await fullStep(tr, s);
+    tr.modelWritten();
+    const v = tr.view(0, n);
+    const codes = new Uint16Array(n);
+    encodeBf16Scalar(h.weights, codes);
+    const expected = new Float32Array(n);
+    decodeBf16Scalar(codes, expected);
+    assert.deepEqual(v, expected, `version ${s + 1}: the aggregator's weights through bf16`);
+    assert.equal(misalignment(v), 0);
+    // From version 2 on (version 1 was received into a buffer given back before the gradient's memory had room taken).
+    if (s >= 1) {
+      assert.ok(inGradientMemory(v), `version ${s + 1} in the gradient's memory`);
+      offsets.add(v.byteOffset);
+    }
+  }
+  assert.equal(offsets.size, 2, 'two version buffers in that memory, reused');
 });
 
 test('putGradient: a tensor\'s values handed to the thread (transferred) land in the gradient before the send that follows; a view, or a short array, is copied instead', async (t) => {
