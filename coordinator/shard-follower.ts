@@ -6,7 +6,7 @@ import type { Logger } from '../shared/logger.ts';
 import { listenLocal } from '../shared/local-link.ts';
 import { buildLayout, modelHash } from '../shared/param-layout.ts';
 import { sliceLayout, type ShardSpec } from '../shared/shard.ts';
-import { aggregatorArenaFloats, tryArena } from '../shared/simd.ts';
+import { aggregatorArenaFloats, tryArena, type FloatArena } from '../shared/simd.ts';
 import type { ModelConfig } from '../shared/vgg-configs.ts';
 import { MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, decodeFrame, encode, field, type ShardMessage } from '../shared/wire-protocol.ts';
 import { Aggregator, type LeaderCommit } from './aggregator.ts';
@@ -28,6 +28,12 @@ export interface FollowerOptions {
   backoffMs?: number;
   /** Stops retrying an unreachable leader (startFollower then rejects). */
   signal?: AbortSignal;
+  /**
+   * The arena to keep the shard's state in (weights, momentum, the sum, slots, rooms) while it has room: a
+   * hosting worker's memory shared with its gradient and weights versions (worker/transport.ts). Default: one
+   * of its own.
+   */
+  arena?: FloatArena;
 }
 
 export interface FollowerHandle {
@@ -207,7 +213,8 @@ function connectLeader(o: FollowerOptions): Promise<{ ws: WebSocket; init: Init 
             secret: Buffer.from(field<string>(msg, 'secret', 'string'), 'hex'), run: field<Record<string, unknown>>(msg, 'run', 'object'),
           };
           // Weights and momentum, then the aggregator's sum and scratch, in one FloatArena (SIMD loops).
-          state = tryArena(aggregatorArenaFloats(hi - lo))?.alloc(2 * (hi - lo)) ?? new Float32Array(2 * (hi - lo));
+          const given = o.arena !== undefined && o.arena.used + 4 * aggregatorArenaFloats(hi - lo) <= o.arena.memory.buffer.byteLength ? o.arena : undefined;
+          state = (given ?? tryArena(aggregatorArenaFloats(hi - lo)))?.alloc(2 * (hi - lo)) ?? new Float32Array(2 * (hi - lo));
           receiver = new RangeStateReceiver(state.subarray(0, hi - lo), state.subarray(hi - lo));
           return;
         }

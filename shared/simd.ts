@@ -29,17 +29,26 @@ export class FloatArena {
    * BN means) run split over this thread and `threads` - 1 helpers (kernel-pool.ts); the reduce on
    * arrival stays on the calling thread. `share.shared`: the memory is shared anyway (another thread
    * may adopt it); `share.memory`: this arena is over that shared memory, made by another thread's
-   * arena whose first `share.used` bytes are taken (`floats` is then ignored).
+   * arena whose first `share.used` bytes are taken (`floats` is then ignored). `share.bump`: every arena
+   * made with it over one memory (a new one, or `share.memory` made so) allocates from one pointer kept in
+   * the memory's first 16 bytes (Atomics), so threads can each take room in it at any time.
    */
-  constructor(floats: number, threads = 1, share: { shared?: boolean; memory?: WebAssembly.Memory; used?: number } = {}) {
+  constructor(floats: number, threads = 1, share: { shared?: boolean; memory?: WebAssembly.Memory; used?: number; bump?: boolean } = {}) {
     this.limit = share.memory !== undefined ? share.memory.buffer.byteLength : Math.ceil((floats * 4) / 65536) * 65536 + 65536;
     const pages = this.limit / 65536;
-    if (pages > 65536) throw new RangeError(`FloatArena: expected at most 4 GiB, got ${(this.limit / 2 ** 30).toFixed(2)} GiB (${floats} floats)`);
+    // (A shared pointer is a Uint32: its memory stops a page short of 4 GiB.)
+    const maxPages = share.bump === true ? 65535 : 65536;
+    if (pages > maxPages) throw new RangeError(`FloatArena: expected at most ${maxPages} pages of 64 KiB, got ${pages} (${floats} floats)`);
     if (!Number.isInteger(threads) || threads < 1) throw new RangeError(`FloatArena: expected threads >= 1, got ${threads}`);
     const shared = threads > 1 || share.shared === true || share.memory !== undefined;
     if (share.memory !== undefined && !(share.memory.buffer instanceof SharedArrayBuffer)) throw new TypeError('FloatArena: expected a shared memory to adopt, got an unshared one');
     this.memory = share.memory ?? new WebAssembly.Memory({ initial: pages, maximum: pages, shared });
     this.next = Math.ceil((share.used ?? 0) / 16) * 16;
+    if (share.bump === true) {
+      if (!(this.memory.buffer instanceof SharedArrayBuffer)) throw new TypeError('FloatArena: expected a shared memory for a shared allocation pointer');
+      this.bump = new Uint32Array(this.memory.buffer, 0, 4);
+      if (share.memory === undefined) Atomics.store(this.bump, 0, 16);
+    }
     const instance = new WebAssembly.Instance(module(shared), { env: { memory: this.memory } });
     this.k = instance.exports as unknown as Kernels;
     if (threads > 1) this.pool = new KernelPool(module(shared), this.memory, threads - 1);
@@ -73,9 +82,12 @@ export class FloatArena {
     await pool?.close();
   }
 
+  /** The allocation pointer shared by every arena over this memory (share.bump), if any. */
+  private bump?: Uint32Array;
+
   /** Bytes allocated so far (what an arena adopting this memory must leave alone). */
   get used(): number {
-    return this.next;
+    return this.bump === undefined ? this.next : Atomics.load(this.bump, 0);
   }
 
   /** `n` zeroed floats, 16-byte aligned. */
@@ -94,6 +106,15 @@ export class FloatArena {
   }
 
   private take(bytes: number): number {
+    const b = this.bump;
+    if (b !== undefined) {
+      const size = Math.ceil(bytes / 16) * 16;
+      for (;;) {
+        const start = Atomics.load(b, 0);
+        if (start + size > this.limit) throw new RangeError(`FloatArena: expected room for ${bytes} more bytes, got ${Math.max(0, this.limit - start)}`);
+        if (Atomics.compareExchange(b, 0, start, start + size) === start) return start;
+      }
+    }
     const start = this.next;
     const end = start + Math.ceil(bytes / 16) * 16;
     if (end > this.limit) throw new RangeError(`FloatArena: expected room for ${bytes} more bytes, got ${Math.max(0, this.limit - start)}`);

@@ -106,8 +106,8 @@ const CODE_ROOMS = 8;
 /** What the gradient's arena keeps for weights versions of `floats` floats and their code rooms, in bytes. */
 export const versionReserveBytes = (floats: number): number => VERSION_ROOMS * (4 * floats + TENSOR_ALIGN_BYTES) + CODE_ROOMS * 2 * CHUNK_FLOATS;
 
-/** The arena weights versions are received into (allowVersionRooms), and how many rooms of each kind it has left. */
-let versionArena: { arena: FloatArena; versions: number; codes: number } | undefined;
+/** The arena weights versions are received into (allowVersionRooms), how many rooms of each kind it has left, and the versions taken, by byte offset. */
+let versionArena: { arena: FloatArena; versions: number; codes: number; taken: Map<number, Float32Array> } | undefined;
 
 /**
  * Lets weights versions and their code rooms be taken from `arena` (the transport thread's gradient arena, made
@@ -116,7 +116,7 @@ let versionArena: { arena: FloatArena; versions: number; codes: number } | undef
  * went through a staging room and a copy out, ~2/3 of the decode's cost: 20% of a hosted bf16 step's CPU, perf).
  */
 export function allowVersionRooms(arena: FloatArena): void {
-  versionArena = { arena, versions: VERSION_ROOMS, codes: CODE_ROOMS };
+  versionArena = { arena, versions: VERSION_ROOMS, codes: CODE_ROOMS, taken: new Map() };
 }
 
 /**
@@ -128,14 +128,11 @@ export function versionFloats(n: number): Float32Array {
   if (v !== undefined && v.versions > 0 && v.arena.used + 4 * n + TENSOR_ALIGN_BYTES + STAGING_MARGIN_BYTES <= v.arena.memory.buffer.byteLength) {
     v.versions -= 1;
     const version = alignedWithin(v.arena.alloc(n + TENSOR_ALIGN_BYTES / 4), n);
-    arenaVersions.set(version.byteOffset, version);
+    v.taken.set(version.byteOffset, version);
     return version;
   }
   return sharedAlignedFloats(n);
 }
-
-/** The versions taken from the version arena, by byte offset in it. */
-const arenaVersions = new Map<number, Float32Array>();
 
 /**
  * This thread's own view of a weights version the main thread gave back: a view posted between threads is over
@@ -146,7 +143,7 @@ export function ownVersion(view: Float32Array): Float32Array {
   const v = versionArena;
   const b = view.buffer;
   if (v === undefined || b === v.arena.memory.buffer || !(b instanceof SharedArrayBuffer) || b.byteLength !== v.arena.memory.buffer.byteLength) return view;
-  const own = arenaVersions.get(view.byteOffset);
+  const own = v.taken.get(view.byteOffset);
   return own !== undefined && own.length === view.length ? own : view;
 }
 

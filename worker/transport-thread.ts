@@ -25,6 +25,14 @@ const log = createLogger(init.logBindings);
 const bytes = { sent: 0, received: 0 };
 const counter = (key: 'sent' | 'received') => ({ inc: (n = 1) => { bytes[key] += n; } });
 const metrics = { sentBytes: counter('sent'), receivedBytes: counter('received') } as unknown as Metrics;
+// A hosting worker's memory, shared with the main thread (TransportInit.memory): the hosted shard's state, the
+// weights versions, the send rooms and the gradient are all taken from it. (Nothing taken is given back: a shard
+// hosted again after a loss takes new room, and an arena of its own once the memory is full.)
+const shared = init.memory === undefined ? undefined : new FloatArena(0, 1, { memory: init.memory, bump: true });
+if (shared !== undefined) {
+  allowSendRooms(shared);
+  allowVersionRooms(shared);
+}
 const group = new ShardGroup({ ...init.client, log, metrics });
 // The aggregator shard this worker hosts, if any: started first (the coordinator welcomes workers
 // once every shard is ready), and reached by the group in process at the URL it advertises.
@@ -35,7 +43,7 @@ let hostedOnce = false;
 // Closing stops a start still waiting for its coordinator (after the run ended there is none to wait for).
 const stopHosting = new AbortController();
 const host = (hostShard: NonNullable<TransportInit['hostShard']>, retryMs = 1000): void => {
-  const started = startFollower({ leader: init.client.url, token: init.client.token, log, signal: stopHosting.signal, ...hostShard }).catch((err: Error) => {
+  const started = startFollower({ leader: init.client.url, token: init.client.token, log, signal: stopHosting.signal, arena: shared, ...hostShard }).catch((err: Error) => {
     // --host-shard auto and every shard taken (or the run started): this worker only trains.
     if (hostShard.shard !== 'any' || !(err instanceof ProtocolError) || err.code !== 'VGG_ERR_SHARD_UNAVAILABLE') throw err;
     log.info({ reason: err.message }, 'no aggregator shard to host; training only');
@@ -141,6 +149,10 @@ port.on('message', (msg: ToThread) => {
       bodies.get(msg.id)?.();
       return;
     case 'gradient': {
+      if (msg.inShared === true && shared !== undefined) {
+        flat = new Float32Array(shared.memory.buffer, msg.offset, msg.floats);
+        return;
+      }
       // The main thread's arena (the gradient first, then free room): adopted here, the encode, the
       // send rooms and the weights versions work in it (aggregator-client.ts). Room for the versions is
       // there when the main thread could reserve it (Transport.allocateGradient).

@@ -2,9 +2,10 @@ import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from '../shared/logger.ts';
 import { busyMeter, type Metrics } from '../shared/metrics.ts';
+import { boolEnv } from '../shared/option-parsers.ts';
 import type { ShardSpec } from '../shared/shard.ts';
 import { ProtocolError, type BatchStats, type ClientMessage } from '../shared/wire-protocol.ts';
-import { tryArena } from '../shared/simd.ts';
+import { tryArena, type FloatArena } from '../shared/simd.ts';
 import { ConnectionLost, SEND_ROOM_RESERVE_BYTES, nextEvent, versionReserveBytes, weightsOf, type GradientSplit } from './aggregator-client.ts';
 import { readRanges, type WeightsRange } from './shard-group.ts';
 
@@ -13,6 +14,14 @@ import { readRanges, type WeightsRange } from './shard-group.ts';
  * smaller one costs more than its copy (tiny models' epochs were ~4% slower with all of them sent).
  */
 export const PUT_MIN_FLOATS = 1 << 18;
+
+/**
+ * The memory a worker hosting a shard shares between its threads (TransportInit.memory): a page short of 4 GiB,
+ * the most one wasm memory holds with a shared pointer. Address space: pages are touched as they are used. A
+ * hosting worker of VGG-16 uses ~2.9 GB of it at 2 workers, ~3.7 GB alone (the shard's weights, momentum and sum
+ * of the whole vector); what does not fit goes to memory of its own as before.
+ */
+const HOSTING_MEMORY_FLOATS = 65534 * 16384;
 
 /** What the transport thread is started with (structured-cloneable). */
 export interface TransportInit {
@@ -24,12 +33,19 @@ export interface TransportInit {
    * `advertise`), and this worker reaches it in process (shared/local-link.ts).
    */
   hostShard?: { shard: ShardSpec | 'any'; host: string; port: number; advertise?: string };
+  /**
+   * With hostShard and oneMemory: one shared wasm memory (HOSTING_MEMORY_FLOATS, touched as used) that both threads allocate
+   * from through its shared pointer (FloatArena's share.bump): the hosted shard's state, the gradient, the
+   * weights versions and the send rooms. The hosted shard then reduces this worker's gradient and this worker
+   * decodes the shard's codes without staging them (the SIMD kernels read and write only their own memory).
+   */
+  memory?: WebAssembly.Memory;
 }
 
 export type ToThread =
   | { op: 'call'; id: number; method: 'connect' | 'ready' | 'sendGradient'; args: unknown[] }
   | { op: 'body'; id: number }
-  | { op: 'gradient'; buffer: SharedArrayBuffer; offset: number; floats: number; memory?: WebAssembly.Memory; used?: number }
+  | { op: 'gradient'; buffer: SharedArrayBuffer; offset: number; floats: number; memory?: WebAssembly.Memory; used?: number; inShared?: boolean }
   | { op: 'put'; offset: number; values: Float32Array }
   | { op: 'give-up'; id: number; value: boolean }
   | { op: 'send'; msg: ClientMessage }
@@ -73,18 +89,27 @@ export class Transport extends EventEmitter {
   private readonly calls = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; giveUp?: () => Promise<boolean> }>();
   private readonly metrics?: Metrics;
   private readonly hostsShard: boolean;
+  /** The memory shared with the thread when hosting a shard (TransportInit.memory). */
+  private readonly memory?: FloatArena;
   /** putGradient copies arrays shorter than this here (PUT_MIN_FLOATS unless told otherwise). */
   private readonly putMinFloats: number;
   private exited = false;
   /** The step and attempt of the last gradient send the thread started. */
   private sent?: { step: number; attempt: number };
 
-  constructor(o: { client: TransportInit['client']; log: Logger; metrics?: Metrics; hostShard?: TransportInit['hostShard']; putMinFloats?: number }) {
+  /**
+   * `oneMemory` (default: `VGG_HOSTED_ONE_MEMORY`, off): with hostShard, the shard's state, the gradient and the
+   * weights versions in one memory (TransportInit.memory). Off by default for now: the fourteenth session saw one
+   * hang of the hosted --resume integration test in 3 runs of the suite with it on (none in 17 runs of that test
+   * alone, none in the suite since); see docs/ROADMAP.md.
+   */
+  constructor(o: { client: TransportInit['client']; log: Logger; metrics?: Metrics; hostShard?: TransportInit['hostShard']; putMinFloats?: number; oneMemory?: boolean }) {
     super();
     this.metrics = o.metrics;
     this.putMinFloats = o.putMinFloats ?? PUT_MIN_FLOATS;
-    const init: TransportInit = { client: o.client, logBindings: o.log.bindings(), hostShard: o.hostShard };
     this.hostsShard = o.hostShard !== undefined;
+    this.memory = this.hostsShard && (o.oneMemory ?? boolEnv('VGG_HOSTED_ONE_MEMORY', false)) ? tryArena(HOSTING_MEMORY_FLOATS, 1, { shared: true, bump: true }) : undefined;
+    const init: TransportInit = { client: o.client, logBindings: o.log.bindings(), hostShard: o.hostShard, ...(this.memory === undefined ? {} : { memory: this.memory.memory }) };
     // tsx's loader is registered per thread: the bootstrap registers it, then loads the thread's module.
     const tsx = import.meta.resolve('tsx/esm/api');
     const bootstrap = `import(${JSON.stringify(tsx)}).then((t) => { t.register(); return import(${JSON.stringify(new URL('./transport-thread.ts', import.meta.url).href)}); })`;
@@ -106,6 +131,14 @@ export class Transport extends EventEmitter {
     // in place (0.50 ns a float here, against 0.78 through the encoder's staging room); and room for the
     // weights versions (allowVersionRooms), without it where the whole would pass the 4 GiB of a memory.
     // (Room not used costs address space only: pages are touched on use.)
+    // A worker hosting a shard takes it from the memory the thread shares (TransportInit.memory) while it has room.
+    const hosting = this.memory !== undefined && this.memory.used + 4 * floats + SEND_ROOM_RESERVE_BYTES <= this.memory.memory.buffer.byteLength
+      ? this.memory.alloc(floats) : undefined;
+    if (hosting !== undefined) {
+      this.gradient = hosting;
+      this.post({ op: 'gradient', buffer: hosting.buffer as SharedArrayBuffer, offset: hosting.byteOffset, floats, inShared: true });
+      return hosting;
+    }
     const arena = tryArena(floats + (SEND_ROOM_RESERVE_BYTES + versionReserveBytes(floats)) / 4, 1, { shared: true })
       ?? tryArena(floats + SEND_ROOM_RESERVE_BYTES / 4, 1, { shared: true });
     this.gradient = arena?.alloc(floats) ?? new Float32Array(new SharedArrayBuffer(floats * 4));

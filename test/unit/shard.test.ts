@@ -83,8 +83,8 @@ afterEach(async () => {
   pair = undefined;
 });
 
-/** A leader aggregator (shard 0 of 2) with its follower, both on loopback, the tiny model. */
-async function startPair(): Promise<Pair> {
+/** A leader aggregator (shard 0 of 2) with its follower, both on loopback, the tiny model; `hosted`: no follower (a worker hosts shard 1). */
+async function startPair(hosted = false): Promise<Pair> {
   const layout = buildLayout(TINY_VGG_A);
   const hash = modelHash(TINY_VGG_A, layout);
   const weights = Float32Array.from({ length: layout.totalSize }, (_, i) => ((i % 13) - 6) / 100);
@@ -96,8 +96,9 @@ async function startPair(): Promise<Pair> {
     jobStatus: (id) => (id.startsWith('job') ? 'pending' : 'unknown'), onCommit: async () => {}, onMemberLost: () => {}, log,
   });
   const port = await agg.start();
-  const follower = await startFollower({ leader: `ws://127.0.0.1:${port}`, token: 'secret', shard: { index: 1, count: 2 }, host: '127.0.0.1', port: 0, log });
-  await new Promise<void>((resolve) => { const t = setInterval(() => { if (leader.ready()) { clearInterval(t); resolve(); } }, 5); });
+  const follower = hosted ? { close: async () => {} } as FollowerHandle
+    : await startFollower({ leader: `ws://127.0.0.1:${port}`, token: 'secret', shard: { index: 1, count: 2 }, host: '127.0.0.1', port: 0, log });
+  if (!hosted) await new Promise<void>((resolve) => { const t = setInterval(() => { if (leader.ready()) { clearInterval(t); resolve(); } }, 5); });
   return { agg, leader, follower, port, weights, initial: weights.slice() };
 }
 
@@ -280,6 +281,45 @@ describe('leader and follower shards', () => {
     assert.equal(inner.place(part, 7, part.hi - part.lo), undefined, 'the step this client holds complete');
     assert.equal(inner.place(part, 6, part.hi - part.lo), undefined, 'a step handed over');
     assert.equal(inner.place(part, 8, part.hi - part.lo)?.length, part.hi - part.lo, 'the next step, placed');
+  });
+
+  test('a worker hosting a shard with oneMemory keeps its gradient and weights versions in one memory with the shard (no staging between them); a step through it applies the mean', async (t) => {
+    pair = await startPair(true);
+    const tr = new Transport({ client: { url: `ws://127.0.0.1:${pair.port}`, token: 'secret', workerId: 'th', host: 'h', gpu: null, backend: 'cpu' }, log, hostShard: { shard: { index: 1, count: 2 }, host: '127.0.0.1', port: 0 }, oneMemory: true });
+    t.after(() => tr.close());
+    await tr.connect();
+    await tr.ready(pair.agg.options.modelHash);
+    const n = pair.weights.length;
+    const g = tr.allocateGradient(n);
+    const sameMemory = (v: Float32Array) => v.buffer instanceof SharedArrayBuffer && v.buffer.byteLength === g.buffer.byteLength;
+    assert.ok(g.buffer.byteLength > 2 ** 31, 'the gradient in the hosting memory (address space for the shard, the gradient and the versions)');
+    assert.ok(sameMemory(tr.view(0, n)), 'the initial weights received into that memory (it exists before the first version)');
+    for (let s = 0; s < 3; s += 1) {
+      const reply = tr.next<{ t: string }>(['reply']);
+      tr.send({ t: 'join', step: s, jobId: `job-${s}`, lockToken: 'tok' });
+      assert.equal((await reply).value.t, 'joined');
+      const before = tr.read(0, n);
+      g.fill(2);
+      const next = tr.next(['weights'], (_n, v) => (v as number) === s + 1);
+      await tr.sendGradient(s, `job-${s}`, [s], stats(1));
+      await next;
+      const v = tr.view(0, n);
+      assert.ok(sameMemory(v), `version ${s + 1} in the hosting memory`);
+      assert.equal(misalignment(v), 0);
+      tr.modelWritten();
+      // The first step of momentum SGD without decay moves every weight by lr * g = 0.2 (both ranges; later
+      // steps add the momentum), the same on the leader's range and the hosted one.
+      if (s === 0) {
+        let worst = 0;
+        for (let i = 0; i < n; i += 1) worst = Math.max(worst, Math.abs((v[i] as number) - ((before[i] as number) - 0.2)));
+        assert.ok(worst < 1e-6, `largest error ${worst}`);
+      }
+    }
+    // The memory's allocation pointer (FloatArena share.bump: its first word) is past the hosted shard's weights and
+    // momentum, the gradient and two versions: the shard's state came from it too.
+    const range = shardRange(n, 1, 2);
+    const used = Atomics.load(new Uint32Array(g.buffer, 0, 1), 0);
+    assert.ok(used >= 4 * (2 * (range.hi - range.lo) + 3 * n), `allocated ${used} bytes, expected the shard's state, the gradient and two versions`);
   });
 
   test('a worker\'s model views a tensor that spans both shards\' ranges without a copy', async (t) => {

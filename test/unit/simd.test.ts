@@ -93,6 +93,25 @@ describe('the SIMD kernels (FloatArena)', () => {
     assert.notDeepEqual(w, wave(n, 1));
   });
 
+  test('arenas sharing an allocation pointer (share.bump) over one memory take disjoint room; past the end a clear error that changes nothing', () => {
+    const a = new FloatArena(1 << 16, 1, { shared: true, bump: true });
+    const b = new FloatArena(0, 1, { memory: a.memory, bump: true });
+    const taken: [number, number][] = [];
+    for (let k = 0; k < 20; k += 1) {
+      const x = (k % 2 === 0 ? a : b).alloc(100 + k);
+      taken.push([x.byteOffset, x.byteOffset + x.byteLength]);
+      assert.equal(x.byteOffset % 16, 0);
+    }
+    taken.sort((p, q) => p[0] - q[0]);
+    for (let k = 1; k < taken.length; k += 1) assert.ok((taken[k - 1] as [number, number])[1] <= (taken[k] as [number, number])[0], 'ranges overlap');
+    assert.ok((taken[0] as [number, number])[0] >= 16, 'the pointer\'s own bytes are not handed out');
+    assert.equal(a.used, b.used);
+    const used = a.used;
+    assert.throws(() => b.alloc(1 << 20), /FloatArena: expected room for 4194304 more bytes, got \d+/);
+    assert.equal(a.used, used);
+    assert.throws(() => new FloatArena(0, 1, { memory: new WebAssembly.Memory({ initial: 1, maximum: 1 }), bump: true }), /expected a shared memory/);
+  });
+
   test('an arena adopting another thread\'s shared memory sees its floats, allocates after what it used, and refuses unshared memory', async () => {
     const owner = new FloatArena(4096, 1, { shared: true });
     const g = owner.alloc(1000);
