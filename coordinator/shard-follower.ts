@@ -213,7 +213,7 @@ function connectLeader(o: FollowerOptions): Promise<{ ws: WebSocket; init: Init 
             secret: Buffer.from(field<string>(msg, 'secret', 'string'), 'hex'), run: field<Record<string, unknown>>(msg, 'run', 'object'),
           };
           // Weights and momentum, then the aggregator's sum and scratch, in one FloatArena (SIMD loops).
-          const given = o.arena !== undefined && o.arena.used + 4 * aggregatorArenaFloats(hi - lo) <= o.arena.memory.buffer.byteLength ? o.arena : undefined;
+          const given = o.arena !== undefined && o.arena.free >= 4 * aggregatorArenaFloats(hi - lo) ? o.arena : undefined;
           state = (given ?? tryArena(aggregatorArenaFloats(hi - lo)))?.alloc(2 * (hi - lo)) ?? new Float32Array(2 * (hi - lo));
           receiver = new RangeStateReceiver(state.subarray(0, hi - lo), state.subarray(hi - lo));
           return;

@@ -90,6 +90,11 @@ export class FloatArena {
     return this.bump === undefined ? this.next : Atomics.load(this.bump, 0);
   }
 
+  /** Bytes not allocated yet: what the next allocations can take (with share.bump, other threads' too). */
+  get free(): number {
+    return this.limit - this.used;
+  }
+
   /** `n` zeroed floats, 16-byte aligned. */
   alloc(n: number): Float32Array {
     return new Float32Array(this.memory.buffer, this.take(n * 4), n);
@@ -106,20 +111,18 @@ export class FloatArena {
   }
 
   private take(bytes: number): number {
+    const size = Math.ceil(bytes / 16) * 16;
     const b = this.bump;
-    if (b !== undefined) {
-      const size = Math.ceil(bytes / 16) * 16;
-      for (;;) {
-        const start = Atomics.load(b, 0);
-        if (start + size > this.limit) throw new RangeError(`FloatArena: expected room for ${bytes} more bytes, got ${Math.max(0, this.limit - start)}`);
-        if (Atomics.compareExchange(b, 0, start, start + size) === start) return start;
+    // With a shared pointer, retried until no other thread took room between the read and the exchange.
+    for (;;) {
+      const start = b === undefined ? this.next : Atomics.load(b, 0);
+      if (start + size > this.limit) throw new RangeError(`FloatArena: expected room for ${bytes} more bytes, got ${Math.max(0, this.limit - start)}`);
+      if (b === undefined) {
+        this.next = start + size;
+        return start;
       }
+      if (Atomics.compareExchange(b, 0, start, start + size) === start) return start;
     }
-    const start = this.next;
-    const end = start + Math.ceil(bytes / 16) * 16;
-    if (end > this.limit) throw new RangeError(`FloatArena: expected room for ${bytes} more bytes, got ${Math.max(0, this.limit - start)}`);
-    this.next = end;
-    return start;
   }
 
   /** A chunk's worth of 16-bit codes staged into the arena. */

@@ -89,7 +89,7 @@ export function allowSendRooms(arena: FloatArena): void {
  */
 export function sendRoomFor(flat: Float32Array): Buffer {
   const arena = arenaOf(flat);
-  if (arena !== undefined && ROOM_ARENAS.has(arena) && arena.used + CHUNK_MESSAGE_BYTES + STAGING_MARGIN_BYTES <= arena.memory.buffer.byteLength) {
+  if (arena !== undefined && ROOM_ARENAS.has(arena) && arena.free >= CHUNK_MESSAGE_BYTES + STAGING_MARGIN_BYTES) {
     const b = arena.allocBytes(CHUNK_MESSAGE_BYTES);
     return Buffer.from(b.buffer, b.byteOffset, b.byteLength);
   }
@@ -125,7 +125,7 @@ export function allowVersionRooms(arena: FloatArena): void {
  */
 export function versionFloats(n: number): Float32Array {
   const v = versionArena;
-  if (v !== undefined && v.versions > 0 && v.arena.used + 4 * n + TENSOR_ALIGN_BYTES + STAGING_MARGIN_BYTES <= v.arena.memory.buffer.byteLength) {
+  if (v !== undefined && v.versions > 0 && v.arena.free >= 4 * n + TENSOR_ALIGN_BYTES + STAGING_MARGIN_BYTES) {
     v.versions -= 1;
     const version = alignedWithin(v.arena.alloc(n + TENSOR_ALIGN_BYTES / 4), n);
     v.taken.set(version.byteOffset, version);
@@ -164,7 +164,7 @@ export function keepsVersion(buf: Float32Array): boolean {
 function codeRoom(room: Uint8Array | undefined): Uint8Array {
   const v = versionArena;
   if (room !== undefined && (v === undefined || room.buffer === v.arena.memory.buffer || v.codes === 0)) return room;
-  if (v !== undefined && v.codes > 0 && v.arena.used + 2 * CHUNK_FLOATS + STAGING_MARGIN_BYTES <= v.arena.memory.buffer.byteLength) {
+  if (v !== undefined && v.codes > 0 && v.arena.free >= 2 * CHUNK_FLOATS + STAGING_MARGIN_BYTES) {
     v.codes -= 1;
     return v.arena.allocBytes(2 * CHUNK_FLOATS);
   }

@@ -159,7 +159,7 @@ port.on('message', (msg: ToThread) => {
       const arena = msg.memory === undefined ? undefined : new FloatArena(0, 1, { memory: msg.memory, used: msg.used ?? 0 });
       if (arena !== undefined) {
         allowSendRooms(arena);
-        if (arena.memory.buffer.byteLength - arena.used >= SEND_ROOM_RESERVE_BYTES + versionReserveBytes(msg.floats)) allowVersionRooms(arena);
+        if (arena.free >= SEND_ROOM_RESERVE_BYTES + versionReserveBytes(msg.floats)) allowVersionRooms(arena);
       }
       flat = new Float32Array(arena?.memory.buffer ?? msg.buffer, msg.offset, msg.floats);
       return;

@@ -126,19 +126,18 @@ export class Transport extends EventEmitter {
 
   /** The gradient buffer, `floats` long, in memory both threads see (once the model is known). */
   allocateGradient(floats: number): Float32Array<ArrayBufferLike> {
-    // In a shared wasm memory (where there is SIMD) that the thread adopts as its FloatArena, with room
-    // for the 16-bit send rooms after it: the bf16/fp16 encode reads the gradient and writes the codes
-    // in place (0.50 ns a float here, against 0.78 through the encoder's staging room); and room for the
-    // weights versions (allowVersionRooms), without it where the whole would pass the 4 GiB of a memory.
-    // (Room not used costs address space only: pages are touched on use.)
     // A worker hosting a shard takes it from the memory the thread shares (TransportInit.memory) while it has room.
-    const hosting = this.memory !== undefined && this.memory.used + 4 * floats + SEND_ROOM_RESERVE_BYTES <= this.memory.memory.buffer.byteLength
-      ? this.memory.alloc(floats) : undefined;
+    const hosting = this.memory !== undefined && this.memory.free >= 4 * floats + SEND_ROOM_RESERVE_BYTES ? this.memory.alloc(floats) : undefined;
     if (hosting !== undefined) {
       this.gradient = hosting;
       this.post({ op: 'gradient', buffer: hosting.buffer as SharedArrayBuffer, offset: hosting.byteOffset, floats, inShared: true });
       return hosting;
     }
+    // Else in a shared wasm memory (where there is SIMD) that the thread adopts as its FloatArena, with room
+    // for the 16-bit send rooms after it: the bf16/fp16 encode reads the gradient and writes the codes
+    // in place (0.50 ns a float here, against 0.78 through the encoder's staging room); and room for the
+    // weights versions (allowVersionRooms), without it where the whole would pass the 4 GiB of a memory.
+    // (Room not used costs address space only: pages are touched on use.)
     const arena = tryArena(floats + (SEND_ROOM_RESERVE_BYTES + versionReserveBytes(floats)) / 4, 1, { shared: true })
       ?? tryArena(floats + SEND_ROOM_RESERVE_BYTES / 4, 1, { shared: true });
     this.gradient = arena?.alloc(floats) ?? new Float32Array(new SharedArrayBuffer(floats * 4));

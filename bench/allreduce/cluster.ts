@@ -33,8 +33,8 @@ export const median = (xs: number[]): number => {
  * CPU time (user + system, all threads, ms) and minor page faults that process `pid` (default: this one) has had
  * so far, from /proc/PID/stat; NaN where it cannot be read. The faults tell whether a run has reached its steady
  * state: on a virtual machine a page touched for the first time costs ~1 us of fault plus the host's own fault
- * (~0.2-0.3 GB/s of first touches here, where the steady step moves ~5 GB/s), and a worker's first ~10 steps
- * touch its 2.6 GB of buffers for the first time (fourteenth session).
+ * (~0.2-0.3 GB/s of first touches here, where the steady step moves ~5 GB/s); a worker touches its 2.6 GB of
+ * buffers for the first time in step 0, untimed, and ~10-1,400 pages a step after it (fourteenth session).
  */
 export function processStat(pid: number | undefined = process.pid): { cpuMs: number; minorFaults: number } {
   try {

@@ -2,7 +2,7 @@
  * bench:allreduce and bench:scaling helper: one worker process, with the worker's own
  * transport (a thread owning the sockets, worker/transport.ts). Joins each step with a
  * 138,357,544-float gradient, streams it, waits for the new weights; prints
- * the time of each weights arrival (ms, performance.now()) and the process's CPU time then as one JSON line.
+ * the time of each weights arrival (ms, performance.now()) and the process's CPU time and minor page faults then as one JSON line.
  * `--compute-ms C`: a GPU's compute time per step, simulated by waiting (a GPU leaves the
  * CPU free for communication). `--overlap`: the classifier's gradients (fc6-fc8) go out
  * when a real backward pass would have them, (1 - WINDOW_FRACTION) C into the step, and the
