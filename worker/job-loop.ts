@@ -189,6 +189,9 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
     for (;;) {
       const step = client.weightsStep;
       const reply = client.next<{ t: string; step?: number; code?: string }>(['reply']);
+      // A send refused at once (the link just dropped: ConnectionLost) leaves `reply` unawaited, and its own
+      // rejection at the drop would be unhandled and end the process: the send's error is the one that counts.
+      reply.catch(() => {});
       client.send({ t: 'join', step, jobId, lockToken: token });
       const { value } = await reply;
       if (value.t === 'joined') break;
