@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { resolveRunConfig, type RunConfig } from '../../coordinator/run-config.ts';
@@ -16,18 +17,50 @@ export function tinyRun(overrides: Partial<Record<keyof RunConfig, unknown>>): R
 
 export interface Proc { child: ChildProcess; output: () => string; exited: Promise<number | null> }
 
-/** Starts `vgg-train <args>` as a real process; its stderr is kept for failure messages. */
+/**
+ * Starts `vgg-train <args>` as a real process; its stdout and stderr are kept for failure messages.
+ * For a failure that comes only now and then (a hang): VGG_TEST_LOG_DIR=<dir> also writes each process's
+ * output to <dir>/<ms since epoch>-<pid>-<command>.log as it comes, at VGG_TEST_LOG_LEVEL (default warn).
+ */
 export function spawnCli(args: string[], env: Record<string, string> = {}): Proc {
-  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, VGG_LOG_LEVEL: 'warn', ...env } });
+  const level = process.env.VGG_TEST_LOG_LEVEL ?? 'warn';
+  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, VGG_LOG_LEVEL: level, ...env } });
+  const dir = process.env.VGG_TEST_LOG_DIR;
+  const file = dir === undefined ? undefined : createWriteStream(path.join(dir, `${Date.now()}-${child.pid}-${args.slice(0, 2).join('-')}.log`));
+  file?.write(`${args.join(' ')}\n`);
   let out = '';
-  child.stdout?.on('data', (d: Buffer) => { out += d.toString(); });
-  child.stderr?.on('data', (d: Buffer) => { out += d.toString(); });
+  const keep = (d: Buffer): void => { out += d.toString(); file?.write(d); };
+  child.stdout?.on('data', keep);
+  child.stderr?.on('data', keep);
+  child.once('close', () => file?.end());
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   return { child, output: () => out, exited };
 }
 
 export function spawnWorker(port: number, redis: string, token = 'test-token', extra: string[] = []): Proc {
   return spawnCli(['worker', 'start', '--coordinator', `ws://127.0.0.1:${port}`, '--token', token, '--redis', redis, ...extra]);
+}
+
+/**
+ * `body`, or a failure after `ms` that says what each process in `procs()` last wrote (and `context()`,
+ * e.g. the run's status): a multi-process scenario that stalls fails with what is needed to find out why
+ * instead of holding the suite until CI's limit. (The processes are left to the file's after() hook.)
+ */
+export async function withDeadline<T>(ms: number, procs: () => Proc[], body: Promise<T>, context: () => Promise<string> = async () => ''): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      void context().catch((err: Error) => `(context failed: ${err.message})`).then((c) => {
+        const tails = procs().map((p) => `--- pid ${p.child.pid} (${p.child.exitCode === null && p.child.signalCode === null ? 'running' : `exited ${p.child.exitCode ?? p.child.signalCode}`}): ${p.child.spawnargs.slice(2, 4).join(' ')}\n${p.output().slice(-4000)}`);
+        reject(new Error(`not done after ${ms} ms\n${c}\n${tails.join('\n')}`));
+      });
+    }, ms);
+  });
+  try {
+    return await Promise.race([body, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** Polls `condition` until true; fails after `timeoutMs` with `what`. */

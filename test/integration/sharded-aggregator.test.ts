@@ -10,7 +10,7 @@ import type { RunConfig } from '../../coordinator/run-config.ts';
 import { createLogger } from '../../shared/logger.ts';
 import { listCheckpoints } from '../../worker/train/checkpoint.ts';
 import { tempDir } from '../helpers/images.ts';
-import { readLedger, sampleCounts, spawnCli, spawnWorker, tinyRun, waitFor, type Proc } from '../helpers/cluster.ts';
+import { readLedger, sampleCounts, spawnCli, spawnWorker, tinyRun, waitFor, withDeadline, type Proc } from '../helpers/cluster.ts';
 
 const log = createLogger({ test: 'sharded' });
 log.level = process.env.TEST_LOG ?? 'warn';
@@ -155,27 +155,33 @@ describe('a sharded aggregator (coordinator --shards K, aggregator start --shard
   });
 
   test('a worker hosting a shard (auto) killed mid-run stops the run as a lost follower does; the survivor asks for a shard again for --resume, a worker beyond the shards only trains; no sample lost or twice', async () => {
-    const port = await freePort();
-    const ckpt = tempDir('hosted-resume');
-    const args = coordinatorArgs({ run: 'hres', port, ckpt, epochs: 2 }, ['--shards', '3', '--hosted-shards', 'true']);
-    // Workers take any free shard (--host-shard auto): two workers, two shards, both host one.
-    const hosting = () => spawnWorker(port, redis.url, 'test-token', ['--host-shard', 'auto']);
-    const c1 = spawnCli(args);
-    procs.push(c1);
-    const w1 = [hosting(), hosting()];
-    procs.push(...w1);
-    await waitFor('a checkpoint', async () => (await listCheckpoints(ckpt)).some((d) => Number(path.basename(d).slice(5)) >= 3), 120000);
-    (w1[0] as Proc).child.kill('SIGKILL');
-    assert.equal(await c1.exited, 1, c1.output());
-    assert.match(c1.output(), /aggregator shard [12]\/3 lost .*restart it and this coordinator with --resume/);
-    // The other hosting worker outlives the coordinator and asks for a shard again for the resumed run;
-    // of it and two new workers, two host the shards and the third only trains (no shard left).
-    const c2 = spawnCli([...args, '--resume']);
-    procs.push(c2);
-    const w2 = [w1[1] as Proc, hosting(), hosting()];
-    procs.push(...w2);
-    assert.equal(await c2.exited, 0, c2.output());
-    for (const w of w2) assert.equal(await w.exited, 0, w.output());
-    await assertExactlyOnce('hres', 2, TRAIN);
+    // (Once, in ~40 runs, this scenario stalled at a step of the resumed run: a deadline reports the status and every process's output.)
+    const mine: Proc[] = [];
+    await withDeadline(240_000, () => mine, hostedResume(mine), async () => formatStatus(await readStatus(redis.url, 'hres')));
   });
 });
+
+/** The hosted --resume scenario of the test above; every process it starts goes into `mine` too (the deadline's report). */
+async function hostedResume(mine: Proc[]): Promise<void> {
+  const port = await freePort();
+  const ckpt = tempDir('hosted-resume');
+  const args = coordinatorArgs({ run: 'hres', port, ckpt, epochs: 2 }, ['--shards', '3', '--hosted-shards', 'true']);
+  // Workers take any free shard (--host-shard auto): two workers, two shards, both host one.
+  const hosting = () => spawnWorker(port, redis.url, 'test-token', ['--host-shard', 'auto']);
+  const keep = (...ps: Proc[]) => { procs.push(...ps); mine.push(...ps); };
+  const c1 = spawnCli(args);
+  const w1 = [hosting(), hosting()];
+  keep(c1, ...w1);
+  await waitFor('a checkpoint', async () => (await listCheckpoints(ckpt)).some((d) => Number(path.basename(d).slice(5)) >= 3), 120000);
+  (w1[0] as Proc).child.kill('SIGKILL');
+  assert.equal(await c1.exited, 1, c1.output());
+  assert.match(c1.output(), /aggregator shard [12]\/3 lost .*restart it and this coordinator with --resume/);
+  // The other hosting worker outlives the coordinator and asks for a shard again for the resumed run;
+  // of it and two new workers, two host the shards and the third only trains (no shard left).
+  const c2 = spawnCli([...args, '--resume']);
+  const w2 = [w1[1] as Proc, hosting(), hosting()];
+  keep(c2, ...w2.slice(1));
+  assert.equal(await c2.exited, 0, c2.output());
+  for (const w of w2) assert.equal(await w.exited, 0, w.output());
+  await assertExactlyOnce('hres', 2, TRAIN);
+}
