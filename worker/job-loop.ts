@@ -52,6 +52,9 @@ export type OverlapChoice = (typeof OVERLAP_CHOICES)[number];
 
 /** Why a train job was given up. */
 class JobAbandoned extends Error {}
+/** The wait after a refused job, doubling with each refusal in a row up to the max. */
+const REFUSAL_BACKOFF_MS = 100;
+const REFUSAL_BACKOFF_MAX_MS = 3200;
 
 /**
  * One worker process: connect, build the model the run names, then loop:
@@ -317,12 +320,21 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
   const loop = async () => {
     let idleSent = -1;
     let failures = 0;
+    /** Refusals in a row (JobAbandoned): each waits twice as long as the last before the next job. */
+    let refusals = 0;
     while (!stopping) {
       try {
         if (!client.connected) {
           await client.connect(async () => stopping || (await finished()));
           await ready();
           idleSent = -1;
+          // A job taken before the link dropped may belong to a queue the coordinator has rebuilt since (a
+          // --resume obliterates the queue and adds the same job ids again): joined with it, this worker would
+          // hold the job in the new run's step while its new copy waits in the queue (another worker then takes
+          // it and is refused, again and again, and the ack fails). Back to the queue it goes (a no-op where the
+          // lock is gone); the next job is taken afresh.
+          await prefetching;
+          await releasePrefetched();
         }
         await prefetching;
         const pre = prefetched;
@@ -342,9 +354,16 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
         try {
           await trainJob(job as Job<TrainJobData>, token, pre?.batch);
           failures = 0;
+          refusals = 0;
         } catch (err) {
           // Return it at once so another worker can take it (the ledger keeps it exactly-once).
           await job.moveToWait(token).catch(() => {});
+          // Refused (the job held by another member, say): the same job is likely the next one in the queue;
+          // taking it again at once would only be refused again, as fast as Redis and the aggregator answer.
+          if (err instanceof JobAbandoned) {
+            refusals += 1;
+            await new Promise((r) => setTimeout(r, Math.min(REFUSAL_BACKOFF_MAX_MS, REFUSAL_BACKOFF_MS * 2 ** (refusals - 1))));
+          }
           if (!(err instanceof JobAbandoned || err instanceof ConnectionLost)) {
             // We may be expected in the step or half-way through a gradient: leave the step by
             // dropping the connection (the aggregator then goes on without us), rejoin afresh.

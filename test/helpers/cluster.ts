@@ -63,6 +63,18 @@ export async function withDeadline<T>(ms: number, procs: () => Proc[], body: Pro
   }
 }
 
+/**
+ * Every job these workers trained was acknowledged in its queue: none carried a job taken from a coordinator's
+ * queue into the next coordinator's run (a --resume rebuilds the queue with the same job ids; the old job's ack
+ * then fails, and its new copy waited in the queue while this worker held it in a step).
+ */
+export function assertAcksLanded(workers: Proc[]): void {
+  for (const w of workers) {
+    const failed = w.output().split('\n').filter((l) => l.includes('ack failed'));
+    if (failed.length > 0) throw new Error(`worker ${w.child.pid}: expected every ack to land, got ${failed.length} failed:\n${failed.join('\n')}`);
+  }
+}
+
 /** Polls `condition` until true; fails after `timeoutMs` with `what`. */
 export async function waitFor(what: string, condition: () => boolean | Promise<boolean>, timeoutMs = 60000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

@@ -8,7 +8,7 @@ import { freePort, startRedisServer, type RedisChild } from '../../coordinator/r
 import { createLogger } from '../../shared/logger.ts';
 import { listCheckpoints } from '../../worker/train/checkpoint.ts';
 import { tempDir } from '../helpers/images.ts';
-import { readLedger, sampleCounts, spawnCli, spawnWorker, tinyRun, waitFor, type Proc } from '../helpers/cluster.ts';
+import { assertAcksLanded, readLedger, sampleCounts, spawnCli, spawnWorker, tinyRun, waitFor, type Proc } from '../helpers/cluster.ts';
 
 const log = createLogger({ test: 'distributed-run' });
 log.level = process.env.TEST_LOG ?? 'warn';
@@ -95,7 +95,7 @@ describe('distributed runs on real Redis, BullMQ and WebSockets', () => {
     await assertExactlyOnce('churn', 3);
   });
 
-  test('the coordinator killed mid-epoch and restarted with --resume continues without repeating or skipping samples; its summary has every epoch', async () => {
+  test('the coordinator killed mid-epoch and restarted with --resume continues without repeating or skipping samples (the workers that outlived it bring no job of its queue into the new run); its summary has every epoch', async () => {
     const port = await freePort();
     const ckpt = tempDir('resume-ck');
     const args = ['coordinator', 'start', '--data', data, '--redis', redis.url, '--run', 'resume', '--port', String(port), '--token', 'test-token',
@@ -125,6 +125,7 @@ describe('distributed runs on real Redis, BullMQ and WebSockets', () => {
     assert.ok(summary.valTop1 > 0.3, `the resumed run learned: val top-1 ${summary.valTop1}`);
     await Promise.all(workers.map((w) => w.exited));
     await assertExactlyOnce('resume', 2);
+    assertAcksLanded(workers);
     assert.ok(existsSync(ckpt));
   });
 });
