@@ -98,17 +98,16 @@ export class Transport extends EventEmitter {
   private sent?: { step: number; attempt: number };
 
   /**
-   * `oneMemory` (default: `VGG_HOSTED_ONE_MEMORY`, off): with hostShard, the shard's state, the gradient and the
-   * weights versions in one memory (TransportInit.memory). Off by default for now: the fourteenth session saw one
-   * hang of the hosted --resume integration test in 3 runs of the suite with it on (none in 17 runs of that test
-   * alone, none in the suite since); see docs/ROADMAP.md.
+   * `oneMemory` (default: `VGG_HOSTED_ONE_MEMORY`, on; `=0` turns it off): with hostShard, the shard's state, the
+   * gradient and the weights versions in one memory (TransportInit.memory; hosted 2-worker steps here -17% CPU fp32,
+   * -13% bf16). Where that memory cannot be made (4 GiB of address space refused), each has a memory of its own.
    */
   constructor(o: { client: TransportInit['client']; log: Logger; metrics?: Metrics; hostShard?: TransportInit['hostShard']; putMinFloats?: number; oneMemory?: boolean }) {
     super();
     this.metrics = o.metrics;
     this.putMinFloats = o.putMinFloats ?? PUT_MIN_FLOATS;
     this.hostsShard = o.hostShard !== undefined;
-    this.memory = this.hostsShard && (o.oneMemory ?? boolEnv('VGG_HOSTED_ONE_MEMORY', false)) ? tryArena(HOSTING_MEMORY_FLOATS, 1, { shared: true, bump: true }) : undefined;
+    this.memory = this.hostsShard && (o.oneMemory ?? boolEnv('VGG_HOSTED_ONE_MEMORY', true)) ? tryArena(HOSTING_MEMORY_FLOATS, 1, { shared: true, bump: true }) : undefined;
     const init: TransportInit = { client: o.client, logBindings: o.log.bindings(), hostShard: o.hostShard, ...(this.memory === undefined ? {} : { memory: this.memory.memory }) };
     // tsx's loader is registered per thread: the bootstrap registers it, then loads the thread's module.
     const tsx = import.meta.resolve('tsx/esm/api');

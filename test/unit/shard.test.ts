@@ -283,17 +283,18 @@ describe('leader and follower shards', () => {
     assert.equal(inner.place(part, 8, part.hi - part.lo)?.length, part.hi - part.lo, 'the next step, placed');
   });
 
-  test('a worker hosting a shard with oneMemory keeps its gradient and weights versions in one memory with the shard (no staging between them); a step through it applies the mean', async (t) => {
+  for (const oneMemory of [true, false]) test(`a worker hosting a shard ${oneMemory ? 'keeps its gradient and weights versions in one memory with the shard (no staging between them, the default)' : 'with oneMemory false keeps the shard in a memory of its own'}; a step through it applies the mean`, async (t) => {
     pair = await startPair(true);
-    const tr = new Transport({ client: { url: `ws://127.0.0.1:${pair.port}`, token: 'secret', workerId: 'th', host: 'h', gpu: null, backend: 'cpu' }, log, hostShard: { shard: { index: 1, count: 2 }, host: '127.0.0.1', port: 0 }, oneMemory: true });
+    const tr = new Transport({ client: { url: `ws://127.0.0.1:${pair.port}`, token: 'secret', workerId: 'th', host: 'h', gpu: null, backend: 'cpu' }, log, hostShard: { shard: { index: 1, count: 2 }, host: '127.0.0.1', port: 0 }, ...(oneMemory ? {} : { oneMemory })});
     t.after(() => tr.close());
     await tr.connect();
     await tr.ready(pair.agg.options.modelHash);
     const n = pair.weights.length;
     const g = tr.allocateGradient(n);
     const sameMemory = (v: Float32Array) => v.buffer instanceof SharedArrayBuffer && v.buffer.byteLength === g.buffer.byteLength;
-    assert.ok(g.buffer.byteLength > 2 ** 31, 'the gradient in the hosting memory (address space for the shard, the gradient and the versions)');
-    assert.ok(sameMemory(tr.view(0, n)), 'the initial weights received into that memory (it exists before the first version)');
+    // (The hosting memory has address space for the shard, the gradient and the versions; the gradient's own is its size and room for versions.)
+    assert.equal(g.buffer.byteLength > 2 ** 31, oneMemory, `the gradient's memory: ${g.buffer.byteLength} bytes`);
+    if (oneMemory) assert.ok(sameMemory(tr.view(0, n)), 'the initial weights received into that memory (it exists before the first version)');
     for (let s = 0; s < 3; s += 1) {
       const reply = tr.next<{ t: string }>(['reply']);
       tr.send({ t: 'join', step: s, jobId: `job-${s}`, lockToken: 'tok' });
@@ -315,6 +316,7 @@ describe('leader and follower shards', () => {
         assert.ok(worst < 1e-6, `largest error ${worst}`);
       }
     }
+    if (!oneMemory) return;
     // The memory's allocation pointer (FloatArena share.bump: its first word) is past the hosted shard's weights and
     // momentum, the gradient and two versions: the shard's state came from it too.
     const range = shardRange(n, 1, 2);
