@@ -8,7 +8,7 @@ import type { Logger } from '../shared/logger.ts';
 import { WIRE_FORMATS, encode16, wireBytes, type WireFormat } from '../shared/half.ts';
 import { arenaOf, type FloatArena } from '../shared/simd.ts';
 import type { Metrics } from '../shared/metrics.ts';
-import { TENSOR_ALIGN_BYTES, alignedWithin, sharedAlignedFloats } from './host-memory.ts';
+import { TENSOR_ALIGN_BYTES, alignedWithin, copyFloats, sharedAlignedFloats } from './host-memory.ts';
 import {
   CHUNK_FLOATS, CHUNK_MESSAGE_BYTES, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, chunkHeadOf, chunkMessage, decodeFragments, encode, field, fragmentBytes, sendChunk, valuesOf,
   type BatchStats, type ClientMessage,
@@ -358,7 +358,7 @@ export class AggregatorClient extends EventEmitter {
         if (inc.next + data.length > end) {
           throw new ProtocolError('VGG_ERR_LAYOUT', `weights-chunk at ${inc.next}: expected at most ${end - inc.next} floats, got ${data.length}`);
         }
-        if (data.buffer !== inc.buf.buffer || data.byteOffset !== inc.buf.byteOffset + 4 * inc.next) inc.buf.set(data, inc.next);
+        if (data.buffer !== inc.buf.buffer || data.byteOffset !== inc.buf.byteOffset + 4 * inc.next) copyFloats(inc.buf, inc.next, data);
         advance(inc, data.length, inc.buf.length);
         return;
       }

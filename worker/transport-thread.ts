@@ -14,6 +14,7 @@ import type { Metrics } from '../shared/metrics.ts';
 import { ProtocolError, type BatchStats, type ClientMessage } from '../shared/wire-protocol.ts';
 import { FloatArena } from '../shared/simd.ts';
 import { ConnectionLost, SEND_ROOM_RESERVE_BYTES, allowSendRooms, allowVersionRooms, versionReserveBytes } from './aggregator-client.ts';
+import { copyFloats } from './host-memory.ts';
 import { ShardGroup } from './shard-group.ts';
 import { transferList, type FromThread, type ToThread, type TransportInit } from './transport.ts';
 
@@ -166,7 +167,7 @@ port.on('message', (msg: ToThread) => {
     }
     case 'put':
       // A gradient tensor's values, copied into place here while the main thread goes on (Transport.putGradient).
-      flat.set(msg.values, msg.offset);
+      copyFloats(flat, msg.offset, msg.values);
       return;
     case 'give-up':
       giveUps.get(msg.id)?.(msg.value);

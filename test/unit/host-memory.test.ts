@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { MessageChannel } from 'node:worker_threads';
-import { TENSOR_ALIGN_BYTES, alignedFloats, misalignment, reuseFreedMemory, sharedAlignedFloats } from '../../worker/host-memory.ts';
+import { TENSOR_ALIGN_BYTES, alignedFloats, copyFloats, misalignment, reuseFreedMemory, sharedAlignedFloats } from '../../worker/host-memory.ts';
 import { readRanges } from '../../worker/shard-group.ts';
 
 const MODULE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../worker/host-memory.ts');
@@ -50,6 +50,36 @@ describe('host memory (worker/native/host_memory.c)', () => {
     const plain = faultsPerRound(false);
     assert.equal(plain.applied, false);
     t.diagnostic(`faults per ${MB} MB round: ${tuned.faults} with the setting, ${plain.faults} without (${tuned.pages} pages)`);
+  });
+
+  test('copyFloats copies exactly what TypedArray.set copies: large copies (streamed) at any float alignment, into shared and plain memory, overlapping views; a destination too short is refused and left as it was', () => {
+    const n = (1 << 18) + 13; // just over 1 MiB of floats: the streamed path, with a tail
+    const src = new Float32Array(n + 8);
+    for (let i = 0; i < src.length; i += 1) src[i] = i * 0.5 - 7;
+    for (const shared of [true, false]) {
+      for (const so of [0, 1, 2, 3]) {
+        for (const dofs of [0, 1, 3]) {
+          const buf = shared ? new SharedArrayBuffer(4 * (n + 16)) : new ArrayBuffer(4 * (n + 16));
+          const dst = new Float32Array(buf, 4 * dofs, n + 8).fill(-1);
+          const expect = new Float32Array(n + 8).fill(-1);
+          const part = src.subarray(so, so + n);
+          copyFloats(dst, 2, part);
+          expect.set(part, 2);
+          assert.deepEqual(dst, expect, `shared ${shared}, source at +${so}, destination at +${dofs}`);
+        }
+      }
+    }
+    // Two views of one memory, overlapping either way: as set() leaves them.
+    for (const [from, to] of [[0, 5], [5, 0]] as const) {
+      const a = Float32Array.from(src);
+      const b = Float32Array.from(src);
+      copyFloats(a, to, a.subarray(from, from + n));
+      b.set(b.subarray(from, from + n), to);
+      assert.deepEqual(a, b, `overlapping, ${from} to ${to}`);
+    }
+    const short = new Float32Array(n).fill(3);
+    assert.throws(() => copyFloats(short, 1, src.subarray(0, n)), /copyFloats: expected 262157 floats to fit at 1 of 262157/);
+    assert.ok(short.every((v) => v === 3), 'nothing written');
   });
 
   test('VGG_HEAP_REUSE=false leaves malloc as it is; a value that is not true/false is refused', () => {

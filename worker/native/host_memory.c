@@ -25,10 +25,27 @@
  * a multiple of EIGEN_MAX_ALIGN_BYTES (16, 32 or 64 by the build's vector
  * width) and copies it otherwise, so the worker places the weights it receives
  * at 64-byte boundaries (worker/host-memory.ts, sharedAlignedFloats).
+ *
+ * streamCopy(dst, src): src's bytes into the start of dst (typed arrays over
+ * ArrayBuffers or SharedArrayBuffers), with non-temporal stores where the CPU
+ * has them (x86-64's SSE2). A store to a line not in cache first reads it
+ * (read for ownership); a non-temporal store writes the line without reading
+ * it and leaves it out of the cache. For the worker's large copies into memory
+ * read next only much later (a tensor's gradient into the gradient buffer, a
+ * hosted shard's new weights into the weights version; hundreds of MB each
+ * step, far beyond any cache) that is one memory stream of three fewer: 69M
+ * floats from a cold source 29-34 ms with memcpy against 17-21 here, from a hot
+ * 4 MiB chunk 17-23 against 12 (C probe on the development box). Throws a
+ * RangeError, copying nothing, where dst is shorter than src; overlapping
+ * ranges are copied as memmove copies them.
  */
 #include <limits.h>
 #include <stdint.h>
+#include <string.h>
 #include <node_api.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
@@ -60,11 +77,72 @@ static napi_value view_offset(napi_env env, napi_callback_info info) {
   return result;
 }
 
+static int view_of(napi_env env, napi_value v, uint8_t **data, size_t *bytes) {
+  bool is_view = false;
+  napi_typedarray_type type;
+  size_t length = 0;
+  void *p = NULL;
+  if (napi_is_typedarray(env, v, &is_view) != napi_ok || !is_view
+      || napi_get_typedarray_info(env, v, &type, &length, &p, NULL, NULL) != napi_ok) return 0;
+  static const size_t width[] = { 1, 1, 1, 2, 2, 4, 4, 4, 8, 8, 8 };
+  *data = (uint8_t *)p;
+  *bytes = length * ((size_t)type < sizeof width / sizeof width[0] ? width[type] : 1);
+  return 1;
+}
+
+static void stream_bytes(uint8_t *dst, const uint8_t *src, size_t n) {
+#if defined(__SSE2__)
+  size_t head = (16 - ((uintptr_t)dst & 15u)) & 15u;
+  if (head > n) head = n;
+  memcpy(dst, src, head);
+  dst += head;
+  src += head;
+  n -= head;
+  size_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    __m128i a = _mm_loadu_si128((const __m128i *)(src + i));
+    __m128i b = _mm_loadu_si128((const __m128i *)(src + i + 16));
+    __m128i c = _mm_loadu_si128((const __m128i *)(src + i + 32));
+    __m128i d = _mm_loadu_si128((const __m128i *)(src + i + 48));
+    _mm_stream_si128((__m128i *)(dst + i), a);
+    _mm_stream_si128((__m128i *)(dst + i + 16), b);
+    _mm_stream_si128((__m128i *)(dst + i + 32), c);
+    _mm_stream_si128((__m128i *)(dst + i + 48), d);
+  }
+  memcpy(dst + i, src + i, n - i);
+  _mm_sfence();
+#else
+  memcpy(dst, src, n);
+#endif
+}
+
+static napi_value stream_copy(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  uint8_t *dst = NULL, *src = NULL;
+  size_t dst_bytes = 0, src_bytes = 0;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2
+      || !view_of(env, argv[0], &dst, &dst_bytes) || !view_of(env, argv[1], &src, &src_bytes)) {
+    napi_throw_type_error(env, NULL, "streamCopy: expected (dst, src) typed arrays");
+    return NULL;
+  }
+  if (dst_bytes < src_bytes) {
+    napi_throw_range_error(env, NULL, "streamCopy: expected a destination at least as long as the source");
+    return NULL;
+  }
+  // Overlapping ranges (two views of one memory) are copied as memmove does.
+  if (dst < src + src_bytes && src < dst + src_bytes) memmove(dst, src, src_bytes);
+  else stream_bytes(dst, src, src_bytes);
+  return NULL;
+}
+
 NAPI_MODULE_INIT() {
   napi_value fn;
   napi_create_function(env, "reuseFreedMemory", NAPI_AUTO_LENGTH, reuse_freed_memory, NULL, &fn);
   napi_set_named_property(env, exports, "reuseFreedMemory", fn);
   napi_create_function(env, "viewOffset", NAPI_AUTO_LENGTH, view_offset, NULL, &fn);
   napi_set_named_property(env, exports, "viewOffset", fn);
+  napi_create_function(env, "streamCopy", NAPI_AUTO_LENGTH, stream_copy, NULL, &fn);
+  napi_set_named_property(env, exports, "streamCopy", fn);
   return exports;
 }
