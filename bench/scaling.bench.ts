@@ -247,7 +247,7 @@ process.stdout.write(`\nprojected with the classifier's gradients sent during th
 process.stdout.write(`\nprojected with that and --early-commit (each range's weights go out while later ranges come in; one more pass over the update):\n${tables.early.join('\n')}\n`);
 if (o.transportCpu) {
   const cells = threadProjections.map((p) => `${p.link} ${p.wire} ${p.byThreads.map((e) => pct(e).trim()).join(' / ')}`);
-  process.stdout.write(`\nthe same, 64 workers, K=N hosted, overlap, with each process's sockets spread over ${TRANSPORT_THREADS.join(' / ')} threads (not built: one thread does them now): ${cells.join(', ')}\n`);
+  process.stdout.write(`\nthe same, 64 workers, K=N hosted, overlap, with each process's sockets spread over ${TRANSPORT_THREADS.join(' / ')} threads (one by default; 2 is what VGG_HOSTED_SHARD_THREAD=1 builds, a hosted shard's sockets on a thread of their own, less the 2/N of the vector it then moves over loopback; 4 and 8 not built): ${cells.join(', ')}\n`);
 }
 if (withHost) {
   const cells = copyOutMain.map((p) => `${p.link} ${p.wire} ${pct(p.efficiency).trim()} (${pct(p.thread).trim()} on the transport thread)`);

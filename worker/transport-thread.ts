@@ -8,7 +8,7 @@
  * when the main thread is done with it.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { startFollower, type FollowerHandle } from '../coordinator/shard-follower.ts';
+import { startFollower } from '../coordinator/shard-follower.ts';
 import { createLogger } from '../shared/logger.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import { ProtocolError, type BatchStats, type ClientMessage } from '../shared/wire-protocol.ts';
@@ -16,6 +16,7 @@ import { FloatArena } from '../shared/simd.ts';
 import { ConnectionLost, SEND_ROOM_RESERVE_BYTES, allowSendRooms, allowVersionRooms, versionReserveBytes } from './aggregator-client.ts';
 import { copyFloats } from './host-memory.ts';
 import { ShardGroup } from './shard-group.ts';
+import { startFollowerOnThread } from './shard-thread.ts';
 import { transferList, type FromThread, type ToThread, type TransportInit } from './transport.ts';
 
 const port = parentPort;
@@ -37,14 +38,19 @@ if (shared !== undefined) {
 const group = new ShardGroup({ ...init.client, log, metrics });
 // The aggregator shard this worker hosts, if any: started first (the coordinator welcomes workers
 // once every shard is ready), and reached by the group in process at the URL it advertises.
-let hosted: Promise<FollowerHandle | undefined> | undefined;
+let hosted: Promise<{ done: Promise<void> } | undefined> | undefined;
 let closing = false;
 /** A shard was hosted (or declined) once: later start failures are retried, not fatal. */
 let hostedOnce = false;
 // Closing stops a start still waiting for its coordinator (after the run ended there is none to wait for).
 const stopHosting = new AbortController();
 const host = (hostShard: NonNullable<TransportInit['hostShard']>, retryMs = 1000): void => {
-  const started = startFollower({ leader: init.client.url, token: init.client.token, log, signal: stopHosting.signal, arena: shared, ...hostShard }).catch((err: Error) => {
+  const options = { leader: init.client.url, token: init.client.token, signal: stopHosting.signal, ...hostShard };
+  // (On a thread of its own, the shard allocates from the shared memory there: FloatArena's shared pointer.)
+  const start: Promise<{ done: Promise<void> }> = init.hostShardThread === true
+    ? startFollowerOnThread({ ...options, logBindings: init.logBindings, memory: init.memory })
+    : startFollower({ ...options, log, arena: shared });
+  const started = start.catch((err: Error) => {
     // --host-shard auto and every shard taken (or the run started): this worker only trains.
     if (hostShard.shard !== 'any' || !(err instanceof ProtocolError) || err.code !== 'VGG_ERR_SHARD_UNAVAILABLE') throw err;
     log.info({ reason: err.message }, 'no aggregator shard to host; training only');

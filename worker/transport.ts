@@ -33,6 +33,8 @@ export interface TransportInit {
    * `advertise`), and this worker reaches it in process (shared/local-link.ts).
    */
   hostShard?: { shard: ShardSpec | 'any'; host: string; port: number; advertise?: string };
+  /** The hosted shard on a thread of its own (worker/shard-thread.ts), reached over loopback; else on the transport thread, in process. */
+  hostShardThread?: boolean;
   /**
    * With hostShard and oneMemory: one shared wasm memory (HOSTING_MEMORY_FLOATS, touched as used) that both threads allocate
    * from through its shared pointer (FloatArena's share.bump): the hosted shard's state, the gradient, the
@@ -101,14 +103,17 @@ export class Transport extends EventEmitter {
    * `oneMemory` (default: `VGG_HOSTED_ONE_MEMORY`, on; `=0` turns it off): with hostShard, the shard's state, the
    * gradient and the weights versions in one memory (TransportInit.memory; hosted 2-worker steps here -17% CPU fp32,
    * -13% bf16). Where that memory cannot be made (4 GiB of address space refused), each has a memory of its own.
+   * `shardThread` (default: `VGG_HOSTED_SHARD_THREAD`, off): with hostShard, the shard on a thread of its own
+   * (worker/shard-thread.ts): its sockets off this worker's transport thread, its own range over loopback.
    */
-  constructor(o: { client: TransportInit['client']; log: Logger; metrics?: Metrics; hostShard?: TransportInit['hostShard']; putMinFloats?: number; oneMemory?: boolean }) {
+  constructor(o: { client: TransportInit['client']; log: Logger; metrics?: Metrics; hostShard?: TransportInit['hostShard']; putMinFloats?: number; oneMemory?: boolean; shardThread?: boolean }) {
     super();
     this.metrics = o.metrics;
     this.putMinFloats = o.putMinFloats ?? PUT_MIN_FLOATS;
     this.hostsShard = o.hostShard !== undefined;
     this.memory = this.hostsShard && (o.oneMemory ?? boolEnv('VGG_HOSTED_ONE_MEMORY', true)) ? tryArena(HOSTING_MEMORY_FLOATS, 1, { shared: true, bump: true }) : undefined;
-    const init: TransportInit = { client: o.client, logBindings: o.log.bindings(), hostShard: o.hostShard, ...(this.memory === undefined ? {} : { memory: this.memory.memory }) };
+    const hostShardThread = this.hostsShard && (o.shardThread ?? boolEnv('VGG_HOSTED_SHARD_THREAD', false));
+    const init: TransportInit = { client: o.client, logBindings: o.log.bindings(), hostShard: o.hostShard, hostShardThread, ...(this.memory === undefined ? {} : { memory: this.memory.memory }) };
     // tsx's loader is registered per thread: the bootstrap registers it, then loads the thread's module.
     const tsx = import.meta.resolve('tsx/esm/api');
     const bootstrap = `import(${JSON.stringify(tsx)}).then((t) => { t.register(); return import(${JSON.stringify(new URL('./transport-thread.ts', import.meta.url).href)}); })`;

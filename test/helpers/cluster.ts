@@ -37,8 +37,8 @@ export function spawnCli(args: string[], env: Record<string, string> = {}): Proc
   return { child, output: () => out, exited };
 }
 
-export function spawnWorker(port: number, redis: string, token = 'test-token', extra: string[] = []): Proc {
-  return spawnCli(['worker', 'start', '--coordinator', `ws://127.0.0.1:${port}`, '--token', token, '--redis', redis, ...extra]);
+export function spawnWorker(port: number, redis: string, token = 'test-token', extra: string[] = [], env: Record<string, string> = {}): Proc {
+  return spawnCli(['worker', 'start', '--coordinator', `ws://127.0.0.1:${port}`, '--token', token, '--redis', redis, ...extra], env);
 }
 
 /**

@@ -36,12 +36,12 @@ async function checkpointFile(dir: string, name: string): Promise<Float32Array> 
  * In-process coordinator with `shards - 1` follower shard processes and `workers` worker processes;
  * with cfg.hostedShards, workers 0..K-2 host the shards instead (--host-shard i/K).
  */
-async function runSharded(cfg: RunConfig, workers: number): Promise<{ summary: RunSummary; followers: Proc[]; workers: Proc[] }> {
+async function runSharded(cfg: RunConfig, workers: number, env: Record<string, string> = {}): Promise<{ summary: RunSummary; followers: Proc[]; workers: Proc[] }> {
   const coordinator = await startCoordinator(cfg, log);
   const followers = cfg.hostedShards ? [] : Array.from({ length: cfg.shards - 1 }, (_, i) => follower(coordinator.port, `${i + 1}/${cfg.shards}`));
   // The early classifier part splits across shards (fc6 is cut): every shard sees [split, end) then [0, split) of its range, or one part.
   const ws = Array.from({ length: workers }, (_, i) => spawnWorker(coordinator.port, cfg.redis, 'test-token',
-    ['--overlap', 'on', ...(cfg.hostedShards && i < cfg.shards - 1 ? ['--host-shard', `${i + 1}/${cfg.shards}`] : [])]));
+    ['--overlap', 'on', ...(cfg.hostedShards && i < cfg.shards - 1 ? ['--host-shard', `${i + 1}/${cfg.shards}`] : [])], env));
   procs.push(...ws);
   try {
     const summary = await coordinator.done;
@@ -83,7 +83,7 @@ describe('a sharded aggregator (coordinator --shards K, aggregator start --shard
     await redis.stop();
   });
 
-  test('3 shards, in their own processes or hosted by the workers (also with --early-commit), give the weights and momentum of one aggregator, bit for bit; checkpoints gather every range', async (t) => {
+  test('3 shards, in their own processes or hosted by the workers (also with --early-commit, and on threads of their own), give the weights and momentum of one aggregator, bit for bit; checkpoints gather every range', async (t) => {
     const common = { data, redis: redis.url, trainLimit: '128', valLimit: '32', seed: '4', minWorkers: '2', checkpointEvery: '1', epochs: '2' };
     const oneDir = tempDir('ck-shards-1');
     const threeDir = tempDir('ck-shards-3');
@@ -95,13 +95,16 @@ describe('a sharded aggregator (coordinator --shards K, aggregator start --shard
     // Early commit: the leader's rosters, each range's weights sent by its hosting worker once both gradients have it.
     const earlyDir = tempDir('ck-shards-early');
     const early = await runSharded(tinyRun({ ...common, run: 'she', shards: '3', hostedShards: 'true', earlyCommit: 'true', checkpointDir: earlyDir }), 2);
-    for (const r of [one, three, hosted, early]) assert.equal(r.summary.steps, 8);
+    // Each hosted shard on a thread of its own in its worker, reached by that worker over loopback.
+    const threadDir = tempDir('ck-shards-thread');
+    const thread = await runSharded(tinyRun({ ...common, run: 'sht', shards: '3', hostedShards: 'true', checkpointDir: threadDir }), 2, { VGG_HOSTED_SHARD_THREAD: '1' });
+    for (const r of [one, three, hosted, early, thread]) assert.equal(r.summary.steps, 8);
     for (const f of three.followers) assert.equal(await f.exited, 0, `a follower leaves cleanly when the run ends\n${f.output()}`);
-    for (const w of hosted.workers) assert.equal(await w.exited, 0, `a worker hosting a shard leaves cleanly when the run ends\n${w.output()}`);
-    for (const run of ['sh1', 'sh3', 'shh', 'she']) await assertExactlyOnce(run, 2, 128);
+    for (const w of [...hosted.workers, ...thread.workers]) assert.equal(await w.exited, 0, `a worker hosting a shard leaves cleanly when the run ends\n${w.output()}`);
+    for (const run of ['sh1', 'sh3', 'shh', 'she', 'sht']) await assertExactlyOnce(run, 2, 128);
     for (const file of ['weights.bin', 'momentum.bin']) {
       const a = await checkpointFile(oneDir, file);
-      for (const dir of [threeDir, hostedDir, earlyDir]) {
+      for (const dir of [threeDir, hostedDir, earlyDir, threadDir]) {
         const b = await checkpointFile(dir, file);
         assert.equal(a.length, b.length);
         let differ = 0;
@@ -122,6 +125,7 @@ describe('a sharded aggregator (coordinator --shards K, aggregator start --shard
     assert.equal(three.summary.valTop1, one.summary.valTop1);
     assert.equal(hosted.summary.valTop1, one.summary.valTop1);
     assert.equal(early.summary.valTop1, one.summary.valTop1);
+    assert.equal(thread.summary.valTop1, one.summary.valTop1);
   });
 
   test('a worker killed mid-step does not stall a sharded run; a lost follower stops the run, and --resume with a new one repeats and skips no sample', async () => {

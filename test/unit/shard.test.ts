@@ -4,6 +4,7 @@ import { Aggregator } from '../../coordinator/aggregator.ts';
 import { decision, startFollower, type FollowerHandle } from '../../coordinator/shard-follower.ts';
 import { ShardLeader } from '../../coordinator/shard-leader.ts';
 import { FlatMomentumSgd } from '../../shared/flat-sgd.ts';
+import { createMetrics } from '../../shared/metrics.ts';
 import { buildLayout, modelHash } from '../../shared/param-layout.ts';
 import { parseShard, shardRange, sliceLayout } from '../../shared/shard.ts';
 import { TINY_VGG_A, resolveModelConfig } from '../../shared/vgg-configs.ts';
@@ -283,9 +284,15 @@ describe('leader and follower shards', () => {
     assert.equal(inner.place(part, 8, part.hi - part.lo)?.length, part.hi - part.lo, 'the next step, placed');
   });
 
-  for (const oneMemory of [true, false]) test(`a worker hosting a shard ${oneMemory ? 'keeps its gradient and weights versions in one memory with the shard (no staging between them, the default)' : 'with oneMemory false keeps the shard in a memory of its own'}; a step through it applies the mean`, async (t) => {
+  const hostings = [
+    { oneMemory: true, shardThread: false, what: 'keeps its gradient and weights versions in one memory with the shard (no staging between them, the default)' },
+    { oneMemory: false, shardThread: false, what: 'with oneMemory false keeps the shard in a memory of its own' },
+    { oneMemory: true, shardThread: true, what: 'with shardThread runs the shard on a thread of its own, in the same memory' },
+  ];
+  for (const { oneMemory, shardThread, what } of hostings) test(`a worker hosting a shard ${what}; a step through it applies the mean`, async (t) => {
     pair = await startPair(true);
-    const tr = new Transport({ client: { url: `ws://127.0.0.1:${pair.port}`, token: 'secret', workerId: 'th', host: 'h', gpu: null, backend: 'cpu' }, log, hostShard: { shard: { index: 1, count: 2 }, host: '127.0.0.1', port: 0 }, ...(oneMemory ? {} : { oneMemory })});
+    const metrics = createMetrics({ role: 'test' });
+    const tr = new Transport({ client: { url: `ws://127.0.0.1:${pair.port}`, token: 'secret', workerId: 'th', host: 'h', gpu: null, backend: 'cpu' }, log, metrics, hostShard: { shard: { index: 1, count: 2 }, host: '127.0.0.1', port: 0 }, ...(oneMemory ? {} : { oneMemory }), ...(shardThread ? { shardThread } : {}) });
     t.after(() => tr.close());
     await tr.connect();
     await tr.ready(pair.agg.options.modelHash);
@@ -316,6 +323,9 @@ describe('leader and follower shards', () => {
         assert.ok(worst < 1e-6, `largest error ${worst}`);
       }
     }
+    // Socket bytes (the in-process link's are not counted): the shard's range too only when the shard is on its own thread.
+    const sent = (await metrics.sentBytes.get()).values[0]?.value ?? 0;
+    assert.equal(sent >= 3 * 4 * n, shardThread, `${sent} bytes sent over sockets in 3 steps of ${n} floats`);
     if (!oneMemory) return;
     // The memory's allocation pointer (FloatArena share.bump: its first word) is past the hosted shard's weights and
     // momentum, the gradient and two versions: the shard's state came from it too.
