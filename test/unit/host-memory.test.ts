@@ -4,7 +4,8 @@ import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { MessageChannel } from 'node:worker_threads';
-import { TENSOR_ALIGN_BYTES, alignedFloats, copyFloats, misalignment, reuseFreedMemory, sharedAlignedFloats } from '../../worker/host-memory.ts';
+import { decodeBf16Scalar } from '../../shared/half.ts';
+import { TENSOR_ALIGN_BYTES, alignedFloats, copyFloats, misalignment, reuseFreedMemory, sharedAlignedFloats, streamDecodeBf16 } from '../../worker/host-memory.ts';
 import { readRanges } from '../../worker/shard-group.ts';
 
 const MODULE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../worker/host-memory.ts');
@@ -80,6 +81,31 @@ describe('host memory (worker/native/host_memory.c)', () => {
     const short = new Float32Array(n).fill(3);
     assert.throws(() => copyFloats(short, 1, src.subarray(0, n)), /copyFloats: expected 262157 floats to fit at 1 of 262157/);
     assert.ok(short.every((v) => v === 3), 'nothing written');
+  });
+
+  test('streamDecodeBf16 decodes exactly as the scalar reference at any float alignment (every code, NaN and Inf included); small, overlapping or short inputs are left to the caller or refused', () => {
+    const n = (1 << 18) + 11;
+    const codes = new Uint16Array(n + 4);
+    for (let i = 0; i < codes.length; i += 1) codes[i] = (i * 40503) & 0xffff; // every code, in a scrambled order
+    for (const shared of [true, false]) {
+      for (const so of [0, 1, 3]) {
+        for (const dofs of [0, 1, 2, 3]) {
+          const buf = shared ? new SharedArrayBuffer(4 * (n + 8)) : new ArrayBuffer(4 * (n + 8));
+          const out = new Float32Array(buf, 4 * dofs, n + 4).fill(-1);
+          const src = codes.subarray(so, so + n);
+          assert.equal(streamDecodeBf16(src, out), true);
+          const expect = new Float32Array(n + 4).fill(-1);
+          decodeBf16Scalar(src, expect);
+          assert.deepEqual(new Uint32Array(out.buffer, out.byteOffset, n + 4), new Uint32Array(expect.buffer), `shared ${shared}, codes at +${so}, floats at +${dofs}`);
+        }
+      }
+    }
+    assert.equal(streamDecodeBf16(codes.subarray(0, 1000), new Float32Array(1000)), false, 'under 1 MiB of floats: the caller decodes');
+    const both = new ArrayBuffer(8 * n);
+    const overlapping = new Float32Array(both, 0, n);
+    assert.equal(streamDecodeBf16(new Uint16Array(both, 4, n), overlapping), false, 'overlapping: nothing written');
+    assert.ok(overlapping.every((v) => v === 0));
+    assert.throws(() => streamDecodeBf16(codes.subarray(0, n), new Float32Array(n - 1)), /streamDecodeBf16: expected room for 262155 floats, got 262154/);
   });
 
   test('VGG_HEAP_REUSE=false leaves malloc as it is; a value that is not true/false is refused', () => {

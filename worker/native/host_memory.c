@@ -38,6 +38,11 @@
  * 4 MiB chunk 17-23 against 12 (C probe on the development box). Throws a
  * RangeError, copying nothing, where dst is shorter than src; overlapping
  * ranges are copied as memmove copies them.
+ *
+ * streamDecodeBf16(dst, src) -> boolean: bfloat16 codes (a Uint16Array) to
+ * fp32 into the start of dst, with non-temporal stores: 138M floats into a cold
+ * version 24-26 ms against 34-37 with plain stores (C probe). False, nothing
+ * written, where the ranges overlap.
  */
 #include <limits.h>
 #include <stdint.h>
@@ -136,6 +141,47 @@ static napi_value stream_copy(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* bfloat16 codes to fp32 (a code is the float's top 16 bits) with streaming stores: the weights version a worker
+ * decodes into is far beyond any cache, as in streamCopy. */
+static void stream_bf16(uint32_t *dst, const uint16_t *src, size_t n) {
+  size_t i = 0;
+#if defined(__SSE2__)
+  for (; i < n && ((uintptr_t)(dst + i) & 15u) != 0; i += 1) dst[i] = (uint32_t)src[i] << 16;
+  const __m128i zero = _mm_setzero_si128();
+  for (; i + 8 <= n; i += 8) {
+    __m128i c = _mm_loadu_si128((const __m128i *)(src + i));
+    _mm_stream_si128((__m128i *)(dst + i), _mm_unpacklo_epi16(zero, c));
+    _mm_stream_si128((__m128i *)(dst + i + 4), _mm_unpackhi_epi16(zero, c));
+  }
+  _mm_sfence();
+#endif
+  for (; i < n; i += 1) dst[i] = (uint32_t)src[i] << 16;
+}
+
+static napi_value stream_decode_bf16(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  uint8_t *dst = NULL, *src = NULL;
+  size_t dst_bytes = 0, src_bytes = 0;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2
+      || !view_of(env, argv[0], &dst, &dst_bytes) || !view_of(env, argv[1], &src, &src_bytes)
+      || ((uintptr_t)dst & 3u) != 0 || ((uintptr_t)src & 1u) != 0) {
+    napi_throw_type_error(env, NULL, "streamDecodeBf16: expected (dst Float32Array, src Uint16Array)");
+    return NULL;
+  }
+  size_t n = src_bytes / 2;
+  if (dst_bytes < 4 * n) {
+    napi_throw_range_error(env, NULL, "streamDecodeBf16: expected a destination of at least twice the codes' bytes");
+    return NULL;
+  }
+  napi_value done;
+  // Overlapping ranges: not decoded here (false); the caller decodes them its own way.
+  bool overlap = dst < src + src_bytes && src < dst + 4 * n;
+  if (!overlap) stream_bf16((uint32_t *)dst, (const uint16_t *)src, n);
+  napi_get_boolean(env, !overlap, &done);
+  return done;
+}
+
 NAPI_MODULE_INIT() {
   napi_value fn;
   napi_create_function(env, "reuseFreedMemory", NAPI_AUTO_LENGTH, reuse_freed_memory, NULL, &fn);
@@ -144,5 +190,7 @@ NAPI_MODULE_INIT() {
   napi_set_named_property(env, exports, "viewOffset", fn);
   napi_create_function(env, "streamCopy", NAPI_AUTO_LENGTH, stream_copy, NULL, &fn);
   napi_set_named_property(env, exports, "streamCopy", fn);
+  napi_create_function(env, "streamDecodeBf16", NAPI_AUTO_LENGTH, stream_decode_bf16, NULL, &fn);
+  napi_set_named_property(env, exports, "streamDecodeBf16", fn);
   return exports;
 }
