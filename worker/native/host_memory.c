@@ -121,13 +121,18 @@ static void stream_bytes(uint8_t *dst, const uint8_t *src, size_t n) {
 #endif
 }
 
-static napi_value stream_copy(napi_env env, napi_callback_info info) {
+/* The call's two typed-array arguments (dst, src): their addresses and byte lengths; 0 where they are not that. */
+static int two_views(napi_env env, napi_callback_info info, uint8_t **dst, size_t *dst_bytes, uint8_t **src, size_t *src_bytes) {
   size_t argc = 2;
   napi_value argv[2];
+  return napi_get_cb_info(env, info, &argc, argv, NULL, NULL) == napi_ok && argc >= 2
+      && view_of(env, argv[0], dst, dst_bytes) && view_of(env, argv[1], src, src_bytes);
+}
+
+static napi_value stream_copy(napi_env env, napi_callback_info info) {
   uint8_t *dst = NULL, *src = NULL;
   size_t dst_bytes = 0, src_bytes = 0;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2
-      || !view_of(env, argv[0], &dst, &dst_bytes) || !view_of(env, argv[1], &src, &src_bytes)) {
+  if (!two_views(env, info, &dst, &dst_bytes, &src, &src_bytes)) {
     napi_throw_type_error(env, NULL, "streamCopy: expected (dst, src) typed arrays");
     return NULL;
   }
@@ -159,13 +164,9 @@ static void stream_bf16(uint32_t *dst, const uint16_t *src, size_t n) {
 }
 
 static napi_value stream_decode_bf16(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
   uint8_t *dst = NULL, *src = NULL;
   size_t dst_bytes = 0, src_bytes = 0;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2
-      || !view_of(env, argv[0], &dst, &dst_bytes) || !view_of(env, argv[1], &src, &src_bytes)
-      || ((uintptr_t)dst & 3u) != 0 || ((uintptr_t)src & 1u) != 0) {
+  if (!two_views(env, info, &dst, &dst_bytes, &src, &src_bytes) || ((uintptr_t)dst & 3u) != 0 || ((uintptr_t)src & 1u) != 0) {
     napi_throw_type_error(env, NULL, "streamDecodeBf16: expected (dst Float32Array, src Uint16Array)");
     return NULL;
   }
