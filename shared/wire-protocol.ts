@@ -238,13 +238,14 @@ export function floatsOf(data: Uint8Array, scratch?: Float32Array): Float32Array
 
 /**
  * A chunk's values as fp32 for the run's wire format: fp32 as a zero-copy view
- * (see floatsOf), 16-bit codes decoded into `scratch` (at least as long).
+ * (see floatsOf), 16-bit codes decoded into `scratch` (at least as long) by
+ * `decode` (default decode16; a worker's weights version is decoded its own way).
  */
-export function valuesOf(data: Uint8Array, wire: WireFormat, scratch: Float32Array): Float32Array {
+export function valuesOf(data: Uint8Array, wire: WireFormat, scratch: Float32Array, decode: typeof decode16 = decode16): Float32Array {
   if (wire === 'fp32') return floatsOf(data, scratch);
   const codes = codesOf(data, wire, scratch.length);
   const out = scratch.subarray(0, codes.length);
-  decode16(wire, codes, out);
+  decode(wire, codes, out);
   return out;
 }
 

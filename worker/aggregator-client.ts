@@ -10,7 +10,7 @@ import { arenaOf, type FloatArena } from '../shared/simd.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import { TENSOR_ALIGN_BYTES, alignedWithin, copyFloats, sharedAlignedFloats, streamDecodeBf16 } from './host-memory.ts';
 import {
-  CHUNK_FLOATS, CHUNK_MESSAGE_BYTES, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, chunkHeadOf, chunkMessage, codesOf, decodeFragments, encode, field, fragmentBytes, sendChunk, valuesOf,
+  CHUNK_FLOATS, CHUNK_MESSAGE_BYTES, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, chunkHeadOf, chunkMessage, decodeFragments, encode, field, fragmentBytes, sendChunk, valuesOf,
   type BatchStats, type ClientMessage,
 } from '../shared/wire-protocol.ts';
 
@@ -171,13 +171,10 @@ function codeRoom(room: Uint8Array | undefined): Uint8Array {
   return room ?? new Uint8Array(2 * CHUNK_FLOATS);
 }
 
-/** A bf16 weights chunk's codes decoded into `room` (streaming stores for a large one: the version is cold). */
-function bf16Into(raw: Uint8Array, room: Float32Array): Float32Array {
-  const codes = codesOf(raw, 'bf16', room.length);
-  const out = room.subarray(0, codes.length);
-  if (!streamDecodeBf16(codes, out)) decode16('bf16', codes, out);
-  return out;
-}
+/** A weights chunk's 16-bit codes decoded into the version (bf16 with streaming stores where large: the version is cold). */
+const decodeWeights: typeof decode16 = (wire, codes, out) => {
+  if (wire !== 'bf16' || !streamDecodeBf16(codes, out)) decode16(wire, codes, out);
+};
 
 /**
  * The worker's end of the all-reduce: handshake, receiving weight versions,
@@ -361,7 +358,7 @@ export class AggregatorClient extends EventEmitter {
         const raw = field<Uint8Array>(msg, 'data', 'bytes');
         if (inc === undefined || msg.step !== inc.step || msg.offset !== inc.next) return;
         // 16-bit codes are decoded straight into place; fp32 values are there already (weightsRoom) or copied there.
-        const data = this.wire === 'bf16' ? bf16Into(raw, inc.buf.subarray(inc.next, inc.next + CHUNK_FLOATS)) : valuesOf(raw, this.wire, inc.buf.subarray(inc.next, inc.next + CHUNK_FLOATS));
+        const data = valuesOf(raw, this.wire, inc.buf.subarray(inc.next, inc.next + CHUNK_FLOATS), decodeWeights);
         const end = runEnd(inc, inc.buf.length);
         if (inc.next + data.length > end) {
           throw new ProtocolError('VGG_ERR_LAYOUT', `weights-chunk at ${inc.next}: expected at most ${end - inc.next} floats, got ${data.length}`);

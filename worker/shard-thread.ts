@@ -11,11 +11,12 @@
  * The transport thread calls startFollowerOnThread; this module, loaded as the thread's main, runs
  * startFollower there (in the memory the worker shares, when it has one) and reports back.
  */
-import { Worker, parentPort, workerData } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
 import { startFollower, type FollowerOptions } from '../coordinator/shard-follower.ts';
 import { createLogger } from '../shared/logger.ts';
 import { FloatArena } from '../shared/simd.ts';
 import { ProtocolError } from '../shared/wire-protocol.ts';
+import { tsThread } from './ts-thread.ts';
 
 interface ThreadInit {
   hostedShardThread: true;
@@ -42,9 +43,7 @@ export function startFollowerOnThread(o: ThreadInit['follower'] & { logBindings:
     logBindings: o.logBindings,
     ...(o.memory === undefined ? {} : { memory: o.memory }),
   };
-  const tsx = import.meta.resolve('tsx/esm/api');
-  const bootstrap = `import(${JSON.stringify(tsx)}).then((t) => { t.register(); return import(${JSON.stringify(import.meta.url)}); })`;
-  const thread = new Worker(bootstrap, { eval: true, workerData: init });
+  const thread = tsThread(import.meta.url, init);
   // The transport thread decides how long the process serves (it waits for `done`): this one keeps nothing alive.
   thread.unref();
   o.signal?.addEventListener('abort', () => thread.postMessage({ op: 'stop' }), { once: true });

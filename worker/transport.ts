@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import type { Logger } from '../shared/logger.ts';
 import { busyMeter, type Metrics } from '../shared/metrics.ts';
 import { boolEnv } from '../shared/option-parsers.ts';
@@ -8,6 +8,7 @@ import { ProtocolError, type BatchStats, type ClientMessage } from '../shared/wi
 import { tryArena, type FloatArena } from '../shared/simd.ts';
 import { ConnectionLost, SEND_ROOM_RESERVE_BYTES, nextEvent, versionReserveBytes, weightsOf, type GradientSplit } from './aggregator-client.ts';
 import { readRanges, type WeightsRange } from './shard-group.ts';
+import { tsThread } from './ts-thread.ts';
 
 /**
  * The shortest gradient tensor worth handing to the transport thread (putGradient): 1 MB. A message per
@@ -114,10 +115,7 @@ export class Transport extends EventEmitter {
     this.memory = this.hostsShard && (o.oneMemory ?? boolEnv('VGG_HOSTED_ONE_MEMORY', true)) ? tryArena(HOSTING_MEMORY_FLOATS, 1, { shared: true, bump: true }) : undefined;
     const hostShardThread = this.hostsShard && (o.shardThread ?? boolEnv('VGG_HOSTED_SHARD_THREAD', false));
     const init: TransportInit = { client: o.client, logBindings: o.log.bindings(), hostShard: o.hostShard, hostShardThread, ...(this.memory === undefined ? {} : { memory: this.memory.memory }) };
-    // tsx's loader is registered per thread: the bootstrap registers it, then loads the thread's module.
-    const tsx = import.meta.resolve('tsx/esm/api');
-    const bootstrap = `import(${JSON.stringify(tsx)}).then((t) => { t.register(); return import(${JSON.stringify(new URL('./transport-thread.ts', import.meta.url).href)}); })`;
-    this.thread = new Worker(bootstrap, { eval: true, workerData: init });
+    this.thread = tsThread(new URL('./transport-thread.ts', import.meta.url).href, init);
     this.busyRatio = busyMeter(this.thread.performance.eventLoopUtilization.bind(this.thread.performance));
     this.thread.on('message', (m: FromThread & { sent: number; received: number }) => this.onMessage(m));
     this.thread.on('error', (err) => {

@@ -66,22 +66,7 @@ static napi_value reuse_freed_memory(napi_env env, napi_callback_info info) {
   return result;
 }
 
-static napi_value view_offset(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  bool is_view = false;
-  void *data = NULL;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1
-      || napi_is_typedarray(env, argv[0], &is_view) != napi_ok || !is_view
-      || napi_get_typedarray_info(env, argv[0], NULL, NULL, &data, NULL, NULL) != napi_ok) {
-    napi_throw_type_error(env, NULL, "viewOffset: expected a typed array");
-    return NULL;
-  }
-  napi_value result;
-  napi_create_uint32(env, (uint32_t)((uintptr_t)data & 4095u), &result);
-  return result;
-}
-
+/* A typed array's address and length in bytes (over an ArrayBuffer or a SharedArrayBuffer); 0 where v is not one. */
 static int view_of(napi_env env, napi_value v, uint8_t **data, size_t *bytes) {
   bool is_view = false;
   napi_typedarray_type type;
@@ -93,6 +78,20 @@ static int view_of(napi_env env, napi_value v, uint8_t **data, size_t *bytes) {
   *data = (uint8_t *)p;
   *bytes = length * ((size_t)type < sizeof width / sizeof width[0] ? width[type] : 1);
   return 1;
+}
+
+static napi_value view_offset(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  uint8_t *data = NULL;
+  size_t bytes = 0;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 || !view_of(env, argv[0], &data, &bytes)) {
+    napi_throw_type_error(env, NULL, "viewOffset: expected a typed array");
+    return NULL;
+  }
+  napi_value result;
+  napi_create_uint32(env, (uint32_t)((uintptr_t)data & 4095u), &result);
+  return result;
 }
 
 static void stream_bytes(uint8_t *dst, const uint8_t *src, size_t n) {
