@@ -9,6 +9,7 @@
  * torch.optim.SGD and the single-process trainer's tfjs ops.
  */
 
+import { streamPut } from '../worker/host-memory.ts';
 import { KernelPool, type PoolOp } from './kernel-pool.ts';
 
 /** Float32Array views into one wasm memory, and the kernels that run on them. */
@@ -159,6 +160,8 @@ export class FloatArena {
    * the sum not read); false when a code is NaN or Inf.
    */
   accumulateBf16(sum: Float32Array, offset: number, codes: Uint16Array, n: number, put = false): boolean {
+    const streamed = put ? streamPut(sum.subarray(offset, offset + codes.length), codes, n) : undefined;
+    if (streamed !== undefined) return streamed;
     const c = this.staged16(codes);
     const len = c.length;
     const body = len - (len % 8);
@@ -228,6 +231,9 @@ export class FloatArena {
    * g outside the arena is staged into it first (one memcpy per chunk).
    */
   accumulate(sum: Float32Array, offset: number, g: Float32Array, n: number, put = false): boolean {
+    // The first contribution from 1 MiB on: streaming stores (the sum is read next at the commit; worker/host-memory.ts).
+    const streamed = put ? streamPut(sum.subarray(offset, offset + g.length), g, n) : undefined;
+    if (streamed !== undefined) return streamed;
     g = this.staged32(g);
     const len = g.length;
     const body = len - (len % 4);

@@ -6,7 +6,7 @@ import { boolEnv } from '../shared/option-parsers.ts';
 
 const ADDON = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../build/host_memory.node');
 
-interface Addon { reuseFreedMemory: () => boolean; viewOffset: (view: Uint8Array) => number; streamCopy: (dst: ArrayBufferView, src: ArrayBufferView) => void; streamDecodeBf16: (dst: Float32Array, src: Uint16Array) => boolean }
+interface Addon { reuseFreedMemory: () => boolean; viewOffset: (view: Uint8Array) => number; streamCopy: (dst: ArrayBufferView, src: ArrayBufferView) => void; streamDecodeBf16: (dst: Float32Array, src: Uint16Array) => boolean; streamPut: (dst: Float32Array, src: Float32Array | Uint16Array, k: number) => boolean | undefined }
 let addon: Addon | null | undefined;
 /** worker/native/host_memory.c, loaded once per thread; null where it is not built. */
 function load(): Addon | null {
@@ -120,4 +120,17 @@ function alignedIn(buffer: ArrayBufferLike, n: number): Float32Array {
   const offset = offsetAt(buffer, 0);
   const skip = offset === undefined ? 0 : (TENSOR_ALIGN_BYTES - offset) % TENSOR_ALIGN_BYTES;
   return new Float32Array(buffer, skip, n);
+}
+
+/**
+ * dst[i] = 0 + k * src[i] (src floats, or bfloat16 codes) with non-temporal stores: the first contribution to a
+ * range of an aggregator's gradient sum, read next only at the commit (the addon's streamPut, bit for bit the SIMD
+ * kernels' put and putbf16; 69M floats 18 against 24.6 ms with plain stores from a cold source, 11.4 against 16.7
+ * from a hot 4 MiB chunk, a C probe here). Whether src was finite (no NaN, no Inf), or undefined, nothing written,
+ * for fewer than 1 MiB of floats, without the addon, or where the two overlap: the caller puts them its own way.
+ */
+export function streamPut(dst: Float32Array, src: Float32Array | Uint16Array, k: number): boolean | undefined {
+  if (src.length * 4 < STREAM_MIN_BYTES) return undefined;
+  if (dst.length < src.length) throw new RangeError(`streamPut: expected room for ${src.length} floats, got ${dst.length}`);
+  return load()?.streamPut(dst, src, k) ?? undefined;
 }

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { MessageChannel } from 'node:worker_threads';
 import { decodeBf16Scalar } from '../../shared/half.ts';
-import { TENSOR_ALIGN_BYTES, alignedFloats, copyFloats, misalignment, reuseFreedMemory, sharedAlignedFloats, streamDecodeBf16 } from '../../worker/host-memory.ts';
+import { TENSOR_ALIGN_BYTES, alignedFloats, copyFloats, misalignment, reuseFreedMemory, sharedAlignedFloats, streamDecodeBf16, streamPut } from '../../worker/host-memory.ts';
 import { readRanges } from '../../worker/shard-group.ts';
 
 const MODULE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../worker/host-memory.ts');
@@ -106,6 +106,58 @@ describe('host memory (worker/native/host_memory.c)', () => {
     assert.equal(streamDecodeBf16(new Uint16Array(both, 4, n), overlapping), false, 'overlapping: nothing written');
     assert.ok(overlapping.every((v) => v === 0));
     assert.throws(() => streamDecodeBf16(codes.subarray(0, n), new Float32Array(n - 1)), /streamDecodeBf16: expected room for 262155 floats, got 262154/);
+  });
+
+  test('streamPut stores 0 + k g as fp32 operations do (bit patterns of every kind, -0, subnormals; every bfloat16 code) at any alignment, and tells a NaN or an Inf wherever it lies; small, overlapping or short inputs are left to the caller or refused', () => {
+    const n = (1 << 18) + 11;
+    const bits = new Uint32Array(n + 4);
+    let x = 12345;
+    for (let i = 0; i < bits.length; i += 1) {
+      x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+      // Finite patterns (exponent below all-ones): normals, subnormals and zeros of both signs.
+      bits[i] = i % 97 === 0 ? (i % 2) << 31 : i % 89 === 0 ? x & 0x807fffff : x & 0xbfffffff;
+    }
+    const floats = new Float32Array(bits.buffer);
+    const codes = new Uint16Array(n + 4);
+    for (let i = 0; i < codes.length; i += 1) codes[i] = (i * 40503) & 0xffff; // every code, in a scrambled order
+    const finiteCodes = codes.map((c) => ((c & 0x7f80) === 0x7f80 ? c & 0xff7f : c));
+    const f = Math.fround;
+    const reference = (src: Float32Array, k: number) => src.map((g) => f(0 + f(k * g)));
+    for (const shared of [true, false]) {
+      for (const so of [0, 1, 3]) {
+        for (const dofs of [0, 1, 2, 3]) {
+          const buf = shared ? new SharedArrayBuffer(4 * (n + 8)) : new ArrayBuffer(4 * (n + 8));
+          const out = new Float32Array(buf, 4 * dofs, n + 4).fill(Number.NaN);
+          const src = floats.subarray(so, so + n);
+          assert.equal(streamPut(out, src, 3), true, `floats at +${so} into +${dofs}`);
+          const expect = new Float32Array(n + 4).fill(Number.NaN);
+          expect.set(reference(src, 3));
+          assert.deepEqual(new Uint32Array(out.buffer, out.byteOffset, n + 4), new Uint32Array(expect.buffer), `shared ${shared}, floats at +${so} into +${dofs}`);
+          const c = finiteCodes.subarray(so, so + n);
+          out.fill(Number.NaN);
+          assert.equal(streamPut(out, c, 5), true, `codes at +${so} into +${dofs}`);
+          const decoded = new Float32Array(n);
+          decodeBf16Scalar(c, decoded);
+          expect.set(reference(decoded, 5));
+          assert.deepEqual(new Uint32Array(out.buffer, out.byteOffset, n + 4), new Uint32Array(expect.buffer), `shared ${shared}, codes at +${so} into +${dofs}`);
+        }
+      }
+    }
+    const out = new Float32Array(n);
+    assert.equal(streamPut(out, codes.subarray(0, n), 1), false, 'every code: NaN and Inf among them');
+    for (const at of [0, 1, 2, 1000, n - 2, n - 1]) {
+      for (const bad of [Number.NaN, Infinity, -Infinity]) {
+        const g = floats.slice(0, n);
+        g[at] = bad;
+        assert.equal(streamPut(out, g, 1), false, `${bad} at ${at}`);
+      }
+    }
+    assert.equal(streamPut(new Float32Array(1000), floats.subarray(0, 1000), 1), undefined, 'under 1 MiB of floats: the caller puts');
+    const both = new ArrayBuffer(8 * n);
+    const overlapping = new Float32Array(both, 0, n);
+    assert.equal(streamPut(overlapping, new Float32Array(both, 4, n).fill(1), 2), undefined, 'overlapping: nothing written');
+    assert.ok(overlapping.subarray(0, 1).every((v) => v === 0) && overlapping[1] === 1);
+    assert.throws(() => streamPut(new Float32Array(n - 1), floats.subarray(0, n), 1), /streamPut: expected room for 262155 floats, got 262154/);
   });
 
   test('VGG_HEAP_REUSE=false leaves malloc as it is; a value that is not true/false is refused', () => {

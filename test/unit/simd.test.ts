@@ -43,15 +43,16 @@ describe('the SIMD kernels (FloatArena)', () => {
   });
 
   test('put stores 0 + n g without reading the sum (stale NaN there is not seen), bit for bit what accumulate into zeros gives, fp32 and bf16', () => {
-    const arena = new FloatArena(1 << 21);
-    for (const [offset, len] of [[0, 1024], [3, 1021], [16, 7], [5, 1]] as const) {
+    const arena = new FloatArena(1 << 22);
+    // (From 2^18 floats on, the put is the addon's streamPut, with streaming stores.)
+    for (const [offset, len] of [[0, 1024], [3, 1021], [16, 7], [5, 1], [3, (1 << 18) + 5]] as const) {
       const g = wave(len, 7);
       g[0] = -0; // 0 + (-0) is +0, as the zeroed sum gave
       const codes = new Uint16Array(len);
       encodeBf16(g, codes);
       for (const kind of ['fp32', 'bf16'] as const) {
-        const stale = arena.alloc(2048).fill(Number.NaN);
-        const zeros = arena.alloc(2048);
+        const stale = arena.alloc(offset + len + 16).fill(Number.NaN);
+        const zeros = arena.alloc(offset + len + 16);
         const put = kind === 'fp32' ? arena.accumulate(stale, offset, g, 3, true) : arena.accumulateBf16(stale, offset, codes, 3, true);
         const add = kind === 'fp32' ? arena.accumulate(zeros, offset, g, 3) : arena.accumulateBf16(zeros, offset, codes, 3);
         assert.equal(put, true, `${kind} offset ${offset}`);
