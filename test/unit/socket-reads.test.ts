@@ -8,7 +8,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import WebSocket, { WebSocketServer } from 'ws';
 import { gatherFrames, inPlaceOf, receiverOf } from '../../shared/frame-slot.ts';
-import { READ_BYTES, readIntoOneBuffer } from '../../shared/socket-reads.ts';
+import { NEXT_HEAD_READ_BYTES, READ_BYTES, readIntoOneBuffer } from '../../shared/socket-reads.ts';
+import { sendChunk } from '../../shared/wire-protocol.ts';
 
 const pattern = (n: number, seed: number) => Buffer.from(Array.from({ length: n }, (_, i) => (i * 131 + seed * 17 + (i >> 9)) & 0xff));
 
@@ -107,16 +108,26 @@ describe('readIntoOneBuffer: sockets read into one reused buffer', () => {
     c.send(small);
     await s.messages(1);
     assert.equal(inPlace.landedBytes, 0, 'a frame below the gathering threshold goes through the read buffer');
-    // Into the 1 MiB room, then (larger than the room) into fresh room of its own.
-    const sizes = [900_000, 3_000_000];
+    // Into the 1 MiB room, then (larger than the room) into fresh room of their own, one after another.
+    const sizes = [900_000, 3_000_000, 2_000_000, 1_500_000];
     for (const [i, n] of sizes.entries()) c.send(pattern(n, 6 + i));
-    await s.messages(3);
+    await s.messages(1 + sizes.length);
     const have = s.got.get(1) ?? [];
     assert.ok(small.equals(have[0] as Buffer));
     sizes.forEach((n, i) => assert.ok(pattern(n, 6 + i).equals(have[i + 1] as Buffer), `${n} bytes intact`));
-    // Each frame's first read holds its header and some payload (copied); the later reads land in place.
+    // The first frame's first read holds its header and some payload (copied out of the read buffer); after a
+    // frame gathered in place, the next read is short (NEXT_HEAD_READ_BYTES): the rest of the next frame lands in place.
     const total = sizes.reduce((a, b) => a + b, 0);
-    assert.ok(inPlace.landedBytes > total - 2 * READ_BYTES && inPlace.landedBytes <= total, `${inPlace.landedBytes} of ${total} bytes read in place`);
+    assert.ok(inPlace.landedBytes >= total - READ_BYTES && inPlace.landedBytes <= total, `${inPlace.landedBytes} of ${total} bytes read in place`);
+    // Chunks as the transport sends them (sendChunk: a small head fragment, then the data fragment), one after another.
+    const before = inPlace.landedBytes;
+    const chunks = [2_000_000, 1_200_000, 3_000_000, 2_500_000];
+    for (const [i, n] of chunks.entries()) sendChunk(c, [pattern(48, 20 + i), pattern(n, 30 + i)]);
+    await s.messages(1 + sizes.length + chunks.length);
+    chunks.forEach((n, i) => assert.ok(Buffer.concat([pattern(48, 20 + i), pattern(n, 30 + i)]).equals(have[1 + sizes.length + i] as Buffer), `chunk of ${n} bytes intact`));
+    const data = chunks.reduce((a, b) => a + b, 0);
+    const landed = inPlace.landedBytes - before;
+    assert.ok(landed >= data - NEXT_HEAD_READ_BYTES * chunks.length && landed <= data, `${landed} of ${data} chunk bytes read in place`);
   });
 
   test('with binaryType fragments, a message in two frames keeps its first fragment (copied out of the read buffer) until the last', async (t) => {
