@@ -4,6 +4,7 @@
  * aggregator decodes into fp32 and keeps master weights and momentum in fp32.
  */
 
+import { encodeBf16Native } from '../worker/host-memory.ts';
 import { FloatArena, arenaOf, tryArena } from './simd.ts';
 
 export const WIRE_FORMATS = ['fp32', 'bf16', 'fp16'] as const;
@@ -29,8 +30,9 @@ const simdHelper = (): FloatArena | undefined => {
  */
 const simdFor = (floats: Float32Array, n: number): FloatArena | undefined => (n >= 64 ? arenaOf(floats) ?? simdHelper() : undefined);
 
-/** bfloat16: the top 16 bits of the fp32, rounded to nearest even; NaN stays NaN. SIMD where it can. */
+/** bfloat16: the top 16 bits of the fp32, rounded to nearest even; NaN stays NaN. SIMD where it can: the addon's widest vectors, else wasm's. */
 export function encodeBf16(src: Float32Array, dst: Uint16Array): void {
+  if (encodeBf16Native(src, dst) !== undefined) return;
   const arena = simdFor(src, src.length);
   if (arena !== undefined) arena.encodeBf16(src, dst, encodeBf16Scalar);
   else encodeBf16Scalar(src, dst);

@@ -4,8 +4,8 @@ import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { MessageChannel } from 'node:worker_threads';
-import { decodeBf16Scalar } from '../../shared/half.ts';
-import { TENSOR_ALIGN_BYTES, alignedFloats, copyFloats, misalignment, reuseFreedMemory, sharedAlignedFloats, streamDecodeBf16, streamPut } from '../../worker/host-memory.ts';
+import { decodeBf16Scalar, encodeBf16Scalar } from '../../shared/half.ts';
+import { BF16_ISAS, TENSOR_ALIGN_BYTES, alignedFloats, copyFloats, encodeBf16Native, misalignment, reuseFreedMemory, sharedAlignedFloats, streamDecodeBf16, streamPut } from '../../worker/host-memory.ts';
 import { readRanges } from '../../worker/shard-group.ts';
 
 const MODULE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../worker/host-memory.ts');
@@ -158,6 +158,35 @@ describe('host memory (worker/native/host_memory.c)', () => {
     assert.equal(streamPut(overlapping, new Float32Array(both, 4, n).fill(1), 2), undefined, 'overlapping: nothing written');
     assert.ok(overlapping.subarray(0, 1).every((v) => v === 0) && overlapping[1] === 1);
     assert.throws(() => streamPut(new Float32Array(n - 1), floats.subarray(0, n), 1), /streamPut: expected room for 262155 floats, got 262154/);
+  });
+
+  test('encodeBf16Native equals the scalar reference bit for bit with every instruction set this CPU runs (ties, NaN, Inf, subnormals, random bits; any alignment and length); the best is used by default; bad calls are refused, writing nothing', () => {
+    const specials = [0, 0x80000000, 0x7f800000, 0xff800000, 0x7fc00000, 0x7f800001, 0xff800001, 0xffffffff, 0x3f808000, 0x3f818000, 0x3f80ffff, 0x7f7fffff, 0xff7fffff, 0x8000, 0x18000, 0x7fff, 0x807fffff];
+    let seed = 777;
+    const next = () => { seed = (Math.imul(seed, 1103515245) + 12345) >>> 0; return seed; };
+    const bits = Uint32Array.from({ length: 70_000 }, (_, i) => specials[i % 53] ?? (next() ^ (next() << 16)) >>> 0);
+    const floats = new Float32Array(bits.buffer);
+    const runs = BF16_ISAS.filter((isa) => { try { encodeBf16Native(floats.subarray(0, 8), new Uint16Array(8), isa); return true; } catch { return false; } });
+    assert.ok(runs.includes('scalar') && runs.length >= 1, `instruction sets run here: ${runs.join(', ')}`);
+    for (const isa of runs) {
+      for (const [at, n] of [[0, 70_000 - 3], [1, 69_990], [3, 4103], [2, 31], [0, 16], [5, 0]] as const) {
+        const src = floats.subarray(at, at + n);
+        const out = new Uint16Array(n + 9).fill(0xabcd);
+        assert.equal(encodeBf16Native(src, out.subarray(1, n + 1), isa), isa);
+        const expect = new Uint16Array(n + 9).fill(0xabcd);
+        encodeBf16Scalar(src, expect.subarray(1, n + 1));
+        assert.deepEqual(out, expect, `${isa}, ${n} floats from +${at}`);
+      }
+    }
+    const best = encodeBf16Native(floats, new Uint16Array(floats.length));
+    assert.equal(best, runs[0], 'the default is the widest the CPU runs');
+    assert.equal(encodeBf16Native(floats.subarray(0, 4095), new Uint16Array(4095)), undefined, 'under 4096 floats: the caller encodes');
+    assert.throws(() => encodeBf16Native(floats.subarray(0, 16), new Uint16Array(16), 'neon' as 'scalar'), /encodeBf16: expected an instruction set this CPU runs/);
+    assert.throws(() => encodeBf16Native(floats.subarray(0, 5000), new Uint16Array(4999)), /encodeBf16Native: expected room for 5000 codes, got 4999/);
+    const both = new ArrayBuffer(4 * 8192);
+    const codes = new Uint16Array(both, 0, 8192);
+    assert.throws(() => encodeBf16Native(new Float32Array(both, 4096, 4096).fill(1), codes), /encodeBf16: expected a destination of at least half the source's bytes, not overlapping it/);
+    assert.ok(codes.subarray(0, 2048).every((c) => c === 0), 'nothing written');
   });
 
   test('VGG_HEAP_REUSE=false leaves malloc as it is; a value that is not true/false is refused', () => {
