@@ -3,7 +3,8 @@
  * step (`--compute-ms`, default 290: VGG-16 at batch 64 on a V100-class GPU; an
  * H200 measured 98 ms fp32, 30 ms bf16: docs/measurements/) and move real
  * VGG-16-sized gradients through our aggregator over loopback. Reports the
- * measured scaling efficiency here (compute time / step time), then a model,
+ * measured scaling efficiency here (compute time / step time; and, as the paper and
+ * Horovod count it, one worker's step time / N workers' step time), then a model,
  * calibrated on this machine's measured per-byte costs, projecting the
  * efficiency for N up to 64 workers over 25 and 100 GbE with K aggregator shards.
  * Last line: one JSON object.
@@ -156,7 +157,8 @@ if (o.transportCpu) {
 }
 
 // Measured here: one machine, loopback, N worker processes.
-const measured: { workers: number; shards: number; hosted: boolean; overlap: boolean; earlyCommit: boolean; hostCopies: boolean; copyOut?: 'main' | 'thread'; stepMs: number; cpuMsPerStep: number; efficiency: number; hostCopyMs?: { weights: number; gradients: number } }[] = [];
+const measured: { workers: number; shards: number; hosted: boolean; overlap: boolean; earlyCommit: boolean; hostCopies: boolean; copyOut?: 'main' | 'thread'; stepMs: number; cpuMsPerStep: number; efficiency: number; relativeEfficiency?: number; hostCopyMs?: { weights: number; gradients: number } }[] = [];
+
 const layouts = o.hosted.flatMap((hosted): { hosted: boolean; shards: number }[] => (hosted ? [{ hosted, shards: 0 }] : o.shards.map((shards) => ({ hosted, shards }))));
 const copyModes = o.hostCopies.flatMap((h): { hostCopies: boolean; copyOut?: 'main' | 'thread' }[] => (h ? o.copyOut.map((copyOut) => ({ hostCopies: h, copyOut })) : [{ hostCopies: h }]));
 for (const { hostCopies, copyOut } of copyModes) for (const earlyCommit of o.earlyCommit) for (const overlap of o.overlap) for (const layout of layouts) for (const workers of o.workers) {
@@ -168,13 +170,31 @@ for (const { hostCopies, copyOut } of copyModes) for (const earlyCommit of o.ear
   const copies = r.hostCopyMs === undefined ? '' : ` (host copies on the main thread: weights ${r.hostCopyMs.weights.toFixed(0)} ms, gradients ${r.hostCopyMs.gradients.toFixed(0)} ms)`;
   process.stdout.write(`measured, ${workers} worker(s), ${shards} shard(s)${layout.hosted ? ' hosted by the workers' : ''}, ${o.wire}, ${overlap ? 'overlap' : 'no overlap'}${earlyCommit ? ', early commit' : ''}${hostCopies ? `, host copies (gradients into the shared buffer on the ${copyOut === 'main' ? 'main' : 'transport'} thread)` : ''}, compute ${o.computeMs} ms: step ${r.stepMs.toFixed(0)} ms, efficiency ${(100 * efficiency).toFixed(1)}%${copies}; CPU of all processes ${r.cpuMsPerStep.toFixed(0)} ms a step\n`);
 }
+/**
+ * Scaling efficiency as the paper (3.75x on 4 GPUs: 93.75%) and Horovod (VGG-16: 68-79%) count it: throughput per worker
+ * at N against one worker training alone, i.e. one worker's step time over N workers' (the compute per worker is the
+ * same). Alone here: one worker hosting its only shard (the update in process, no socket), with the same overlap and
+ * host copies. The efficiency above is stricter: the compute's share of the step, which a lone worker's own host copies
+ * and update lower too.
+ */
+const aloneOf = (m: (typeof measured)[number]) => measured.find((a) => a.workers === 1 && a.hosted && a.overlap === m.overlap && a.earlyCommit === m.earlyCommit && a.hostCopies === m.hostCopies && a.copyOut === m.copyOut);
+const relativeLines: string[] = [];
+for (const m of measured) {
+  const alone = aloneOf(m);
+  if (alone === undefined || m.workers === 1) continue;
+  m.relativeEfficiency = Number((alone.stepMs / m.stepMs).toFixed(3));
+  relativeLines.push(`${m.workers} workers, ${m.hosted ? `${m.shards} shards hosted by the workers` : `${m.shards} shard(s)`}, ${m.overlap ? 'overlap' : 'no overlap'}${m.earlyCommit ? ', early commit' : ''}: ${(100 * m.relativeEfficiency).toFixed(1)}%`);
+}
+if (relativeLines.length > 0) process.stdout.write(`measured against one worker alone (its shard in process; one worker's step / N workers' step, the paper's and Horovod's count): ${relativeLines.join('; ')}\n`);
 process.stdout.write('(every process shares this machine\'s 2 cores and one memory bus: the measured figures are a floor, not a cluster)\n');
 
 // Projection for a cluster.
 const projections: { link: string; wire: string; shards: string; workers: number; efficiency: number }[] = [];
 const links = { '25GbE': 25e9 / 8, '100GbE': 100e9 / 8 };
-const tables = { plain: [] as string[], overlap: [] as string[], early: [] as string[] };
+const tables = { plain: [] as string[], overlap: [] as string[], early: [] as string[], relative: [] as string[] };
 const overlapProjections: typeof projections = [];
+/** The overlap projection against one worker alone, its shard in process (the paper's and Horovod's count). */
+const relativeOverlapProjections: typeof projections = [];
 const earlyCommitProjections: typeof projections = [];
 const copyOutMain: ((typeof projections)[number] & { thread: number })[] = [];
 // H200, fp32, batch 64 (docs/measurements/h200-vgg16-overlap.json): classifier bytes / all bytes, body backward after them / step.
@@ -220,19 +240,23 @@ function model(bytesPerSec: number, wire: string, shards: string, N: number, thr
 for (const [link, bytesPerSec] of Object.entries(links)) {
   for (const wire of ['fp32', 'bf16']) {
     for (const shards of ['1', 'N/8', 'N', 'N hosted']) {
-      const cells = { plain: [] as string[], overlap: [] as string[], early: [] as string[] };
+      const cells = { plain: [] as string[], overlap: [] as string[], early: [] as string[], relative: [] as string[] };
+      // One worker alone: its only shard in process (no link, no socket).
+      const one = model(bytesPerSec, wire, 'N hosted', 1, 1).overlap;
       for (const N of [4, 8, 16, 32, 64]) {
         const { plain, overlap, early, copyOutMainOverlap } = model(bytesPerSec, wire, shards, N, 1);
         if (shards === 'N hosted' && N === 64) copyOutMain.push({ link, wire, shards, workers: N, efficiency: Number(copyOutMainOverlap.toFixed(3)), thread: Number(overlap.toFixed(3)) });
         const at = { link, wire, shards, workers: N };
         projections.push({ ...at, efficiency: Number(plain.toFixed(3)) });
         overlapProjections.push({ ...at, efficiency: Number(overlap.toFixed(3)) });
+        relativeOverlapProjections.push({ ...at, efficiency: Number((overlap / one).toFixed(3)) });
+        cells.relative.push(pct(overlap / one));
         earlyCommitProjections.push({ ...at, efficiency: Number(early.toFixed(3)) });
         cells.plain.push(pct(plain));
         cells.overlap.push(pct(overlap));
         cells.early.push(pct(early));
       }
-      for (const k of ['plain', 'overlap', 'early'] as const) tables[k].push(`${link.padEnd(7)} ${wire.padEnd(5)} K=${shards.padEnd(8)} ${cells[k].join(' ')}`);
+      for (const k of ['plain', 'overlap', 'early', 'relative'] as const) tables[k].push(`${link.padEnd(7)} ${wire.padEnd(5)} K=${shards.padEnd(8)} ${cells[k].join(' ')}`);
     }
   }
 }
@@ -244,6 +268,7 @@ const threadProjections = Object.entries(links).flatMap(([link, bytesPerSec]) =>
 const hostNote = withHost ? `with a worker's host copies and PCIe: weights in ${weightsInMs.toFixed(0)} ms, gradients out ${gradsMainMs.toFixed(0)} ms (main thread) + ${gradsSetMs.toFixed(0)} ms (transport thread) per step` : 'without the workers\' host copies (--host-copies false)';
 process.stdout.write(`\nprojected efficiency, compute ${o.computeMs} ms/step, ${hostNote}, no overlap (N = 4 8 16 32 64):\n${tables.plain.join('\n')}\n`);
 process.stdout.write(`\nprojected with the classifier's gradients sent during the body's backward (what the worker does; the weights come back after the commit):\n${tables.overlap.join('\n')}\n`);
+process.stdout.write(`\nthe same (overlap) against one worker alone (its only shard in process): throughput per worker at N against a lone worker's, as the paper (3.75x on 4 GPUs) and Horovod (VGG-16: 68-79%) count scaling:\n${tables.relative.join('\n')}\n`);
 process.stdout.write(`\nprojected with that and --early-commit (each range's weights go out while later ranges come in; one more pass over the update):\n${tables.early.join('\n')}\n`);
 if (o.transportCpu) {
   const cells = threadProjections.map((p) => `${p.link} ${p.wire} ${p.byThreads.map((e) => pct(e).trim()).join(' / ')}`);
@@ -253,4 +278,4 @@ if (withHost) {
   const cells = copyOutMain.map((p) => `${p.link} ${p.wire} ${pct(p.efficiency).trim()} (${pct(p.thread).trim()} on the transport thread)`);
   process.stdout.write(`\nthe same, 64 workers, K=N hosted, overlap, with the gradients copied into the shared buffer on the main thread (the worker before the eleventh session): ${cells.join(', ')}\n`);
 }
-process.stdout.write(`${JSON.stringify({ bench: 'scaling', computeMs: o.computeMs, wire: o.wire, calibration: { updateThreads: threads, reduceMs, updateMs, cReduceNsPerByte: cReduce, cUpdateNsPerByte: cUpdate, transportCpu: o.transportCpu, cTransportNsPerByte: transportNs, weightsCopyMs, weightsCopiedBytes, gradientsSyncMs: syncMs, gradientsSetMs: setMs, heapReuse, h2dMs: H2D_MS, d2hMs: D2H_MS }, modelHostMs: { weightsIn: weightsInMs, gradientsMain: gradsMainMs, gradientsSet: gradsSetMs }, measured, projections, overlapProjections, earlyCommitProjections, copyOutMainProjections: copyOutMain, transportThreads: TRANSPORT_THREADS, transportThreadProjections: threadProjections })}\n`);
+process.stdout.write(`${JSON.stringify({ bench: 'scaling', computeMs: o.computeMs, wire: o.wire, calibration: { updateThreads: threads, reduceMs, updateMs, cReduceNsPerByte: cReduce, cUpdateNsPerByte: cUpdate, transportCpu: o.transportCpu, cTransportNsPerByte: transportNs, weightsCopyMs, weightsCopiedBytes, gradientsSyncMs: syncMs, gradientsSetMs: setMs, heapReuse, h2dMs: H2D_MS, d2hMs: D2H_MS }, modelHostMs: { weightsIn: weightsInMs, gradientsMain: gradsMainMs, gradientsSet: gradsSetMs }, measured, projections, overlapProjections, relativeOverlapProjections, earlyCommitProjections, copyOutMainProjections: copyOutMain, transportThreads: TRANSPORT_THREADS, transportThreadProjections: threadProjections })}\n`);
