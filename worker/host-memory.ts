@@ -6,7 +6,7 @@ import { boolEnv } from '../shared/option-parsers.ts';
 
 const ADDON = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../build/host_memory.node');
 
-interface Addon { reuseFreedMemory: () => boolean; viewOffset: (view: Uint8Array) => number; streamCopy: (dst: ArrayBufferView, src: ArrayBufferView) => void; streamDecodeBf16: (dst: Float32Array, src: Uint16Array) => boolean; streamPut: (dst: Float32Array, src: Float32Array | Uint16Array, k: number) => boolean | undefined; encodeBf16: (dst: Uint16Array, src: Float32Array, isa?: string) => string }
+interface Addon { reuseFreedMemory: () => boolean; viewOffset: (view: Uint8Array) => number; streamCopy: (dst: ArrayBufferView, src: ArrayBufferView) => void; streamDecodeBf16: (dst: Float32Array, src: Uint16Array) => boolean; streamPut: (dst: Float32Array, src: Float32Array | Uint16Array, k: number) => boolean | undefined; encodeBf16: (dst: Uint16Array, src: Float32Array, isa?: string) => string | undefined }
 let addon: Addon | null | undefined;
 /** worker/native/host_memory.c, loaded once per thread; null where it is not built. */
 function load(): Addon | null {
@@ -135,8 +135,8 @@ export function streamPut(dst: Float32Array, src: Float32Array | Uint16Array, k:
   return load()?.streamPut(dst, src, k) ?? undefined;
 }
 
-/** The instruction sets the addon's bfloat16 encoder has, best first (what the CPU runs is asked by encodeBf16Native). */
-export const BF16_ISAS = ['avx512', 'avx2', 'sse2', 'scalar'] as const;
+/** The instruction sets the addon's bfloat16 encoder has, best first ('scalar' for the tests only). */
+export const BF16_ISAS = ['avx512', 'avx2', 'scalar'] as const;
 
 /** Below this many floats a conversion stays in the SIMD kernel of the caller's arena (a call into the addon costs more). */
 const NATIVE_MIN_FLOATS = 4096;
@@ -145,8 +145,8 @@ const NATIVE_MIN_FLOATS = 4096;
  * fp32 to bfloat16 codes in the addon (encodeBf16Scalar's rule, bit for bit: round to nearest even, NaN kept NaN) with
  * the widest vectors the CPU has: 16 lanes (AVX-512BW) or 8 (AVX2) against the wasm kernel's 4. 69M floats from cache
  * 5.1 against 14 ms, from a cold source 16-17 against 19-20 (C probe here). The instruction set used, or undefined,
- * nothing written, for fewer than 4096 floats or without the addon. `isa` (tests): one of BF16_ISAS; a RangeError where
- * the CPU lacks it.
+ * nothing written, for fewer than 4096 floats, without the addon, or on a CPU with neither (the caller's wasm kernel is
+ * as fast there). `isa` (tests): one of BF16_ISAS; a RangeError where the CPU lacks it.
  */
 export function encodeBf16Native(src: Float32Array, dst: Uint16Array, isa?: (typeof BF16_ISAS)[number]): string | undefined {
   if (isa === undefined && src.length < NATIVE_MIN_FLOATS) return undefined;

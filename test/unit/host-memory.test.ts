@@ -179,7 +179,7 @@ describe('host memory (worker/native/host_memory.c)', () => {
       }
     }
     const best = encodeBf16Native(floats, new Uint16Array(floats.length));
-    assert.equal(best, runs[0], 'the default is the widest the CPU runs');
+    assert.equal(best, runs[0] === 'scalar' ? undefined : runs[0], 'the default is the widest the CPU runs (none without AVX2: the wasm kernel then)');
     assert.equal(encodeBf16Native(floats.subarray(0, 4095), new Uint16Array(4095)), undefined, 'under 4096 floats: the caller encodes');
     assert.throws(() => encodeBf16Native(floats.subarray(0, 16), new Uint16Array(16), 'neon' as 'scalar'), /encodeBf16: expected an instruction set this CPU runs/);
     assert.throws(() => encodeBf16Native(floats.subarray(0, 5000), new Uint16Array(4999)), /encodeBf16Native: expected room for 5000 codes, got 4999/);

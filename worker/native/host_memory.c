@@ -56,15 +56,16 @@
  * Undefined, nothing written, where the ranges overlap; throws, writing
  * nothing, where dst is not a Float32Array at least as long as src.
  *
- * encodeBf16(dst, src[, isa]) -> string: fp32 (a Float32Array) to bfloat16
- * codes (a Uint16Array), rounded to nearest even, NaN kept NaN (quiet): the
- * rule of shared/half.ts's encodeBf16Scalar, bit for bit, 16 lanes at a time
- * with AVX-512BW, 8 with AVX2, 4 with SSE2, chosen once by what the CPU has
- * (`isa`: 'avx512', 'avx2', 'sse2' or 'scalar', for the tests; one the CPU
- * lacks throws). Plain stores: the codes are sent (read) next. Returns the
- * instruction set used. 69M floats from a cold source 16-17 ms (AVX-512 or
- * AVX2) against 19-20 (SSE2, and the wasm kernel in process), from cache 5.1
- * against 14 (C probe on the development box: an AMD EPYC with AVX-512).
+ * encodeBf16(dst, src[, isa]) -> string | undefined: fp32 (a Float32Array) to
+ * bfloat16 codes (a Uint16Array), rounded to nearest even, NaN kept NaN
+ * (quiet): the rule of shared/half.ts's encodeBf16Scalar, bit for bit, 16
+ * lanes at a time with AVX-512BW, 8 with AVX2, chosen once by what the CPU has;
+ * undefined, nothing written, on a CPU with neither (the caller's wasm kernel,
+ * 4 lanes, is as fast as SSE2 would be). `isa` ('avx512', 'avx2' or 'scalar')
+ * for the tests; one the CPU lacks throws. Plain stores: the codes are sent
+ * (read) next. Returns the instruction set used. 69M floats from a cold source
+ * 16-17 ms against 19-20 with SSE2 (and the wasm kernel in process), from
+ * cache 5.1 against 14 (C probe on the development box, an AMD EPYC).
  */
 #include <limits.h>
 #include <math.h>
@@ -74,6 +75,9 @@
 #include <node_api.h>
 #if defined(__SSE2__)
 #include <emmintrin.h>
+#endif
+#if defined(__x86_64__)
+#include <immintrin.h>
 #endif
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -292,7 +296,6 @@ static size_t bf16_scalar(uint16_t *d, const float *s, size_t n) {
 }
 
 #if defined(__x86_64__)
-#include <immintrin.h>
 /* Each returns how many it encoded (a multiple of its lanes); the caller does the rest. x != x marks the NaN lanes. */
 __attribute__((target("avx512f,avx512bw"))) static size_t bf16_avx512(uint16_t *d, const float *s, size_t n) {
   const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7fff), quiet = _mm512_set1_epi32(0x40);
@@ -324,32 +327,12 @@ __attribute__((target("avx2"))) static size_t bf16_avx2(uint16_t *d, const float
   }
   return i;
 }
-
-static size_t bf16_sse2(uint16_t *d, const float *s, size_t n) {
-  const __m128i one = _mm_set1_epi32(1), half = _mm_set1_epi32(0x7fff), quiet = _mm_set1_epi32(0x40);
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m128i r[2];
-    for (int k = 0; k < 2; k += 1) {
-      __m128 f = _mm_loadu_ps(s + i + 4 * k);
-      __m128i x = _mm_castps_si128(f);
-      __m128i v = _mm_srli_epi32(_mm_add_epi32(_mm_add_epi32(x, half), _mm_and_si128(_mm_srli_epi32(x, 16), one)), 16);
-      __m128i nan = _mm_or_si128(_mm_srli_epi32(x, 16), quiet);
-      __m128i m = _mm_castps_si128(_mm_cmpunord_ps(f, f));
-      v = _mm_or_si128(_mm_andnot_si128(m, v), _mm_and_si128(m, nan));
-      // SSE2 packs with signed saturation: sign-extend the 16-bit codes first (exact).
-      r[k] = _mm_srai_epi32(_mm_slli_epi32(v, 16), 16);
-    }
-    _mm_storeu_si128((__m128i *)(d + i), _mm_packs_epi32(r[0], r[1]));
-  }
-  return i;
-}
 #endif
 
 typedef size_t (*bf16_encoder)(uint16_t *, const float *, size_t);
 static const struct { const char *name; bf16_encoder run; } BF16_ENCODERS[] = {
 #if defined(__x86_64__)
-  { "avx512", bf16_avx512 }, { "avx2", bf16_avx2 }, { "sse2", bf16_sse2 },
+  { "avx512", bf16_avx512 }, { "avx2", bf16_avx2 },
 #endif
   { "scalar", bf16_scalar },
 };
@@ -397,12 +380,20 @@ static napi_value encode_bf16(napi_env env, napi_callback_info info) {
     }
     for (k = 0; k < BF16_ENCODER_COUNT && strcmp(BF16_ENCODERS[k].name, name) != 0; k += 1) {}
     if (k == BF16_ENCODER_COUNT || !bf16_encoder_runs(k)) {
-      napi_throw_range_error(env, NULL, "encodeBf16: expected an instruction set this CPU runs (avx512, avx2, sse2, scalar)");
+      napi_throw_range_error(env, NULL, "encodeBf16: expected an instruction set this CPU runs (avx512, avx2, scalar)");
       return NULL;
     }
-  } else if (k == BF16_ENCODER_COUNT) {
-    for (k = 0; !bf16_encoder_runs(k); k += 1) {}
-    best = k;
+  } else {
+    if (k == BF16_ENCODER_COUNT) {
+      for (k = 0; !bf16_encoder_runs(k); k += 1) {}
+      best = k;
+    }
+    // Without AVX2 the caller's wasm kernel (4 lanes) is as fast: undefined, nothing written.
+    if (BF16_ENCODERS[k].run == bf16_scalar) {
+      napi_value none;
+      napi_get_undefined(env, &none);
+      return none;
+    }
   }
   size_t done = BF16_ENCODERS[k].run((uint16_t *)dst, (const float *)src, n);
   bf16_scalar((uint16_t *)dst + done, (const float *)src + done, n - done);
