@@ -1014,15 +1014,16 @@ function accumulate(sum: Float32Array, offset: number, g: Float32Array, n: numbe
     p2 += c * 0;
     p3 += d * 0;
     const j = offset + i;
-    sum[j] = (sum[j] as number) + n * a;
-    sum[j + 1] = (sum[j + 1] as number) + n * b;
-    sum[j + 2] = (sum[j + 2] as number) + n * c;
-    sum[j + 3] = (sum[j + 3] as number) + n * d;
+    // fp32 per operation, as the SIMD kernels (n g rounded, then the add): the same sum either way.
+    sum[j] = (sum[j] as number) + Math.fround(n * a);
+    sum[j + 1] = (sum[j + 1] as number) + Math.fround(n * b);
+    sum[j + 2] = (sum[j + 2] as number) + Math.fround(n * c);
+    sum[j + 3] = (sum[j + 3] as number) + Math.fround(n * d);
   }
   for (let i = tail; i < len; i += 1) {
     const a = g[i] as number;
     p0 += a * 0;
-    sum[offset + i] = (sum[offset + i] as number) + n * a;
+    sum[offset + i] = (sum[offset + i] as number) + Math.fround(n * a);
   }
   return !Number.isNaN(p0 + p1 + p2 + p3);
 }

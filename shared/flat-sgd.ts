@@ -1,5 +1,5 @@
 import type { ParamLayout } from './param-layout.ts';
-import { arenaOf } from './simd.ts';
+import { arenaOf, sgdTail } from './simd.ts';
 
 export interface FlatSgdOptions { learningRate: number; momentum: number; weightDecay: number }
 
@@ -40,10 +40,10 @@ export class FlatMomentumSgd {
         continue;
       }
       if (!e.trainable) {
-        for (let i = a; i < b; i += 1) weights[i] = (sum[i] as number) * scale;
+        for (let i = a; i < b; i += 1) weights[i] = (sum[i] as number) * Math.fround(scale);
         continue;
       }
-      sgdLoop(weights, v, sum, a, b, { lr, mu, wd: e.decay ? weightDecay : 0, scale }, v, weights, 0);
+      sgdTail(weights, v, sum, a, b, { lr, mu, wd: e.decay ? weightDecay : 0, scale }, v, weights, 0);
     }
   }
 
@@ -66,10 +66,10 @@ export class FlatMomentumSgd {
         continue;
       }
       if (!e.trainable) {
-        for (let i = a; i < b; i += 1) o[i - a] = (sum[i] as number) * scale;
+        for (let i = a; i < b; i += 1) o[i - a] = (sum[i] as number) * Math.fround(scale);
         continue;
       }
-      sgdLoop(weights, v, sum, a, b, { lr, mu, wd: e.decay ? weightDecay : 0, scale }, sum, o, a);
+      sgdTail(weights, v, sum, a, b, { lr, mu, wd: e.decay ? weightDecay : 0, scale }, sum, o, a);
     }
   }
 
@@ -80,17 +80,18 @@ export class FlatMomentumSgd {
     for (const [e, a, b] of this.within(lo, hi)) {
       if (!e.trainable) {
         if (arena !== undefined) arena.mean(weights, sum, a, b, scale);
-        else for (let i = a; i < b; i += 1) weights[i] = (sum[i] as number) * scale;
+        else for (let i = a; i < b; i += 1) weights[i] = (sum[i] as number) * Math.fround(scale);
         continue;
       }
       if (arena !== undefined) {
         arena.sgdFinish(weights, v, sum, a, b, lr);
         continue;
       }
+      const f = Math.fround;
       for (let i = a; i < b; i += 1) {
         const vi = sum[i] as number;
         v[i] = vi;
-        weights[i] = (weights[i] as number) - lr * vi;
+        weights[i] = f((weights[i] as number) - f(f(lr) * vi));
       }
     }
   }
@@ -102,20 +103,5 @@ export class FlatMomentumSgd {
       const b = Math.min(hi, e.offset + e.size);
       if (a < b) yield [e, a, b];
     }
-  }
-}
-
-/**
- * The JS update over [a, b) (no arena): v' = mu v + (scale s + wd w) into vOut[i],
- * w - lr v' into wOut[i - wAt]; per statement in double, rounded when stored.
- */
-function sgdLoop(w: Float32Array, v: Float32Array, s: Float32Array, a: number, b: number, k: { lr: number; mu: number; wd: number; scale: number },
-  vOut: Float32Array, wOut: Float32Array, wAt: number): void {
-  const { lr, mu, wd, scale } = k;
-  for (let i = a; i < b; i += 1) {
-    const wi = w[i] as number;
-    const vi = Math.fround(mu * (v[i] as number) + (Math.fround((s[i] as number) * scale) + wd * wi));
-    vOut[i] = vi;
-    wOut[i - wAt] = wi - lr * vi;
   }
 }

@@ -331,10 +331,11 @@ export const FRAME_SLOTS_MAX = 64;
 export const FRAME_SLOT_FLOATS = (1 << 20) + 16 * 1024;
 
 /**
- * The momentum kernels' arithmetic on single floats (fp32 per operation, as the f32x4 lanes), for the
- * last < 4 of a range: v' into vOut[i], w' into wOut[i - wAt] (sgd: v and w themselves; sgdTo: s and out).
+ * The momentum kernels' arithmetic on single floats (fp32 per operation, as the f32x4 lanes): v' into vOut[i], w'
+ * into wOut[i - wAt] (sgd: v and w themselves; sgdTo: s and out). The kernels' last < 4 of a range, and the whole
+ * update where there is no arena (flat-sgd.ts): the same floats either way, bit for bit.
  */
-function sgdTail(w: Float32Array, v: Float32Array, s: Float32Array, a: number, b: number, k: { lr: number; mu: number; wd: number; scale: number },
+export function sgdTail(w: Float32Array, v: Float32Array, s: Float32Array, a: number, b: number, k: { lr: number; mu: number; wd: number; scale: number },
   vOut: Float32Array, wOut: Float32Array, wAt: number): void {
   const f = Math.fround;
   const { lr, mu, wd, scale } = k;
