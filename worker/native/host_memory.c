@@ -94,31 +94,32 @@ static napi_value reuse_freed_memory(napi_env env, napi_callback_info info) {
   return result;
 }
 
-/* A typed array's address and length in bytes (over an ArrayBuffer or a SharedArrayBuffer); 0 where v is not one. */
-static int view_of(napi_env env, napi_value v, uint8_t **data, size_t *bytes) {
+/* A typed array: its address, its length in bytes and its element type. */
+struct view { uint8_t *data; size_t bytes; napi_typedarray_type type; };
+
+/* v as a view (over an ArrayBuffer or a SharedArrayBuffer); 0 where v is not a typed array. */
+static int view_of(napi_env env, napi_value v, struct view *out) {
   bool is_view = false;
-  napi_typedarray_type type;
   size_t length = 0;
   void *p = NULL;
   if (napi_is_typedarray(env, v, &is_view) != napi_ok || !is_view
-      || napi_get_typedarray_info(env, v, &type, &length, &p, NULL, NULL) != napi_ok) return 0;
+      || napi_get_typedarray_info(env, v, &out->type, &length, &p, NULL, NULL) != napi_ok) return 0;
   static const size_t width[] = { 1, 1, 1, 2, 2, 4, 4, 4, 8, 8, 8 };
-  *data = (uint8_t *)p;
-  *bytes = length * ((size_t)type < sizeof width / sizeof width[0] ? width[type] : 1);
+  out->data = (uint8_t *)p;
+  out->bytes = length * ((size_t)out->type < sizeof width / sizeof width[0] ? width[out->type] : 1);
   return 1;
 }
 
 static napi_value view_offset(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
-  uint8_t *data = NULL;
-  size_t bytes = 0;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 || !view_of(env, argv[0], &data, &bytes)) {
+  struct view v;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 || !view_of(env, argv[0], &v)) {
     napi_throw_type_error(env, NULL, "viewOffset: expected a typed array");
     return NULL;
   }
   napi_value result;
-  napi_create_uint32(env, (uint32_t)((uintptr_t)data & 4095u), &result);
+  napi_create_uint32(env, (uint32_t)((uintptr_t)v.data & 4095u), &result);
   return result;
 }
 
@@ -148,22 +149,26 @@ static void stream_bytes(uint8_t *dst, const uint8_t *src, size_t n) {
 #endif
 }
 
-/* The call's two typed-array arguments (dst, src): their addresses and byte lengths; 0 where they are not that. */
-static int two_views(napi_env env, napi_callback_info info, uint8_t **dst, size_t *dst_bytes, uint8_t **src, size_t *src_bytes) {
-  size_t argc = 2;
-  napi_value argv[2];
-  return napi_get_cb_info(env, info, &argc, argv, NULL, NULL) == napi_ok && argc >= 2
-      && view_of(env, argv[0], dst, dst_bytes) && view_of(env, argv[1], src, src_bytes);
+/* The call's first two arguments (dst, src) as views and, in `rest`, up to `more` after them (undefined where not
+ * given; `given`: how many arguments came); 0 where the first two are not typed arrays. */
+static int two_views(napi_env env, napi_callback_info info, struct view *dst, struct view *src, napi_value *rest, size_t more, size_t *given) {
+  napi_value argv[4];
+  size_t argc = 2 + more;
+  if (more > 2 || napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2) return 0;
+  for (size_t i = 0; i < more; i += 1) rest[i] = argv[2 + i];
+  if (given != NULL) *given = argc;
+  return view_of(env, argv[0], dst) && view_of(env, argv[1], src);
 }
 
 static napi_value stream_copy(napi_env env, napi_callback_info info) {
-  uint8_t *dst = NULL, *src = NULL;
-  size_t dst_bytes = 0, src_bytes = 0;
-  if (!two_views(env, info, &dst, &dst_bytes, &src, &src_bytes)) {
+  struct view d, s;
+  if (!two_views(env, info, &d, &s, NULL, 0, NULL)) {
     napi_throw_type_error(env, NULL, "streamCopy: expected (dst, src) typed arrays");
     return NULL;
   }
-  if (dst_bytes < src_bytes) {
+  uint8_t *dst = d.data, *src = s.data;
+  size_t src_bytes = s.bytes;
+  if (d.bytes < src_bytes) {
     napi_throw_range_error(env, NULL, "streamCopy: expected a destination at least as long as the source");
     return NULL;
   }
@@ -191,14 +196,15 @@ static void stream_bf16(uint32_t *dst, const uint16_t *src, size_t n) {
 }
 
 static napi_value stream_decode_bf16(napi_env env, napi_callback_info info) {
-  uint8_t *dst = NULL, *src = NULL;
-  size_t dst_bytes = 0, src_bytes = 0;
-  if (!two_views(env, info, &dst, &dst_bytes, &src, &src_bytes) || ((uintptr_t)dst & 3u) != 0 || ((uintptr_t)src & 1u) != 0) {
+  struct view d, s;
+  if (!two_views(env, info, &d, &s, NULL, 0, NULL) || ((uintptr_t)d.data & 3u) != 0 || ((uintptr_t)s.data & 1u) != 0) {
     napi_throw_type_error(env, NULL, "streamDecodeBf16: expected (dst Float32Array, src Uint16Array)");
     return NULL;
   }
+  uint8_t *dst = d.data, *src = s.data;
+  size_t src_bytes = s.bytes;
   size_t n = src_bytes / 2;
-  if (dst_bytes < 4 * n) {
+  if (d.bytes < 4 * n) {
     napi_throw_range_error(env, NULL, "streamDecodeBf16: expected a destination of at least twice the codes' bytes");
     return NULL;
   }
@@ -252,23 +258,19 @@ static inline __attribute__((always_inline)) bool put_scaled(float *dst, const v
 }
 
 static napi_value stream_put(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  uint8_t *dst = NULL, *src = NULL;
-  size_t dst_bytes = 0, src_bytes = 0;
-  napi_typedarray_type dst_type, src_type;
+  struct view d, s;
+  napi_value scale;
+  size_t argc = 0;
   double k = 0;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3
-      || !view_of(env, argv[0], &dst, &dst_bytes) || !view_of(env, argv[1], &src, &src_bytes)
-      || napi_get_typedarray_info(env, argv[0], &dst_type, NULL, NULL, NULL, NULL) != napi_ok
-      || napi_get_typedarray_info(env, argv[1], &src_type, NULL, NULL, NULL, NULL) != napi_ok
-      || napi_get_value_double(env, argv[2], &k) != napi_ok
-      || dst_type != napi_float32_array || (src_type != napi_float32_array && src_type != napi_uint16_array) || ((uintptr_t)dst & 3u) != 0) {
+  if (!two_views(env, info, &d, &s, &scale, 1, &argc) || argc < 3 || napi_get_value_double(env, scale, &k) != napi_ok
+      || d.type != napi_float32_array || (s.type != napi_float32_array && s.type != napi_uint16_array) || ((uintptr_t)d.data & 3u) != 0) {
     napi_throw_type_error(env, NULL, "streamPut: expected (dst Float32Array, src Float32Array or Uint16Array, k number)");
     return NULL;
   }
-  size_t n = src_type == napi_float32_array ? src_bytes / 4 : src_bytes / 2;
-  if (dst_bytes < 4 * n) {
+  uint8_t *dst = d.data, *src = s.data;
+  size_t src_bytes = s.bytes;
+  size_t n = s.type == napi_float32_array ? src_bytes / 4 : src_bytes / 2;
+  if (d.bytes < 4 * n) {
     napi_throw_range_error(env, NULL, "streamPut: expected a destination at least as long as the source");
     return NULL;
   }
@@ -278,7 +280,7 @@ static napi_value stream_put(napi_env env, napi_callback_info info) {
     napi_get_undefined(env, &result);
     return result;
   }
-  bool finite = src_type == napi_float32_array ? put_scaled((float *)dst, src, false, n, (float)k) : put_scaled((float *)dst, src, true, n, (float)k);
+  bool finite = s.type == napi_float32_array ? put_scaled((float *)dst, src, false, n, (float)k) : put_scaled((float *)dst, src, true, n, (float)k);
   napi_get_boolean(env, finite, &result);
   return result;
 }
@@ -350,21 +352,16 @@ static bool bf16_encoder_runs(size_t k) {
 }
 
 static napi_value encode_bf16(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  uint8_t *dst = NULL, *src = NULL;
-  size_t dst_bytes = 0, src_bytes = 0;
-  napi_typedarray_type dst_type, src_type;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2
-      || !view_of(env, argv[0], &dst, &dst_bytes) || !view_of(env, argv[1], &src, &src_bytes)
-      || napi_get_typedarray_info(env, argv[0], &dst_type, NULL, NULL, NULL, NULL) != napi_ok
-      || napi_get_typedarray_info(env, argv[1], &src_type, NULL, NULL, NULL, NULL) != napi_ok
-      || dst_type != napi_uint16_array || src_type != napi_float32_array) {
+  struct view d, s;
+  napi_value isa;
+  size_t argc = 0;
+  if (!two_views(env, info, &d, &s, &isa, 1, &argc) || d.type != napi_uint16_array || s.type != napi_float32_array) {
     napi_throw_type_error(env, NULL, "encodeBf16: expected (dst Uint16Array, src Float32Array[, isa])");
     return NULL;
   }
-  size_t n = src_bytes / 4;
-  if (dst_bytes < 2 * n || (dst < src + src_bytes && src < dst + 2 * n)) {
+  uint8_t *dst = d.data, *src = s.data;
+  size_t n = s.bytes / 4;
+  if (d.bytes < 2 * n || (dst < src + s.bytes && src < dst + 2 * n)) {
     napi_throw_range_error(env, NULL, "encodeBf16: expected a destination of at least half the source's bytes, not overlapping it");
     return NULL;
   }
@@ -374,7 +371,7 @@ static napi_value encode_bf16(napi_env env, napi_callback_info info) {
   if (argc >= 3) {
     char name[16] = { 0 };
     size_t len = 0;
-    if (napi_get_value_string_utf8(env, argv[2], name, sizeof name, &len) != napi_ok) {
+    if (napi_get_value_string_utf8(env, isa, name, sizeof name, &len) != napi_ok) {
       napi_throw_type_error(env, NULL, "encodeBf16: expected isa to be a string");
       return NULL;
     }
