@@ -1,5 +1,5 @@
 import type { ParamLayout } from './param-layout.ts';
-import { arenaOf, sgdTail } from './simd.ts';
+import { arenaOf, finishTail, meanTail, sgdTail } from './simd.ts';
 
 export interface FlatSgdOptions { learningRate: number; momentum: number; weightDecay: number }
 
@@ -40,7 +40,7 @@ export class FlatMomentumSgd {
         continue;
       }
       if (!e.trainable) {
-        for (let i = a; i < b; i += 1) weights[i] = (sum[i] as number) * Math.fround(scale);
+        meanTail(sum, a, b, weights, 0, scale);
         continue;
       }
       sgdTail(weights, v, sum, a, b, { lr, mu, wd: e.decay ? weightDecay : 0, scale }, v, weights, 0);
@@ -66,7 +66,7 @@ export class FlatMomentumSgd {
         continue;
       }
       if (!e.trainable) {
-        for (let i = a; i < b; i += 1) o[i - a] = (sum[i] as number) * Math.fround(scale);
+        meanTail(sum, a, b, o, a, scale);
         continue;
       }
       sgdTail(weights, v, sum, a, b, { lr, mu, wd: e.decay ? weightDecay : 0, scale }, sum, o, a);
@@ -80,19 +80,11 @@ export class FlatMomentumSgd {
     for (const [e, a, b] of this.within(lo, hi)) {
       if (!e.trainable) {
         if (arena !== undefined) arena.mean(weights, sum, a, b, scale);
-        else for (let i = a; i < b; i += 1) weights[i] = (sum[i] as number) * Math.fround(scale);
+        else meanTail(sum, a, b, weights, 0, scale);
         continue;
       }
-      if (arena !== undefined) {
-        arena.sgdFinish(weights, v, sum, a, b, lr);
-        continue;
-      }
-      const f = Math.fround;
-      for (let i = a; i < b; i += 1) {
-        const vi = sum[i] as number;
-        v[i] = vi;
-        weights[i] = f((weights[i] as number) - f(f(lr) * vi));
-      }
+      if (arena !== undefined) arena.sgdFinish(weights, v, sum, a, b, lr);
+      else finishTail(weights, v, sum, a, b, lr);
     }
   }
 

@@ -272,11 +272,7 @@ export class FloatArena {
     const len = hi - lo;
     const body = len - (len % 4);
     this.k.fin(w.byteOffset + 4 * lo, v.byteOffset + 4 * lo, s.byteOffset + 4 * lo, body / 4, lr);
-    const f = Math.fround;
-    for (let i = lo + body; i < hi; i += 1) {
-      v[i] = s[i] as number;
-      w[i] = f((w[i] as number) - f(f(lr) * (s[i] as number)));
-    }
+    finishTail(w, v, s, lo + body, hi, lr);
   }
 
   /** out[i - lo] <- scale s[i] over [lo, hi) (mean's value, staged). */
@@ -284,7 +280,7 @@ export class FloatArena {
     const len = hi - lo;
     const body = len - (len % 4);
     this.k.avg(out.byteOffset, s.byteOffset + 4 * lo, body / 4, scale);
-    for (let i = lo + body; i < hi; i += 1) out[i - lo] = (s[i] as number) * Math.fround(scale);
+    meanTail(s, lo + body, hi, out, lo, scale);
   }
 
   /** w <- scale s over [lo, hi) (averaged BN statistics). */
@@ -292,7 +288,7 @@ export class FloatArena {
     const len = hi - lo;
     const body = len - (len % 4);
     this.run('avg', [w.byteOffset + 4 * lo, s.byteOffset + 4 * lo], [16, 16], body / 4, [scale]);
-    for (let i = lo + body; i < hi; i += 1) w[i] = (s[i] as number) * Math.fround(scale);
+    meanTail(s, lo + body, hi, w, 0, scale);
   }
 }
 
@@ -345,6 +341,21 @@ export function sgdTail(w: Float32Array, v: Float32Array, s: Float32Array, a: nu
     vOut[i] = vi;
     wOut[i - wAt] = f(wi - f(f(lr) * vi));
   }
+}
+
+/** The `fin` kernel on single floats (after sgdTo over [a, b): v <- s; w <- w - lr s), fp32 per operation, as sgdTail. */
+export function finishTail(w: Float32Array, v: Float32Array, s: Float32Array, a: number, b: number, lr: number): void {
+  const f = Math.fround;
+  for (let i = a; i < b; i += 1) {
+    v[i] = s[i] as number;
+    w[i] = f((w[i] as number) - f(f(lr) * (s[i] as number)));
+  }
+}
+
+/** The `avg` kernel on single floats: out[i - outAt] <- scale s[i] over [a, b) (fp32: scale rounded, one product), as sgdTail. */
+export function meanTail(s: Float32Array, a: number, b: number, out: Float32Array, outAt: number, scale: number): void {
+  const k = Math.fround(scale);
+  for (let i = a; i < b; i += 1) out[i - outAt] = (s[i] as number) * k;
 }
 
 /**

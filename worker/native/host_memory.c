@@ -400,18 +400,14 @@ static napi_value encode_bf16(napi_env env, napi_callback_info info) {
 }
 
 NAPI_MODULE_INIT() {
-  napi_value fn;
-  napi_create_function(env, "reuseFreedMemory", NAPI_AUTO_LENGTH, reuse_freed_memory, NULL, &fn);
-  napi_set_named_property(env, exports, "reuseFreedMemory", fn);
-  napi_create_function(env, "viewOffset", NAPI_AUTO_LENGTH, view_offset, NULL, &fn);
-  napi_set_named_property(env, exports, "viewOffset", fn);
-  napi_create_function(env, "streamCopy", NAPI_AUTO_LENGTH, stream_copy, NULL, &fn);
-  napi_set_named_property(env, exports, "streamCopy", fn);
-  napi_create_function(env, "streamDecodeBf16", NAPI_AUTO_LENGTH, stream_decode_bf16, NULL, &fn);
-  napi_set_named_property(env, exports, "streamDecodeBf16", fn);
-  napi_create_function(env, "streamPut", NAPI_AUTO_LENGTH, stream_put, NULL, &fn);
-  napi_set_named_property(env, exports, "streamPut", fn);
-  napi_create_function(env, "encodeBf16", NAPI_AUTO_LENGTH, encode_bf16, NULL, &fn);
-  napi_set_named_property(env, exports, "encodeBf16", fn);
+  const napi_property_descriptor functions[] = {
+    { "reuseFreedMemory", NULL, reuse_freed_memory, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "viewOffset", NULL, view_offset, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "streamCopy", NULL, stream_copy, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "streamDecodeBf16", NULL, stream_decode_bf16, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "streamPut", NULL, stream_put, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "encodeBf16", NULL, encode_bf16, NULL, NULL, NULL, napi_enumerable, NULL },
+  };
+  napi_define_properties(env, exports, sizeof functions / sizeof functions[0], functions);
   return exports;
 }
