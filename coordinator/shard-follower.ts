@@ -1,5 +1,6 @@
 import { hostname } from 'node:os';
 import WebSocket from 'ws';
+import { Backoff, sleep } from '../shared/backoff.ts';
 import { FlatMomentumSgd } from '../shared/flat-sgd.ts';
 import type { WireFormat } from '../shared/half.ts';
 import type { Logger } from '../shared/logger.ts';
@@ -59,7 +60,7 @@ interface Init { shard: ShardSpec; step: number; lo: number; hi: number; modelHa
  */
 export async function startFollower(o: FollowerOptions): Promise<FollowerHandle> {
   if (o.shard !== 'any' && o.shard.index === 0) throw new ProtocolError('VGG_ERR_SHARD', '--shard: expected 1..K-1, got 0 (shard 0 is embedded in the coordinator)');
-  let delay = o.backoffMs ?? 200;
+  const backoff = new Backoff(o.backoffMs ?? 200, Math.max(o.backoffMs ?? 200, 5000));
   let link: { ws: WebSocket; init: Init } | undefined;
   while (link === undefined) {
     try {
@@ -67,13 +68,9 @@ export async function startFollower(o: FollowerOptions): Promise<FollowerHandle>
     } catch (err) {
       if (err instanceof ProtocolError) throw err;
       if (o.signal?.aborted === true) throw new Error(`--leader ${o.leader}: gave up (${(err as Error).message})`);
-      o.log.warn({ leader: o.leader, err: (err as Error).message, retryMs: delay }, 'leader unreachable; retrying');
-      await new Promise<void>((resolve) => {
-        const wake = () => { clearTimeout(timer); resolve(); };
-        const timer = setTimeout(() => { o.signal?.removeEventListener('abort', wake); resolve(); }, delay);
-        o.signal?.addEventListener('abort', wake, { once: true });
-      });
-      delay = Math.min(2 * delay, 5000);
+      const retryMs = backoff.next();
+      o.log.warn({ leader: o.leader, err: (err as Error).message, retryMs }, 'leader unreachable; retrying');
+      await sleep(retryMs, o.signal);
     }
   }
   const { ws, init } = link;

@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import WebSocket from 'ws';
+import { Backoff, sleep } from '../shared/backoff.ts';
 import { gatherFrames } from '../shared/frame-slot.ts';
 import { connectLocal } from '../shared/local-link.ts';
 import { readIntoOneBuffer } from '../shared/socket-reads.ts';
@@ -228,16 +229,16 @@ export class AggregatorClient extends EventEmitter {
 
   /** Connects, retrying with backoff until the welcome arrives or `giveUp` says so. */
   async connect(giveUp: () => Promise<boolean> = async () => false): Promise<void> {
-    let delay = this.options.backoffMs ?? 200;
+    const backoff = new Backoff(this.options.backoffMs ?? 200, Math.max(this.options.backoffMs ?? 200, this.options.maxBackoffMs ?? 5000));
     while (!this.stopped && !(await giveUp())) {
       try {
         await this.open();
         return;
       } catch (err) {
         if (err instanceof ProtocolError) throw err;
-        this.options.log.warn({ url: this.options.url, err: (err as Error).message, retryMs: delay }, 'aggregator unreachable; retrying');
-        await new Promise((r) => setTimeout(r, delay));
-        delay = Math.min(delay * 2, this.options.maxBackoffMs ?? 5000);
+        const retryMs = backoff.next();
+        this.options.log.warn({ url: this.options.url, err: (err as Error).message, retryMs }, 'aggregator unreachable; retrying');
+        await sleep(retryMs);
       }
     }
     throw new ConnectionLost();

@@ -4,6 +4,7 @@ import * as tf from '@tensorflow/tfjs';
 import { Worker as BullWorker, type Job } from 'bullmq';
 import type { RunInfo } from '../coordinator/coordinator.ts';
 import type { RunState, WorkerHeartbeat } from '../coordinator/run-state.ts';
+import { Backoff, sleep } from '../shared/backoff.ts';
 import type { Logger } from '../shared/logger.ts';
 import { createMetrics, serveMetrics } from '../shared/metrics.ts';
 import { ErrorFeedback } from '../shared/half.ts';
@@ -52,7 +53,7 @@ export type OverlapChoice = (typeof OVERLAP_CHOICES)[number];
 
 /** Why a train job was given up. */
 class JobAbandoned extends Error {}
-/** The wait after a refused job, doubling with each refusal in a row up to the max. */
+/** The wait after a refused job, doubling with each refusal in a row up to the max (a stop cuts it short). */
 const REFUSAL_BACKOFF_MS = 100;
 const REFUSAL_BACKOFF_MAX_MS = 3200;
 
@@ -136,6 +137,8 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
   let jobs = 0;
   let faultsSeen = process.resourceUsage().minorPageFault;
   let stopping = false;
+  /** Aborted by stop(): cuts a refusal's wait short. */
+  const stopped = new AbortController();
   let rate: number | null = null;
 
   const beat = async () => {
@@ -321,7 +324,7 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
     let idleSent = -1;
     let failures = 0;
     /** Refusals in a row (JobAbandoned): each waits twice as long as the last before the next job. */
-    let refusals = 0;
+    const refusals = new Backoff(REFUSAL_BACKOFF_MS, REFUSAL_BACKOFF_MAX_MS);
     while (!stopping) {
       try {
         if (!client.connected) {
@@ -354,16 +357,13 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
         try {
           await trainJob(job as Job<TrainJobData>, token, pre?.batch);
           failures = 0;
-          refusals = 0;
+          refusals.reset();
         } catch (err) {
           // Return it at once so another worker can take it (the ledger keeps it exactly-once).
           await job.moveToWait(token).catch(() => {});
           // Refused (the job held by another member, say): the same job is likely the next one in the queue;
           // taking it again at once would only be refused again, as fast as Redis and the aggregator answer.
-          if (err instanceof JobAbandoned) {
-            refusals += 1;
-            await new Promise((r) => setTimeout(r, Math.min(REFUSAL_BACKOFF_MAX_MS, REFUSAL_BACKOFF_MS * 2 ** (refusals - 1))));
-          }
+          if (err instanceof JobAbandoned) await sleep(refusals.next(), stopped.signal);
           if (!(err instanceof JobAbandoned || err instanceof ConnectionLost)) {
             // We may be expected in the step or half-way through a gradient: leave the step by
             // dropping the connection (the aggregator then goes on without us), rejoin afresh.
@@ -384,7 +384,7 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
         log.error({ err: (err as Error).message, failures }, 'worker loop error');
         // A broken backend (e.g. the wasm heap exhausted) does not heal: leave, and let the supervisor restart us.
         if (failures >= 3) throw err;
-        await new Promise((r) => setTimeout(r, 500));
+        await sleep(500, stopped.signal);
       }
     }
   };
@@ -400,5 +400,5 @@ export async function runWorker(o: WorkerOptions): Promise<{ jobs: number; stop:
     await metricsServer?.close();
     log.info({ jobs }, 'worker left');
   });
-  return { get jobs() { return jobs; }, stop: () => { stopping = true; }, done };
+  return { get jobs() { return jobs; }, stop: () => { stopping = true; stopped.abort(); }, done };
 }
