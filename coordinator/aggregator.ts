@@ -3,18 +3,19 @@ import type { Logger } from '../shared/logger.ts';
 import { FlatMomentumSgd } from '../shared/flat-sgd.ts';
 import { WrittenRanges } from '../shared/written-ranges.ts';
 import { advance, complete, position, runEnd, runsOf, startAt, unitAt, type SplitCursor } from '../shared/split-order.ts';
-import { encode16, type WireFormat } from '../shared/half.ts';
+import type { WireFormat } from '../shared/half.ts';
 import { sliceLayout } from '../shared/shard.ts';
 import { FrameSlot } from '../shared/frame-slot.ts';
 import { readIntoOneBuffer } from '../shared/socket-reads.ts';
 import type { LocalSocket } from '../shared/local-link.ts';
-import { FRAME_SLOTS_MAX, FRAME_SLOT_FLOATS, STAGE_ROOMS, STAGE_ROOM_FLOATS, arenaOf, type FloatArena } from '../shared/simd.ts';
+import { FRAME_SLOTS_MAX, FRAME_SLOT_FLOATS, arenaOf, type FloatArena } from '../shared/simd.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import {
-  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, codesOf, decodeFragments, decodeFrame, encode, field, fragmentBytes, sameSecret, sendChunk, valuesOf,
+  CHUNK_FLOATS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtocolError, chunkFrame, codesOf, decodeFragments, decodeFrame, encode, field, fragmentBytes, sameSecret, valuesOf,
   type BatchStats, type ServerMessage,
 } from '../shared/wire-protocol.ts';
 import { shardTicket, type ShardLeader } from './shard-leader.ts';
+import { WeightsSender } from './weights-sender.ts';
 
 /** One worker connection. */
 export interface Member {
@@ -131,15 +132,6 @@ export type PartialSteps = 'scale' | 'mean';
 export const PARTIAL_STEPS = ['scale', 'mean'] as const;
 
 /**
- * A room of a chunk's new weights, staged before the step's commit (early commit): sent to
- * every member of the broadcast, free again once all those sends are out (STAGE_ROOMS of them).
- */
-interface StageRoom { f32: Float32Array; u16?: Uint16Array; busy: number }
-
-/** A 16-bit broadcast in progress: its chunks [lo, hi), the next to send, its targets and end frame. */
-interface Broadcast16 { targets: Member[]; units: [number, number][]; next: number; step: number; end: Buffer }
-
-/**
  * Early commit (opt-in: the run option --early-commit, or VGG_EARLY_COMMIT=1 where the coordinator runs): the update of a
  * range and its new weights' broadcast start as soon as every member of the step has sent that range,
  * while the rest of the gradients still arrive (the classifier's 89% while the conv body
@@ -205,16 +197,10 @@ export class Aggregator {
   /** The step's sealed membership (early commit); joins after it wait for the next step. */
   private roster?: Roster;
   private early?: EarlyStream;
-  private readonly rooms: StageRoom[] = [];
-  /** 16-bit broadcasts still sending (the next update waits for them: drained()). */
-  private readonly streams = new Set<Broadcast16>();
-  /** Waiting for a free stage room (the commit's 16-bit chunks): called when one is released. */
-  private roomWaiters: (() => void)[] = [];
-  private roomsMade = 0;
+  /** The weights on their way to members: straight from the weights (fp32) or through stage rooms (16-bit, early commit). */
+  private readonly sender: WeightsSender;
   private staging = false;
   private earlyFailed = false;
-  /** Sends of a broadcast (straight from the weights) not yet out: the next update waits for them (drained()). */
-  private weightSends = 0;
   private readonly earlyCommit: boolean;
   /** A commit's staged ranges not yet finished into the weights and momentum (settle()). */
   private unfinished?: { runs: [number, number][]; scale: number; lr: number };
@@ -241,6 +227,7 @@ export class Aggregator {
     this.sum = floats(this.weights.length);
     this.wire = options.wire ?? 'fp32';
     this.scratch = floats(this.wire === 'fp32' ? 0 : CHUNK_FLOATS);
+    this.sender = new WeightsSender({ weights: this.weights, wire: this.wire, arena: this.arena, metrics: options.metrics, onRoomFree: () => this.advanceEarly() });
     // Gradient chunks gathered straight into the arena as they arrive: one copy from the socket to the reduce.
     // One slot per socket streaming at once (the members' frames interleave), made as needed.
     const arena = this.arena;
@@ -619,7 +606,7 @@ export class Aggregator {
         const end = e.pos + (hi - lo);
         if (end > common) break; // a unit only when every member has all of it
         if (!this.written.covers(lo, hi)) break;
-        const room = this.room();
+        const room = this.sender.room();
         if (room === undefined) break; // resumed when a room is free
         if (e.pos === 0) {
           for (const m of this.readyMembers()) if (m.ws.readyState === m.ws.OPEN) e.targets.add(m);
@@ -628,8 +615,8 @@ export class Aggregator {
         }
         const out = room.f32.subarray(0, hi - lo);
         this.sgd.stage(this.weights, this.sum, 1 / r.divisor, lo, hi, out);
-        if (room.u16 !== undefined) this.sendCodes(room, out, this.step + 1, lo, e.targets);
-        else this.sendRoom(room, chunkFrame('weights-chunk', this.step + 1, lo, out), e.targets);
+        if (room.u16 !== undefined) this.sender.codes(room, out, this.step + 1, lo, e.targets);
+        else this.sender.fromRoom(room, chunkFrame('weights-chunk', this.step + 1, lo, out), e.targets);
         e.pos = end;
       }
     } catch (err) {
@@ -639,16 +626,6 @@ export class Aggregator {
     } finally {
       this.staging = false;
     }
-  }
-
-  /** A free stage room, made in the arena while fewer than STAGE_ROOMS exist; undefined when all are in flight. */
-  private room(): StageRoom | undefined {
-    const free = this.rooms.pop();
-    if (free !== undefined || this.roomsMade === STAGE_ROOMS) return free;
-    this.roomsMade += 1;
-    const f32 = this.arena?.alloc(STAGE_ROOM_FLOATS) ?? new Float32Array(STAGE_ROOM_FLOATS);
-    const u16 = this.wire === 'fp32' ? undefined : this.arena?.alloc16(STAGE_ROOM_FLOATS) ?? new Uint16Array(STAGE_ROOM_FLOATS);
-    return { f32, u16, busy: 0 };
   }
 
   /** Follower: applies the leader's commit once every gradient it lists is here; resolves after the broadcast. */
@@ -700,7 +677,7 @@ export class Aggregator {
           throw new Error(`commit of step ${this.step}: expected the roster's jobs ${roster.jobs.join(',')} (${roster.totalSamples} samples), got ${[...jobs].join(',')} (${this.totalSamples})`);
         }
       }
-      await this.drained();
+      await this.sender.drained(() => this.members.values());
       this.settle();
       // A follower divides as its leader says; the leader (or the only aggregator) as the roster did, if any.
       const divisor = pending?.divisor ?? this.roster?.divisor ?? this.divisorOf(this.totalSamples);
@@ -757,12 +734,8 @@ export class Aggregator {
     for (let lo = 0; lo < total; lo += CHUNK_FLOATS) {
       const hi = Math.min(total, lo + CHUNK_FLOATS);
       this.sgd.apply(this.weights, this.sum, scale, lo, hi);
-      if (this.wire === 'fp32') this.sendFromWeights(step, lo, hi, targets);
-      else {
-        let room = this.room();
-        while (room === undefined) room = await new Promise<StageRoom | undefined>((resolve) => { this.roomWaiters.push(() => resolve(this.room())); });
-        this.sendCodes(room, this.weights.subarray(lo, hi), step, lo, targets);
-      }
+      if (this.wire === 'fp32') this.sender.fromWeights(step, lo, hi, targets);
+      else this.sender.codes(await this.sender.nextRoom(), this.weights.subarray(lo, hi), step, lo, targets);
       await new Promise((r) => setImmediate(r));
     }
     return targets;
@@ -851,7 +824,7 @@ export class Aggregator {
 
   /**
    * Current weights to `targets`: each chunk's head encoded once, the floats
-   * sent straight from the master weights (no copy; see drained()). Members that
+   * sent straight from the master weights (no copy; see WeightsSender.drained). Members that
    * had the step's early stream get the rest of it and its end.
    */
   private sendWeights(targets: Member[], early?: EarlyStream): void {
@@ -878,88 +851,13 @@ export class Aggregator {
     const units: [number, number][] = [];
     for (const [lo, hi] of runs) for (let offset = lo; offset < hi; offset += CHUNK_FLOATS) units.push([offset, Math.min(hi, offset + CHUNK_FLOATS)]);
     for (const m of live) if (first !== undefined) m.ws.send(first);
-    this.options.metrics?.sentBytes.inc(live.length * ((first?.length ?? 0) + end.length)); // the chunks: sendRoom, sendFromWeights
+    this.options.metrics?.sentBytes.inc(live.length * ((first?.length ?? 0) + end.length)); // the chunks: counted by the sender
     if (this.wire !== 'fp32') {
-      const b: Broadcast16 = { targets: live, units, next: 0, step: this.step, end };
-      this.streams.add(b);
-      this.pump(b);
+      this.sender.stream16(live, units, this.step, end);
       return;
     }
-    for (const [lo, hi] of units) this.sendFromWeights(this.step, lo, hi, live);
+    for (const [lo, hi] of units) this.sender.fromWeights(this.step, lo, hi, live);
     for (const m of live) m.ws.send(end);
-  }
-
-  /** fp32 weights [lo, hi) of `step` to every open target, straight from the weights (drained() waits for them). */
-  private sendFromWeights(step: number, lo: number, hi: number, targets: Iterable<Member>): void {
-    const frame = chunkFrame('weights-chunk', step, lo, this.weights.subarray(lo, hi));
-    for (const m of targets) {
-      if (m.ws.readyState !== m.ws.OPEN) continue;
-      this.options.metrics?.sentBytes.inc(frame[0].length + frame[1].length);
-      this.weightSends += 1;
-      sendChunk(m.ws, frame, () => { this.weightSends -= 1; });
-    }
-  }
-
-  /** `values` (the weights at `lo` of `step`) as 16-bit codes in `room`, sent to every open target (sendRoom). */
-  private sendCodes(room: StageRoom, values: Float32Array, step: number, lo: number, targets: Iterable<Member>): void {
-    const codes = (room.u16 as Uint16Array).subarray(0, values.length);
-    encode16(this.wire as 'bf16' | 'fp16', values, codes);
-    this.sendRoom(room, chunkFrame('weights-chunk', step, lo, codes), targets);
-  }
-
-  /**
-   * Sends a 16-bit broadcast's next chunks while stage rooms are free; its end once all are out.
-   * A room is free once every target took its chunk: a member that does not read holds the
-   * broadcast for all until the heartbeat drops it (with the old full 16-bit copy it held the
-   * next commit instead, drained()).
-   */
-  private pump(b: Broadcast16): void {
-    while (b.next < b.units.length) {
-      const room = this.room();
-      if (room === undefined) return; // resumed when a room is free
-      const [lo, hi] = b.units[b.next] as [number, number];
-      b.next += 1;
-      this.sendCodes(room, this.weights.subarray(lo, hi), b.step, lo, b.targets);
-    }
-    for (const m of b.targets) if (m.ws.readyState === m.ws.OPEN) m.ws.send(b.end);
-    this.streams.delete(b);
-  }
-
-  /** `frame` (its bytes in `room`) to every open target; the room is free again once all those sends are out. */
-  private sendRoom(room: StageRoom, frame: [Buffer, Uint8Array], targets: Iterable<Member>): void {
-    const release = () => {
-      room.busy -= 1;
-      if (room.busy > 0) return;
-      this.rooms.push(room);
-      this.roomWaiters.shift()?.();
-      setImmediate(() => {
-        for (const b of this.streams) this.pump(b);
-        this.advanceEarly();
-      });
-    };
-    room.busy = 1; // held while sending: a callback that comes at once does not free it early
-    for (const m of targets) {
-      if (m.ws.readyState !== m.ws.OPEN) continue;
-      room.busy += 1;
-      this.options.metrics?.sentBytes.inc(frame[0].length + frame[1].length);
-      sendChunk(m.ws, frame, release);
-    }
-    release();
-  }
-
-  /**
-   * Resolves when no socket still holds queued bytes of the weights: they are
-   * sent without a copy, so the update must not run before. Members of the
-   * step have drained by construction (they had the weights before computing);
-   * this waits only for slow bystanders, and for 16-bit broadcasts still
-   * encoding from the weights. (Bytes in stage rooms are not waited for.)
-   */
-  private async drained(): Promise<void> {
-    for (;;) {
-      const busy = [...this.members.values()].some((m) => m.ws.readyState === m.ws.OPEN && m.ws.bufferedAmount > 0);
-      if ((!busy || this.weightSends === 0) && this.streams.size === 0) return;
-      await new Promise((r) => setTimeout(r, 1));
-    }
   }
 
   close(): Promise<void> {
