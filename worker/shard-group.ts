@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { ProtocolError, field, type BatchStats, type ClientMessage } from '../shared/wire-protocol.ts';
-import { AggregatorClient, ConnectionLost, keepsVersion, nextEvent, ownVersion, versionFloats, weightsOf, type ClientOptions, type GradientSplit } from './aggregator-client.ts';
+import { AggregatorClient, ConnectionLost, nextEvent, weightsOf, type ClientOptions, type GradientSplit } from './aggregator-client.ts';
+import { keepsVersion, ownVersion, versionFloats } from './arena-rooms.ts';
 import { alignedFloats } from './host-memory.ts';
 
 interface Part { client: AggregatorClient; lo: number; hi: number }

@@ -6,7 +6,8 @@ import { boolEnv } from '../shared/option-parsers.ts';
 import type { ShardSpec } from '../shared/shard.ts';
 import { ProtocolError, type BatchStats, type ClientMessage } from '../shared/wire-protocol.ts';
 import { tryArena, type FloatArena } from '../shared/simd.ts';
-import { ConnectionLost, SEND_ROOM_RESERVE_BYTES, nextEvent, versionReserveBytes, weightsOf, type GradientSplit } from './aggregator-client.ts';
+import { ConnectionLost, nextEvent, weightsOf, type GradientSplit } from './aggregator-client.ts';
+import { SEND_ROOM_RESERVE_BYTES, versionReserveBytes } from './arena-rooms.ts';
 import { readRanges, type WeightsRange } from './shard-group.ts';
 import { tsThread } from './ts-thread.ts';
 

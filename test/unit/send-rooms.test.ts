@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { encodeBf16, encodeBf16Scalar } from '../../shared/half.ts';
 import { FloatArena } from '../../shared/simd.ts';
 import { CHUNK_FLOATS } from '../../shared/wire-protocol.ts';
-import { allowSendRooms, sendRoomFor } from '../../worker/aggregator-client.ts';
+import { allowSendRooms, sendRoomFor } from '../../worker/arena-rooms.ts';
 import { wave } from '../helpers/numeric.ts';
 
 describe('16-bit send rooms in the gradient\'s arena', () => {
