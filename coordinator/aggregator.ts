@@ -7,7 +7,7 @@ import type { WireFormat } from '../shared/half.ts';
 import { sliceLayout } from '../shared/shard.ts';
 import { FrameSlot } from '../shared/frame-slot.ts';
 import { readIntoOneBuffer } from '../shared/socket-reads.ts';
-import type { LocalSocket } from '../shared/local-link.ts';
+import { LocalSocket } from '../shared/local-link.ts';
 import { FRAME_SLOTS_MAX, FRAME_SLOT_FLOATS, arenaOf, type FloatArena } from '../shared/simd.ts';
 import type { Metrics } from '../shared/metrics.ts';
 import {
@@ -15,6 +15,8 @@ import {
   type BatchStats, type ServerMessage,
 } from '../shared/wire-protocol.ts';
 import { shardTicket, type ShardLeader } from './shard-leader.ts';
+import { hasStreamPutTwo } from '../worker/host-memory.ts';
+import { DeferredContributions } from './deferred-contributions.ts';
 import { WeightsSender } from './weights-sender.ts';
 
 /** One worker connection. */
@@ -202,6 +204,10 @@ export class Aggregator {
   private staging = false;
   private earlyFailed = false;
   private readonly earlyCommit: boolean;
+  /** A hosting worker's own fp32 chunks not yet in the sum (defers()): they go in with another member's. */
+  private readonly deferred = new DeferredContributions<Member>();
+  /** A hosting worker whose gradient is complete while part of it waits in `deferred`: the leader hears of it (onHave) once none does. */
+  private heldHave?: { member: Member; jobId: string };
   /** A commit's staged ranges not yet finished into the weights and momentum (settle()). */
   private unfinished?: { runs: [number, number][]; scale: number; lr: number };
   /** Floats of the last committed step whose update went out before its commit (early commit). */
@@ -484,16 +490,27 @@ export class Aggregator {
         const n = r.stats.samples;
         const { arena, sum } = this;
         // The first contribution to a range of the sum stores it, later ones add (no zeroing pass).
-        const finite = this.written.take(offset, offset + length, (lo, hi, put) => codes !== undefined
-          ? (arena as FloatArena).accumulateBf16(sum, lo, codes.subarray(lo - offset, hi - offset), n, put)
-          : arena !== undefined ? arena.accumulate(sum, lo, (g as Float32Array).subarray(lo - offset, hi - offset), n, put)
-            : accumulate(sum, lo, (g as Float32Array).subarray(lo - offset, hi - offset), n, put));
+        const voided: Member[] = [];
+        const finite = g !== undefined && this.defers(m, g, raw) ? this.deferLocal(m, offset, g, n)
+          : this.written.take(offset, offset + length, (lo, hi, put) => {
+            if (codes !== undefined) return (arena as FloatArena).accumulateBf16(sum, lo, codes.subarray(lo - offset, hi - offset), n, put);
+            const part = (g as Float32Array).subarray(lo - offset, hi - offset);
+            if (arena === undefined) return accumulate(sum, lo, part, n, put);
+            if (!put || this.deferred.size === 0) return arena.accumulate(sum, lo, part, n, put);
+            const fused = this.deferred.putWith(arena, sum, lo, hi, part, n);
+            voided.push(...fused.voided);
+            return fused.finite;
+          });
+        for (const v of voided) this.voidDeferred(v);
+        this.releaseHave();
         if (!finite) {
+          this.deferred.drop(m);
           // Part of it is in the sum already: abort the step, the others resend, this member gives up its job.
           // (At a follower the leader aborts: it drops the worker from the step, and the abort resets this sum.)
           if (this.options.follower !== undefined) {
             Object.assign(m, { receiving: undefined, discarding: true });
             this.options.follower.onLost(m.workerId);
+            this.settleDeferred();
           } else this.abortStep(m);
           throw new ProtocolError('VGG_ERR_NONFINITE', `grad-chunk at ${offset}: expected finite values, got NaN or Inf (job ${r.jobId})`);
         }
@@ -512,7 +529,9 @@ export class Aggregator {
         m.receiving = undefined;
         this.totalSamples += r.stats.samples;
         this.done.set(m.id, { memberId: m.id, workerId: m.workerId, jobId: r.jobId, sampleIds: r.sampleIds, stats: r.stats });
-        this.options.follower?.onHave(this.step, this.attempt, r.jobId);
+        if (this.deferred.has(m)) this.heldHave = { member: m, jobId: r.jobId };
+        else this.options.follower?.onHave(this.step, this.attempt, r.jobId);
+        this.settleDeferred();
         this.advanceEarly();
         this.commitWhenComplete();
         return;
@@ -520,6 +539,69 @@ export class Aggregator {
       default:
         throw new ProtocolError('VGG_ERR_UNKNOWN_TYPE', `frame.t: expected ready, join, idle, grad-begin, grad-chunk or grad-end, got ${JSON.stringify(msg.t)}`);
     }
+  }
+
+  /**
+   * Whether `m`'s fp32 chunk `g` waits for another member's chunk of the same floats (DeferredContributions): at a
+   * follower shard with an arena and the addon's fused put, from its hosting worker (the in-process link: `g` is
+   * a view of the worker's gradient, not of a buffer reused for the next frame), while no other member's wait (a
+   * second member in process would be a second worker in one process: its floats then go in as they come).
+   */
+  private defers(m: Member, g: Float32Array, raw: Uint8Array): boolean {
+    return this.options.follower !== undefined && this.arena !== undefined && this.wire === 'fp32' && (m.ws as unknown) instanceof LocalSocket
+      && g.buffer === raw.buffer && g.length > 0 && hasStreamPutTwo() && !this.deferred.holdsOtherThan(m);
+  }
+
+  /** `m`'s chunk at `offset`: floats another member wrote already are added now, the rest wait. Whether those added were finite. */
+  private deferLocal(m: Member, offset: number, g: Float32Array, n: number): boolean {
+    let finite = true;
+    this.written.pieces(offset, offset + g.length, (lo, hi, fresh) => {
+      const part = g.subarray(lo - offset, hi - offset);
+      if (fresh) this.deferred.add({ member: m, lo, hi, g: part, n });
+      else finite = (this.arena as FloatArena).accumulate(this.sum, lo, part, n, false) && finite;
+    });
+    return finite;
+  }
+
+  /** Puts the deferred floats within [lo, hi) alone (no other member sends them any more); false if some were not finite (their members voided). */
+  private putDeferred(lo: number, hi: number): boolean {
+    this.settle();
+    const voided: Member[] = [];
+    for (const d of this.deferred.takeWithin(lo, hi)) {
+      const ok = this.written.take(d.lo, d.hi, (a, b, fresh) => (this.arena as FloatArena).accumulate(this.sum, a, d.g.subarray(a - d.lo, b - d.lo), d.n, fresh));
+      if (!ok && !voided.includes(d.member)) voided.push(d.member);
+    }
+    for (const v of voided) this.voidDeferred(v);
+    this.releaseHave();
+    return voided.length === 0;
+  }
+
+  /** With floats deferred and no other member sending (none will fuse them): they go in now. */
+  private settleDeferred(): void {
+    if (this.deferred.size === 0) return;
+    for (const o of this.members.values()) if (o.receiving !== undefined && !this.deferred.has(o)) return;
+    this.putDeferred(0, this.sum.length);
+  }
+
+  /** The hosting worker heard of (onHave) once none of its floats wait any more. */
+  private releaseHave(): void {
+    const h = this.heldHave;
+    if (h === undefined || this.deferred.has(h.member)) return;
+    this.heldHave = undefined;
+    this.options.follower?.onHave(this.step, this.attempt, h.jobId);
+  }
+
+  /**
+   * `m`'s deferred floats were not finite: as when a chunk is refused on arrival (VGG_ERR_NONFINITE, answered,
+   * connection kept), the leader drops the worker from the step and aborts it (the abort resets this sum).
+   */
+  private voidDeferred(m: Member): void {
+    this.deferred.drop(m);
+    if (this.heldHave?.member === m) this.heldHave = undefined;
+    const jobId = m.receiving?.jobId ?? this.done.get(m.id)?.jobId;
+    Object.assign(m, { receiving: undefined, discarding: m.receiving !== undefined });
+    this.reject(m.ws, new ProtocolError('VGG_ERR_NONFINITE', `grad-chunk: expected finite values, got NaN or Inf (job ${jobId})`), m);
+    this.options.follower?.onLost(m.workerId);
   }
 
   /** Leader with shards: `m` joined this step, so part of its gradient may be at a follower already. */
@@ -605,6 +687,7 @@ export class Aggregator {
         const [lo, hi] = unitAt(e.pos, e.split, total);
         const end = e.pos + (hi - lo);
         if (end > common) break; // a unit only when every member has all of it
+        if (this.deferred.size > 0 && !this.putDeferred(lo, hi)) break; // no other member sends these floats any more
         if (!this.written.covers(lo, hi)) break;
         const room = this.sender.room();
         if (room === undefined) break; // resumed when a room is free
@@ -683,6 +766,7 @@ export class Aggregator {
       const divisor = pending?.divisor ?? this.roster?.divisor ?? this.divisorOf(this.totalSamples);
       this.options.shardLeader?.commit(this.step, this.attempt, contributions.map((c) => c.jobId), this.totalSamples, divisor, this.learningRate);
       if (this.totalSamples > 0) {
+        if (this.deferred.size > 0 && !this.putDeferred(0, this.sum.length)) throw new Error(`commit of step ${this.step}: a hosting worker's deferred gradient was not finite`);
         if (!this.written.covers(0, this.sum.length)) throw new Error(`commit of step ${this.step}: expected every float of the sum written by ${contributions.length} complete gradients, got gaps`);
         const scale = 1 / divisor;
         if (early === undefined) streamed = await this.updateAndSend(scale);
@@ -773,6 +857,8 @@ export class Aggregator {
   }
 
   private resetStep(): void {
+    this.deferred.clear();
+    this.heldHave = undefined;
     this.roster = undefined;
     this.early = undefined;
     this.earlyFailed = false;
@@ -787,7 +873,10 @@ export class Aggregator {
     this.options.log[clean ? 'info' : 'warn']({ member: m.id, workerId: m.workerId, jobId: m.jobId, step: this.step, code }, clean ? 'member left' : 'member lost');
     if (this.options.follower !== undefined) {
       // The leader decides: it drops the worker from the step (and aborts it if the worker was in it).
+      this.deferred.drop(m);
+      if (this.heldHave?.member === m) this.heldHave = undefined;
       if (m.ready) this.options.follower.onLost(m.workerId);
+      this.settleDeferred();
       return;
     }
     // With shards, a member of the step may have sent (part of) its gradient to a follower already.

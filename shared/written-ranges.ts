@@ -19,6 +19,20 @@ export class WrittenRanges {
     return lo >= hi;
   }
 
+  /** Calls `visit(lo, hi, fresh)` for the pieces of [lo, hi) in order, as take does, marking nothing written. */
+  pieces(lo: number, hi: number, visit: (lo: number, hi: number, fresh: boolean) => void): void {
+    let at = lo;
+    for (let i = 0; i < this.runs.length; i += 2) {
+      const from = Math.max(this.runs[i] as number, lo);
+      const to = Math.min(this.runs[i + 1] as number, hi);
+      if (from >= to) continue;
+      if (at < from) visit(at, from, true);
+      visit(from, to, false);
+      at = to;
+    }
+    if (at < hi) visit(at, hi, true);
+  }
+
   /**
    * Calls `visit(lo, hi, fresh)` for the pieces of [lo, hi) in order, `fresh` where nothing was
    * written yet, then marks [lo, hi) written. Returns whether every visit returned true (all are

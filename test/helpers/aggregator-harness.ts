@@ -1,5 +1,5 @@
 import WebSocket from 'ws';
-import { Aggregator, type Contribution, type Member, type PartialSteps } from '../../coordinator/aggregator.ts';
+import { Aggregator, type Contribution, type FollowerHooks, type Member, type PartialSteps } from '../../coordinator/aggregator.ts';
 import { FlatMomentumSgd } from '../../shared/flat-sgd.ts';
 import type { WireFormat } from '../../shared/half.ts';
 import { createLogger } from '../../shared/logger.ts';
@@ -32,8 +32,8 @@ export interface Harness {
   close(): Promise<void>;
 }
 
-/** `arena`: weights and momentum in a FloatArena, so the aggregator runs its SIMD loops. */
-export async function startAggregator(options: { layout?: ParamLayout; heartbeatTimeoutMs?: number; step?: number; wire?: WireFormat; arena?: boolean; deferFinishAbove?: number; finishSliceFloats?: number; earlyCommit?: boolean; partialSteps?: PartialSteps } = {}): Promise<Harness> {
+/** `arena`: weights and momentum in a FloatArena, so the aggregator runs its SIMD loops. `follower`: a follower shard's, with these hooks for its leader. */
+export async function startAggregator(options: { layout?: ParamLayout; heartbeatTimeoutMs?: number; step?: number; wire?: WireFormat; arena?: boolean; deferFinishAbove?: number; finishSliceFloats?: number; earlyCommit?: boolean; partialSteps?: PartialSteps; follower?: FollowerHooks } = {}): Promise<Harness> {
   const layout = options.layout ?? buildLayout(TINY_VGG_A);
   const arena = options.arena === true ? new FloatArena(aggregatorArenaFloats(layout.totalSize)) : undefined;
   const plain = Float32Array.from({ length: layout.totalSize }, (_, i) => ((i % 13) - 6) / 100);
@@ -47,7 +47,7 @@ export async function startAggregator(options: { layout?: ParamLayout; heartbeat
     jobStatus: (id) => (id.startsWith('job') ? 'pending' : 'unknown'),
     onCommit: async (_step, c) => { commits.push(c); },
     onMemberLost: (m) => { lost.push(m); }, log, heartbeatTimeoutMs: options.heartbeatTimeoutMs, deferFinishAbove: options.deferFinishAbove, finishSliceFloats: options.finishSliceFloats, earlyCommit: options.earlyCommit,
-    partialSteps: options.partialSteps,
+    partialSteps: options.partialSteps, follower: options.follower,
   });
   const port = await agg.start();
   return {

@@ -41,4 +41,17 @@ describe('WrittenRanges (first contribution stores, later ones add)', () => {
     assert.deepEqual(seen, [true, false, true]);
     assert.equal(w.covers(0, 60), true);
   });
+  test('pieces visits as take does and marks nothing written', () => {
+    const w = new WrittenRanges();
+    pieces(w, 10, 20);
+    pieces(w, 30, 40);
+    const seen: [number, number, boolean][] = [];
+    w.pieces(5, 45, (a, b, fresh) => { seen.push([a, b, fresh]); });
+    assert.deepEqual(seen, [[5, 10, true], [10, 20, false], [20, 30, true], [30, 40, false], [40, 45, true]]);
+    assert.equal(w.covers(5, 45), false);
+    assert.deepEqual(pieces(w, 5, 45), seen, 'take then sees the same pieces');
+    const none: unknown[] = [];
+    w.pieces(7, 7, (...p) => { none.push(p); });
+    assert.deepEqual(none, []);
+  });
 });

@@ -285,6 +285,67 @@ static napi_value stream_put(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* dst = (0 + ka a) + kb b, the probes pa += a * 0 and pb += b * 0: operation for operation a put of a (put_scaled)
+ * then the SIMD reduce of b (shared/simd.ts's acc: dst + b kb), in one pass with streaming stores. Bit 0 of the
+ * result: a holds a NaN or an Inf; bit 1: b does. */
+static int put_two(float *dst, const float *a, float ka, const float *b, float kb, size_t n) {
+  float pa = 0.0f, pb = 0.0f;
+  size_t i = 0;
+#if defined(__SSE2__)
+  for (; i < n && ((uintptr_t)(dst + i) & 15u) != 0; i += 1) {
+    dst[i] = (0.0f + ka * a[i]) + b[i] * kb;
+    pa += a[i] * 0.0f;
+    pb += b[i] * 0.0f;
+  }
+  const __m128 kav = _mm_set1_ps(ka), kbv = _mm_set1_ps(kb), zero = _mm_setzero_ps();
+  __m128 qa = zero, qb = zero;
+  for (; i + 4 <= n; i += 4) {
+    __m128 x = _mm_loadu_ps(a + i), y = _mm_loadu_ps(b + i);
+    _mm_stream_ps(dst + i, _mm_add_ps(_mm_add_ps(zero, _mm_mul_ps(x, kav)), _mm_mul_ps(y, kbv)));
+    qa = _mm_add_ps(qa, _mm_mul_ps(x, zero));
+    qb = _mm_add_ps(qb, _mm_mul_ps(y, zero));
+  }
+  _mm_sfence();
+  float la[4], lb[4];
+  _mm_storeu_ps(la, qa);
+  _mm_storeu_ps(lb, qb);
+  pa += la[0] + la[1] + la[2] + la[3];
+  pb += lb[0] + lb[1] + lb[2] + lb[3];
+#endif
+  for (; i < n; i += 1) {
+    dst[i] = (0.0f + ka * a[i]) + b[i] * kb;
+    pa += a[i] * 0.0f;
+    pb += b[i] * 0.0f;
+  }
+  return (isnan(pa) ? 1 : 0) | (isnan(pb) ? 2 : 0);
+}
+
+static napi_value stream_put_two(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  size_t argc = 5;
+  struct view d, a, b;
+  double ka = 0, kb = 0;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 5 || !view_of(env, argv[0], &d) || !view_of(env, argv[1], &a)
+      || napi_get_value_double(env, argv[2], &ka) != napi_ok || !view_of(env, argv[3], &b) || napi_get_value_double(env, argv[4], &kb) != napi_ok
+      || d.type != napi_float32_array || a.type != napi_float32_array || b.type != napi_float32_array || ((uintptr_t)d.data & 3u) != 0) {
+    napi_throw_type_error(env, NULL, "streamPutTwo: expected (dst Float32Array, a Float32Array, ka number, b Float32Array, kb number)");
+    return NULL;
+  }
+  size_t n = a.bytes / 4;
+  if (b.bytes != a.bytes || d.bytes < a.bytes) {
+    napi_throw_range_error(env, NULL, "streamPutTwo: expected a and b of one length and a destination at least as long");
+    return NULL;
+  }
+  napi_value result;
+  // dst overlapping a source: nothing written (undefined); the caller puts and adds them its own way.
+  if ((d.data < a.data + a.bytes && a.data < d.data + 4 * n) || (d.data < b.data + b.bytes && b.data < d.data + 4 * n)) {
+    napi_get_undefined(env, &result);
+    return result;
+  }
+  napi_create_int32(env, put_two((float *)d.data, (const float *)a.data, (float)ka, (const float *)b.data, (float)kb, n), &result);
+  return result;
+}
+
 /* The rule of encodeBf16Scalar: NaN (magnitude above Inf's) keeps its top bits, made quiet; else round to nearest even. */
 static inline uint16_t bf16_of(float f) {
   uint32_t x;
@@ -406,6 +467,7 @@ NAPI_MODULE_INIT() {
     { "streamCopy", NULL, stream_copy, NULL, NULL, NULL, napi_enumerable, NULL },
     { "streamDecodeBf16", NULL, stream_decode_bf16, NULL, NULL, NULL, napi_enumerable, NULL },
     { "streamPut", NULL, stream_put, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "streamPutTwo", NULL, stream_put_two, NULL, NULL, NULL, napi_enumerable, NULL },
     { "encodeBf16", NULL, encode_bf16, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   napi_define_properties(env, exports, sizeof functions / sizeof functions[0], functions);
