@@ -3,7 +3,7 @@ import type { Logger } from '../shared/logger.ts';
 import { FlatMomentumSgd } from '../shared/flat-sgd.ts';
 import { WrittenRanges } from '../shared/written-ranges.ts';
 import { advance, complete, position, runEnd, runsOf, startAt, unitAt, type SplitCursor } from '../shared/split-order.ts';
-import type { WireFormat } from '../shared/half.ts';
+import { decodeBf16Scalar, encodeBf16, type WireFormat } from '../shared/half.ts';
 import { sliceLayout } from '../shared/shard.ts';
 import { FrameSlot } from '../shared/frame-slot.ts';
 import { readIntoOneBuffer } from '../shared/socket-reads.ts';
@@ -16,7 +16,7 @@ import {
 } from '../shared/wire-protocol.ts';
 import { shardTicket, type ShardLeader } from './shard-leader.ts';
 import { hasStreamPutTwo } from '../worker/host-memory.ts';
-import { DeferredContributions } from './deferred-contributions.ts';
+import { DeferredContributions, putFloats } from './deferred-contributions.ts';
 import { WeightsSender } from './weights-sender.ts';
 
 /** One worker connection. */
@@ -32,7 +32,7 @@ export interface Member {
   jobId?: string;
   lockToken?: string;
   /** The gradient coming in, in the order of shared/split-order.ts (the classifier's part first). */
-  receiving?: SplitCursor & { jobId: string; sampleIds: number[]; stats: BatchStats };
+  receiving?: SplitCursor & { jobId: string; sampleIds: number[]; stats: BatchStats; values?: 'fp32' };
   discarding: boolean;
   /** Sent a matching model hash; gets weights and may join steps. */
   ready: boolean;
@@ -463,7 +463,13 @@ export class Aggregator {
         const sampleIds = field<number[]>(msg, 'sampleIds', 'int[]');
         const split = msg.split === undefined ? 0 : field<number>(msg, 'split', 'int');
         if (split > 0 && split >= total) throw new ProtocolError('VGG_ERR_LAYOUT', `grad-begin.split: expected 0..${total - 1}, got ${split}`);
-        m.receiving = { jobId, sampleIds, stats: checkStats(field<Record<string, unknown>>(msg, 'stats', 'object'), sampleIds.length), ...startAt(split) };
+        // A bf16 run's hosting worker sends its own range as fp32 (no encode): rounded here as its encode would have.
+        const values = msg.values === undefined ? undefined : field<string>(msg, 'values', 'string');
+        const local = (m.ws as unknown) instanceof LocalSocket;
+        if (values !== undefined && (values !== 'fp32' || this.wire !== 'bf16' || !local)) {
+          throw new ProtocolError('VGG_ERR_FRAME_FIELD', `grad-begin.values: expected "fp32" only from a worker in this process in a bf16 run, got ${JSON.stringify(values)} ${local ? 'in process' : 'over a socket'} in a ${this.wire} run`);
+        }
+        m.receiving = { jobId, sampleIds, stats: checkStats(field<Record<string, unknown>>(msg, 'stats', 'object'), sampleIds.length), ...startAt(split), ...(values === 'fp32' ? { values } : {}) };
         m.discarding = false;
         this.advanceEarly();
         return;
@@ -477,9 +483,11 @@ export class Aggregator {
         const chunkStep = field<number>(msg, 'step', 'int');
         if (chunkStep !== this.step) throw new ProtocolError('VGG_ERR_STEP_MISMATCH', `grad-chunk.step: expected ${this.step}, got ${chunkStep}`);
         const raw = field<Uint8Array>(msg, 'data', 'bytes');
+        // fp32 floats from a bf16 run's hosting worker (grad-begin.values): they go in rounded to bf16 precision.
+        const round = r.values === 'fp32';
         // bf16 into an arena: the SIMD reduce widens the codes itself (no decoded copy).
-        const codes = this.arena !== undefined && this.wire === 'bf16' ? codesOf(raw, 'bf16', CHUNK_FLOATS) : undefined;
-        const g = codes === undefined ? valuesOf(raw, this.wire, this.scratch) : undefined;
+        const codes = this.arena !== undefined && this.wire === 'bf16' && !round ? codesOf(raw, 'bf16', CHUNK_FLOATS) : undefined;
+        const g = codes === undefined ? valuesOf(raw, round ? 'fp32' : this.wire, this.scratch) : undefined;
         const length = codes?.length ?? (g as Float32Array).length;
         if (offset !== r.next) throw new ProtocolError('VGG_ERR_LAYOUT', `grad-chunk.offset: expected ${r.next}, got ${offset}`);
         const limit = runEnd(r, this.sum.length);
@@ -491,15 +499,19 @@ export class Aggregator {
         const { arena, sum } = this;
         // The first contribution to a range of the sum stores it, later ones add (no zeroing pass).
         const voided: Member[] = [];
-        const finite = g !== undefined && this.defers(m, g, raw) ? this.deferLocal(m, offset, g, n)
+        const defer = g !== undefined && this.defers(m, g, raw);
+        // Another's floats waiting here go in first where these cannot be fused with them (the fused pass rounds only the waiting ones).
+        if (!defer && round && this.deferred.size > 0) this.putDeferred(offset, offset + length);
+        const finite = defer ? this.deferLocal(m, offset, g as Float32Array, n, round)
           : this.written.take(offset, offset + length, (lo, hi, put) => {
-            if (codes !== undefined) return (arena as FloatArena).accumulateBf16(sum, lo, codes.subarray(lo - offset, hi - offset), n, put);
-            const part = (g as Float32Array).subarray(lo - offset, hi - offset);
-            if (arena === undefined) return accumulate(sum, lo, part, n, put);
-            if (!put || this.deferred.size === 0) return arena.accumulate(sum, lo, part, n, put);
-            const fused = this.deferred.putWith(arena, sum, lo, hi, part, n);
-            voided.push(...fused.voided);
-            return fused.finite;
+            const part = codes !== undefined ? codes.subarray(lo - offset, hi - offset) : (g as Float32Array).subarray(lo - offset, hi - offset);
+            if (arena === undefined) return accumulate(sum, lo, round ? bf16Floats(part as Float32Array) : part as Float32Array, n, put);
+            if (put && this.deferred.size > 0) {
+              const fused = this.deferred.putWith(arena, sum, lo, hi, part, n);
+              voided.push(...fused.voided);
+              return fused.finite;
+            }
+            return part instanceof Uint16Array ? arena.accumulateBf16(sum, lo, part, n, put) : putFloats(arena, sum, lo, part, n, round, put);
           });
         for (const v of voided) this.voidDeferred(v);
         this.releaseHave();
@@ -548,17 +560,17 @@ export class Aggregator {
    * second member in process would be a second worker in one process: its floats then go in as they come).
    */
   private defers(m: Member, g: Float32Array, raw: Uint8Array): boolean {
-    return this.options.follower !== undefined && this.arena !== undefined && this.wire === 'fp32' && (m.ws as unknown) instanceof LocalSocket
+    return this.options.follower !== undefined && this.arena !== undefined && (this.wire === 'fp32' || m.receiving?.values === 'fp32') && (m.ws as unknown) instanceof LocalSocket
       && g.buffer === raw.buffer && g.length > 0 && hasStreamPutTwo() && !this.deferred.holdsOtherThan(m);
   }
 
   /** `m`'s chunk at `offset`: floats another member wrote already are added now, the rest wait. Whether those added were finite. */
-  private deferLocal(m: Member, offset: number, g: Float32Array, n: number): boolean {
+  private deferLocal(m: Member, offset: number, g: Float32Array, n: number, round: boolean): boolean {
     let finite = true;
     this.written.pieces(offset, offset + g.length, (lo, hi, fresh) => {
       const part = g.subarray(lo - offset, hi - offset);
-      if (fresh) this.deferred.add({ member: m, lo, hi, g: part, n });
-      else finite = (this.arena as FloatArena).accumulate(this.sum, lo, part, n, false) && finite;
+      if (fresh) this.deferred.add({ member: m, lo, hi, g: part, n, round });
+      else finite = putFloats(this.arena as FloatArena, this.sum, lo, part, n, round, false) && finite;
     });
     return finite;
   }
@@ -568,7 +580,7 @@ export class Aggregator {
     this.settle();
     const voided: Member[] = [];
     for (const d of this.deferred.takeWithin(lo, hi)) {
-      const ok = this.written.take(d.lo, d.hi, (a, b, fresh) => (this.arena as FloatArena).accumulate(this.sum, a, d.g.subarray(a - d.lo, b - d.lo), d.n, fresh));
+      const ok = this.written.take(d.lo, d.hi, (a, b, fresh) => putFloats(this.arena as FloatArena, this.sum, a, d.g.subarray(a - d.lo, b - d.lo), d.n, d.round, fresh));
       if (!ok && !voided.includes(d.member)) voided.push(d.member);
     }
     for (const v of voided) this.voidDeferred(v);
@@ -960,6 +972,15 @@ export class Aggregator {
     }).then(() => this.arena?.close()); // its helper threads, if any (the weights stay readable)
     return this.closing;
   }
+}
+
+/** `g` rounded to bfloat16 precision, as floats (the floats of the codes its encode gives; without an arena). */
+function bf16Floats(g: Float32Array): Float32Array {
+  const codes = new Uint16Array(g.length);
+  encodeBf16(g, codes);
+  const out = new Float32Array(g.length);
+  decodeBf16Scalar(codes, out);
+  return out;
 }
 
 /** A batch's metrics: counts are integers, `samples` is the number of sample ids sent, the loss is finite. */

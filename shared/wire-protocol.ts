@@ -29,7 +29,7 @@ export type ClientMessage =
    * `split` (default 0): the chunks cover [split, totalFloats) in order, then [0, split), so the
    * classifier's gradients (ready first, at the end of the layout) can go out first.
    */
-  | { t: 'grad-begin'; step: number; jobId: string; sampleIds: number[]; stats: BatchStats; totalFloats: number; attempt?: number; ticket?: string; split?: number }
+  | { t: 'grad-begin'; step: number; jobId: string; sampleIds: number[]; stats: BatchStats; totalFloats: number; attempt?: number; ticket?: string; split?: number; values?: 'fp32' }
   | { t: 'grad-chunk'; step: number; offset: number; data: Uint8Array }
   | { t: 'grad-end'; step: number };
 

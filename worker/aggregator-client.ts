@@ -98,6 +98,8 @@ export class AggregatorClient extends EventEmitter {
   private stopped = false;
   /** Where bytes in and out are counted: the options' metrics, none over an in-process link. */
   private wireMetrics?: Metrics;
+  /** Connected through the in-process link (to the shard this worker hosts). */
+  private local = false;
   /** Gradient message buffers free again (their send was written to the socket), reused by sendRange. */
   private readonly sendRooms: Buffer[] = [];
   /**
@@ -141,6 +143,7 @@ export class AggregatorClient extends EventEmitter {
       const local = connectLocal(this.options.url);
       // Bytes through the in-process link are not network traffic: not counted.
       this.wireMetrics = local === undefined ? this.options.metrics : undefined;
+      this.local = local !== undefined;
       const ws = (local as unknown as WebSocket | undefined)
         ?? new WebSocket(this.options.url, { maxPayload: MAX_PAYLOAD_BYTES, perMessageDeflate: false, generateMask: (mask: Buffer) => { mask.fill(0); } });
       // Messages arrive as their fragments (a weights chunk's floats are not concatenated with its
@@ -336,16 +339,18 @@ export class AggregatorClient extends EventEmitter {
   async sendGradient(step: number, jobId: string, sampleIds: number[], stats: BatchStats, flat: Float32Array, admit: { attempt?: number; ticket?: string } = {},
     split?: GradientSplit): Promise<void> {
     const at = split?.at ?? 0;
-    this.send({ t: 'grad-begin', step, jobId, sampleIds, stats, totalFloats: flat.length, ...admit, ...(at > 0 ? { split: at } : {}) });
-    await this.sendRange(step, flat, at, flat.length);
+    // To the shard this worker hosts, a bf16 run's floats go as they are (no encode; the shard rounds them as it would).
+    const fp32Values = this.local && this.wire === 'bf16';
+    this.send({ t: 'grad-begin', step, jobId, sampleIds, stats, totalFloats: flat.length, ...admit, ...(at > 0 ? { split: at } : {}), ...(fp32Values ? { values: 'fp32' as const } : {}) });
+    await this.sendRange(step, flat, at, flat.length, fp32Values);
     if (at > 0) {
       await split?.body;
-      await this.sendRange(step, flat, 0, at);
+      await this.sendRange(step, flat, 0, at, fp32Values);
     }
     this.send({ t: 'grad-end', step });
   }
 
-  private async sendRange(step: number, flat: Float32Array, lo: number, hi: number): Promise<void> {
+  private async sendRange(step: number, flat: Float32Array, lo: number, hi: number, fp32Values: boolean): Promise<void> {
     for (let offset = lo; offset < hi; offset += CHUNK_FLOATS) {
       const ws = this.ws;
       if (ws === undefined) throw new ConnectionLost();
@@ -355,7 +360,7 @@ export class AggregatorClient extends EventEmitter {
       if (ws.readyState !== WebSocket.OPEN) throw new ConnectionLost();
       const part = flat.subarray(offset, Math.min(hi, offset + CHUNK_FLOATS));
       const wire = this.wire;
-      if (wire === 'fp32') {
+      if (wire === 'fp32' || fp32Values) {
         // The head, then the floats where they are, as the message's second fragment (no copy): the
         // aggregator gathers that fragment straight into its arena. The gradient is not written again
         // before the step's weights arrive, and they come only after every chunk was received.

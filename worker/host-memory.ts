@@ -6,7 +6,7 @@ import { boolEnv } from '../shared/option-parsers.ts';
 
 const ADDON = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../build/host_memory.node');
 
-interface Addon { reuseFreedMemory: () => boolean; viewOffset: (view: Uint8Array) => number; streamCopy: (dst: ArrayBufferView, src: ArrayBufferView) => void; streamDecodeBf16: (dst: Float32Array, src: Uint16Array) => boolean; streamPut: (dst: Float32Array, src: Float32Array | Uint16Array, k: number) => boolean | undefined; streamPutTwo?: (dst: Float32Array, a: Float32Array, ka: number, b: Float32Array, kb: number) => number | undefined; encodeBf16: (dst: Uint16Array, src: Float32Array, isa?: string) => string | undefined }
+interface Addon { reuseFreedMemory: () => boolean; viewOffset: (view: Uint8Array) => number; streamCopy: (dst: ArrayBufferView, src: ArrayBufferView) => void; streamDecodeBf16: (dst: Float32Array, src: Uint16Array) => boolean; streamPut: (dst: Float32Array, src: Float32Array | Uint16Array, k: number) => boolean | undefined; streamPutTwo?: (dst: Float32Array, a: Float32Array, ka: number, b: Float32Array | Uint16Array, kb: number, round: boolean) => number | undefined; encodeBf16: (dst: Uint16Array, src: Float32Array, isa?: string) => string | undefined }
 let addon: Addon | null | undefined;
 /** worker/native/host_memory.c, loaded once per thread; null where it is not built. */
 function load(): Addon | null {
@@ -144,11 +144,12 @@ export const hasStreamPutTwo = (): boolean => load()?.streamPutTwo !== undefined
  * of `b`, so the same floats bit for bit, without the sum's write and read between them. Bit 0 of the result: `a`
  * held a NaN or an Inf; bit 1: `b` did (dst is written all the same, as the kernels do). Undefined, nothing
  * written, without the addon or where dst overlaps a source; a RangeError where a and b differ in length or dst is
- * shorter.
+ * shorter. `b` may be bfloat16 codes; with `round`, a's floats are rounded to bfloat16 precision first (as the
+ * worker's encode would have sent them; one that rounds to Inf counts as not finite).
  */
-export function streamPutTwo(dst: Float32Array, a: Float32Array, ka: number, b: Float32Array, kb: number): number | undefined {
-  if (a.length !== b.length || dst.length < a.length) throw new RangeError(`streamPutTwo: expected sources of one length and room for them, got ${a.length} and ${b.length} floats into ${dst.length}`);
-  return load()?.streamPutTwo?.(dst, a, ka, b, kb) ?? undefined;
+export function streamPutTwo(dst: Float32Array, a: Float32Array, ka: number, b: Float32Array | Uint16Array, kb: number, round = false): number | undefined {
+  if (a.length !== b.length || dst.length < a.length) throw new RangeError(`streamPutTwo: expected sources of one length and room for them, got ${a.length} and ${b.length} values into ${dst.length}`);
+  return load()?.streamPutTwo?.(dst, a, ka, b, kb, round) ?? undefined;
 }
 
 /** The instruction sets the addon's bfloat16 encoder has, best first ('scalar' for the tests only). */

@@ -128,6 +128,25 @@ describe('a sharded aggregator (coordinator --shards K, aggregator start --shard
     assert.equal(thread.summary.valTop1, one.summary.valTop1);
   });
 
+  test('with --wire bf16, shards hosted by the workers (each sends its own range as fp32, rounded by its shard) give one aggregator\'s weights and momentum, bit for bit', async () => {
+    const common = { data, redis: redis.url, trainLimit: '128', valLimit: '32', seed: '4', minWorkers: '2', checkpointEvery: '1', epochs: '1', wire: 'bf16' };
+    const oneDir = tempDir('ck-bf16-1');
+    const hostedDir = tempDir('ck-bf16-hosted');
+    const one = await runSharded(tinyRun({ ...common, run: 'sb1', shards: '1', checkpointDir: oneDir }), 2);
+    const hosted = await runSharded(tinyRun({ ...common, run: 'sbh', shards: '3', hostedShards: 'true', checkpointDir: hostedDir }), 2);
+    for (const r of [one, hosted]) assert.equal(r.summary.steps, 4);
+    for (const run of ['sb1', 'sbh']) await assertExactlyOnce(run, 1, 128);
+    for (const file of ['weights.bin', 'momentum.bin']) {
+      const a = await checkpointFile(oneDir, file);
+      const b = await checkpointFile(hostedDir, file);
+      assert.equal(a.length, b.length);
+      let differ = 0;
+      for (let i = 0; i < a.length; i += 1) if (a[i] !== b[i]) differ += 1;
+      assert.equal(differ, 0, `${file}: ${differ} of ${a.length} values differ`);
+    }
+    assert.equal(hosted.summary.valTop1, one.summary.valTop1);
+  });
+
   test('a worker killed mid-step does not stall a sharded run; a lost follower stops the run, and --resume with a new one repeats and skips no sample', async () => {
     const port = await freePort();
     const ckpt = tempDir('sharded-resume');

@@ -7,9 +7,10 @@ import { shardTicket } from '../../coordinator/shard-leader.ts';
 import { FlatMomentumSgd } from '../../shared/flat-sgd.ts';
 import { LocalSocket } from '../../shared/local-link.ts';
 import { FloatArena } from '../../shared/simd.ts';
+import { decodeBf16Scalar, encodeBf16Scalar } from '../../shared/half.ts';
 import { chunkFrame, decodeFragments } from '../../shared/wire-protocol.ts';
 import { hasStreamPutTwo, streamPutTwo } from '../../worker/host-memory.ts';
-import { SGD, frame, hello, startAggregator, stats, type Harness } from '../helpers/aggregator-harness.ts';
+import { RawPeer, SGD, frame, hello, startAggregator, stats, type Harness } from '../helpers/aggregator-harness.ts';
 
 /** Finite fp32 bit patterns of every kind (normals, subnormals, zeros of both signs), seeded. */
 function finiteFloats(n: number, seed: number): Float32Array {
@@ -56,14 +57,45 @@ describe('streamPutTwo (two contributions into the sum in one pass)', () => {
     }
   });
 
+  test('with bfloat16 codes for the second source and the first rounded to bfloat16 (a bf16 run\'s hosting worker): the floats of a put of its codes and a reduce of the other\'s, bit for bit; a float that rounds to Inf is told', () => {
+    const n = 50_001;
+    const a = finiteFloats(n + 3, 7);
+    const codes = Uint16Array.from({ length: n + 3 }, (_, i) => { const c = (i * 40503) & 0xffff; return (c & 0x7f80) === 0x7f80 ? c & 0xff7f : c; });
+    for (const [ao, bo] of [[0, 0], [1, 3], [3, 1]] as const) {
+      const x = a.subarray(ao, ao + n);
+      const c = codes.subarray(bo, bo + n);
+      const out = new Float32Array(n);
+      assert.equal(streamPutTwo(out, x, 3, c, 5, true), 0, `offsets ${ao}, ${bo}`);
+      const xc = new Uint16Array(n);
+      encodeBf16Scalar(x, xc);
+      const xr = new Float32Array(n);
+      const cr = new Float32Array(n);
+      decodeBf16Scalar(xc, xr);
+      decodeBf16Scalar(c, cr);
+      assert.deepEqual(bitsOf(out), bitsOf(reference(xr, 3, cr, 5)), `offsets ${ao}, ${bo}`);
+      // Without `round`, the floats themselves (the fp32 run's case, with codes from the other).
+      assert.equal(streamPutTwo(out, x, 3, c, 5), 0);
+      assert.deepEqual(bitsOf(out), bitsOf(reference(x, 3, cr, 5)));
+    }
+    const x = a.slice(0, n);
+    x[17] = 3.4e38; // finite, but past bfloat16's largest: rounds to Inf, as the worker's encode would send it
+    assert.equal(streamPutTwo(new Float32Array(n), x, 1, codes.subarray(0, n), 1, true), 1);
+    assert.equal(streamPutTwo(new Float32Array(n), x, 1, codes.subarray(0, n), 1), 0, 'not rounded: finite');
+    x[17] = Number.NaN;
+    assert.equal(streamPutTwo(new Float32Array(n), x, 1, codes.subarray(0, n), 1, true), 1);
+    const badCodes = codes.slice(0, n);
+    badCodes[9] = 0x7fc0;
+    assert.equal(streamPutTwo(new Float32Array(n), a.subarray(0, n), 1, badCodes, 1, true), 2);
+  });
+
   test('a destination overlapping a source is left to the caller; sources of two lengths or a short destination are refused', () => {
     const both = new Float32Array(2000);
     const other = new Float32Array(1000).fill(1);
     assert.equal(streamPutTwo(both.subarray(0, 1000), both.subarray(500, 1500), 1, other, 1), undefined);
     assert.equal(streamPutTwo(both.subarray(0, 1000), other, 1, both.subarray(999, 1999), 1), undefined);
     assert.ok(both.every((v) => v === 0), 'nothing written');
-    assert.throws(() => streamPutTwo(new Float32Array(1000), other, 1, new Float32Array(999), 1), /streamPutTwo: expected sources of one length and room for them, got 1000 and 999 floats into 1000/);
-    assert.throws(() => streamPutTwo(new Float32Array(999), other, 1, other, 1), /streamPutTwo: expected sources of one length and room for them, got 1000 and 1000 floats into 999/);
+    assert.throws(() => streamPutTwo(new Float32Array(1000), other, 1, new Float32Array(999), 1), /streamPutTwo: expected sources of one length and room for them, got 1000 and 999 values into 1000/);
+    assert.throws(() => streamPutTwo(new Float32Array(999), other, 1, other, 1), /streamPutTwo: expected sources of one length and room for them, got 1000 and 1000 values into 999/);
   });
 });
 
@@ -77,7 +109,7 @@ describe('DeferredContributions', () => {
     const theirs = ar.copyOf(finiteFloats(n, 4));
     const d = new DeferredContributions<string>();
     // The hosting worker's floats [2000, 6000) wait; the other member sends [4000, 9000).
-    d.add({ member: 'host', lo: 2000, hi: 6000, g: mine.subarray(2000, 6000), n: 3 });
+    d.add({ member: 'host', lo: 2000, hi: 6000, g: mine.subarray(2000, 6000), n: 3, round: false });
     assert.equal(d.has('host'), true);
     const r = d.putWith(ar, sum, 4000, 9000, theirs.subarray(4000, 9000), 2);
     assert.deepEqual(r, { finite: true, voided: [] });
@@ -101,9 +133,9 @@ describe('DeferredContributions', () => {
     bad[1500] = Number.NaN;
     const good = ar.copyOf(finiteFloats(4000, 6));
     const d = new DeferredContributions<string>();
-    d.add({ member: 'host', lo: 1000, hi: 2000, g: bad.subarray(1000, 2000), n: 1 });
-    d.add({ member: 'host', lo: 3000, hi: 4000, g: bad.subarray(3000, 4000), n: 1 });
-    d.add({ member: 'other', lo: 0, hi: 500, g: good.subarray(0, 500), n: 1 });
+    d.add({ member: 'host', lo: 1000, hi: 2000, g: bad.subarray(1000, 2000), n: 1, round: false });
+    d.add({ member: 'host', lo: 3000, hi: 4000, g: bad.subarray(3000, 4000), n: 1, round: false });
+    d.add({ member: 'other', lo: 0, hi: 500, g: good.subarray(0, 500), n: 1, round: false });
     assert.deepEqual(d.putWith(ar, sum, 1000, 2000, good.subarray(1000, 2000), 1), { finite: true, voided: ['host'] });
     assert.equal(d.has('host'), false, "the voided member's other run is gone too");
     assert.equal(d.has('other'), true);
@@ -142,7 +174,7 @@ class LocalPeer {
     return new Promise((resolve) => frames.forEach((f, i) => this.end.send(f, i === frames.length - 1 ? () => resolve() : undefined)));
   }
 
-  chunk(offset: number, values: Float32Array): Promise<void> {
+  chunk(offset: number, values: Float32Array | Uint16Array): Promise<void> {
     const [head, body] = chunkFrame('grad-chunk', 0, offset, values);
     return new Promise((resolve) => { this.end.send(head, { fin: false }); this.end.send(body, { fin: true }, () => resolve()); });
   }
@@ -161,19 +193,20 @@ describe('a follower shard defers its hosting worker\'s chunks', () => {
   afterEach(async () => { await h?.close(); h = undefined; });
 
   /** A follower-shard aggregator (its leader's hooks recorded) with two workers on in-process links, each past its welcome. */
-  async function follower(): Promise<{ host: LocalPeer; other: LocalPeer; haves: string[]; lost: string[]; begin: (worker: string, job: string, ids: number[]) => Buffer }> {
+  async function follower(wire: 'fp32' | 'bf16' = 'fp32'): Promise<{ host: LocalPeer; other: LocalPeer; haves: string[]; lost: string[]; secret: Buffer; begin: (worker: string, job: string, ids: number[], over?: Record<string, unknown>) => Buffer }> {
     const secret = randomBytes(32);
     const haves: string[] = [];
     const lost: string[] = [];
-    h = await startAggregator({ arena: true, follower: { secret, onHave: (_s, _a, job) => { haves.push(job); }, onLost: (w) => { lost.push(w); } } });
+    h = await startAggregator({ arena: true, wire, follower: { secret, onHave: (_s, _a, job) => { haves.push(job); }, onLost: (w) => { lost.push(w); } } });
     const peers = [new LocalPeer(h.agg), new LocalPeer(h.agg)] as const;
     for (const [i, p] of peers.entries()) {
       await p.send(hello({ workerId: ['host', 'other'][i] }), frame({ t: 'ready', modelHash: 'hash-1' }));
       assert.equal((await p.reply()).t, 'welcome');
     }
     const n = h.layout.totalSize;
-    const begin = (worker: string, job: string, ids: number[]) => frame({ t: 'grad-begin', step: 0, jobId: job, sampleIds: ids, stats: stats(ids.length), totalFloats: n, ticket: shardTicket(secret, 0, worker, job) });
-    return { host: peers[0], other: peers[1], haves, lost, begin };
+    const begin = (worker: string, job: string, ids: number[], over: Record<string, unknown> = {}) =>
+      frame({ t: 'grad-begin', step: 0, jobId: job, sampleIds: ids, stats: stats(ids.length), totalFloats: n, ticket: shardTicket(secret, 0, worker, job), ...over });
+    return { host: peers[0], other: peers[1], haves, lost, secret, begin };
   }
 
   test('its floats wait for the next member\'s, and the leader hears of its gradient only then; the step is the put and the reduce, bit for bit', async () => {
@@ -230,5 +263,48 @@ describe('a follower shard defers its hosting worker\'s chunks', () => {
     const reply = await host.reply();
     assert.deepEqual([reply.t, reply.code], ['error', 'VGG_ERR_NONFINITE']);
     assert.deepEqual([haves, lost], [[], ['host']]);
+  });
+  test('in a bf16 run it sends its floats as fp32 (values: fp32) and they go in rounded as its encode would have sent them: bit for bit a put of its codes and a reduce of the other\'s', async () => {
+    const { host, other, haves, begin } = await follower('bf16');
+    const harness = h as Harness;
+    const n = harness.layout.totalSize;
+    const mine = Float32Array.from({ length: n }, (_, i) => Math.sin(i) / 10);
+    const theirs = new Uint16Array(n);
+    encodeBf16Scalar(Float32Array.from({ length: n }, (_, i) => Math.cos(3 * i) / 7), theirs);
+    await host.send(begin('host', 'job-h', [1, 2, 3], { values: 'fp32' }));
+    await host.chunk(0, mine);
+    await other.send(begin('other', 'job-o', [4]));
+    await host.send(frame({ t: 'grad-end', step: 0 }));
+    assert.deepEqual(haves, [], 'its floats wait');
+    await other.chunk(0, theirs);
+    await other.send(frame({ t: 'grad-end', step: 0 }));
+    assert.deepEqual(haves, ['job-h', 'job-o']);
+    await harness.agg.leaderCommit({ step: 0, attempt: 0, jobs: ['job-h', 'job-o'], totalSamples: 4, divisor: 4, learningRate: SGD.learningRate });
+    const mineCodes = new Uint16Array(n);
+    encodeBf16Scalar(mine, mineCodes);
+    const [a, b] = [new Float32Array(n), new Float32Array(n)];
+    decodeBf16Scalar(mineCodes, a);
+    decodeBf16Scalar(theirs, b);
+    const expected = harness.initial.slice();
+    new FlatMomentumSgd(harness.layout, SGD).apply(expected, reference(a, 3, b, 1), 1 / 4);
+    assert.deepEqual(bitsOf(harness.weights), bitsOf(expected));
+  });
+
+  test('values: fp32 is taken only from a worker in the process and only in a bf16 run', async () => {
+    const { secret } = await follower('fp32');
+    const harness = h as Harness;
+    const n = harness.layout.totalSize;
+    const peer = new RawPeer(harness.port);
+    await peer.handshake();
+    peer.send(frame({ t: 'grad-begin', step: 0, jobId: 'job-r', sampleIds: [1], stats: stats(1), totalFloats: n, ticket: shardTicket(secret, 0, 'w', 'job-r'), values: 'fp32' }));
+    const reply = await peer.reply();
+    assert.deepEqual([reply?.code, reply?.message], ['VGG_ERR_FRAME_FIELD', 'grad-begin.values: expected "fp32" only from a worker in this process in a bf16 run, got "fp32" over a socket in a fp32 run']);
+    assert.equal(await peer.closed, 1008);
+    await harness.close();
+    const b = await follower('bf16');
+    const again = new RawPeer((h as Harness).port);
+    await again.handshake();
+    again.send(frame({ t: 'grad-begin', step: 0, jobId: 'job-r', sampleIds: [1], stats: stats(1), totalFloats: n, ticket: shardTicket(b.secret, 0, 'w', 'job-r'), values: 'fp64' }));
+    assert.equal((await again.reply())?.message, 'grad-begin.values: expected "fp32" only from a worker in this process in a bf16 run, got "fp64" over a socket in a bf16 run');
   });
 });

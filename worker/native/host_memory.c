@@ -56,6 +56,18 @@
  * Undefined, nothing written, where the ranges overlap; throws, writing
  * nothing, where dst is not a Float32Array at least as long as src.
  *
+ * streamPutTwo(dst, a, ka, b, kb[, round]) -> number: dst[i] = (0 + ka * a[i])
+ * + kb * b[i], the first two contributions to a range of the gradient sum in
+ * one pass with streaming stores (a follower shard's hosting worker's floats,
+ * kept out of the sum until another member's come: coordinator/deferred-
+ * contributions.ts): operation for operation a put of a and a reduce of b, so
+ * bit for bit those two, without the sum's write, read and write between them.
+ * b holds floats, or bfloat16 codes; with `round`, a's floats are first rounded
+ * to bfloat16 precision as the worker's encode would have sent them (a bf16 run
+ * whose hosting worker sends its own range as fp32). Bit 0 of the result: a held
+ * a NaN or an Inf (or a float rounded to Inf); bit 1: b did (dst is written all
+ * the same). Undefined, nothing written, where dst overlaps a source.
+ *
  * encodeBf16(dst, src[, isa]) -> string | undefined: fp32 (a Float32Array) to
  * bfloat16 codes (a Uint16Array), rounded to nearest even, NaN kept NaN
  * (quiet): the rule of shared/half.ts's encodeBf16Scalar, bit for bit, 16
@@ -285,22 +297,46 @@ static napi_value stream_put(napi_env env, napi_callback_info info) {
   return result;
 }
 
-/* dst = (0 + ka a) + kb b, the probes pa += a * 0 and pb += b * 0: operation for operation a put of a (put_scaled)
- * then the SIMD reduce of b (shared/simd.ts's acc: dst + b kb), in one pass with streaming stores. Bit 0 of the
- * result: a holds a NaN or an Inf; bit 1: b does. */
-static int put_two(float *dst, const float *a, float ka, const float *b, float kb, size_t n) {
+/* f rounded to bfloat16 precision (to nearest even; the float of its code, encodeBf16Scalar's rule for every finite
+ * f; a NaN may come out as another value: the caller's probe looks at f itself too). */
+static inline float bf16_round(float f) {
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  x = (x + 0x7fffu + ((x >> 16) & 1u)) & 0xffff0000u;
+  memcpy(&f, &x, 4);
+  return f;
+}
+
+/* dst = (0 + ka a') + kb b', the probes pa += a * 0 (and a' * 0) and pb += b' * 0: operation for operation a put of a'
+ * (put_scaled) then the SIMD reduce of b' (shared/simd.ts's acc: dst + b' kb), in one pass with streaming stores.
+ * a' is a, or (`round`) a rounded to bfloat16 precision, as the worker's encode would have sent it; b' is b's floats,
+ * or (`codes`) its bfloat16 codes' (constants at each call: the loops are specialized). Bit 0 of the result: a held a
+ * NaN or an Inf, or one rounded to Inf; bit 1: b did. */
+static inline __attribute__((always_inline)) int put_two(float *dst, const float *a, float ka, bool round, const void *b, bool codes, float kb, size_t n) {
+  const float *bf = (const float *)b;
+  const uint16_t *bc = (const uint16_t *)b;
   float pa = 0.0f, pb = 0.0f;
   size_t i = 0;
 #if defined(__SSE2__)
   for (; i < n && ((uintptr_t)(dst + i) & 15u) != 0; i += 1) {
-    dst[i] = (0.0f + ka * a[i]) + b[i] * kb;
-    pa += a[i] * 0.0f;
-    pb += b[i] * 0.0f;
+    float x = round ? bf16_round(a[i]) : a[i];
+    float y = codes ? f32_of_code(bc[i]) : bf[i];
+    dst[i] = (0.0f + ka * x) + y * kb;
+    pa += a[i] * 0.0f + x * 0.0f;
+    pb += y * 0.0f;
   }
   const __m128 kav = _mm_set1_ps(ka), kbv = _mm_set1_ps(kb), zero = _mm_setzero_ps();
+  const __m128i half = _mm_set1_epi32(0x7fff), one = _mm_set1_epi32(1), top = _mm_set1_epi32((int)0xffff0000u);
   __m128 qa = zero, qb = zero;
   for (; i + 4 <= n; i += 4) {
-    __m128 x = _mm_loadu_ps(a + i), y = _mm_loadu_ps(b + i);
+    __m128 raw = _mm_loadu_ps(a + i), x = raw;
+    if (round) {
+      __m128i u = _mm_castps_si128(raw);
+      u = _mm_and_si128(_mm_add_epi32(_mm_add_epi32(u, half), _mm_and_si128(_mm_srli_epi32(u, 16), one)), top);
+      x = _mm_castsi128_ps(u);
+      qa = _mm_add_ps(qa, _mm_mul_ps(raw, zero));
+    }
+    __m128 y = codes ? _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64((const __m128i *)(bc + i)))) : _mm_loadu_ps(bf + i);
     _mm_stream_ps(dst + i, _mm_add_ps(_mm_add_ps(zero, _mm_mul_ps(x, kav)), _mm_mul_ps(y, kbv)));
     qa = _mm_add_ps(qa, _mm_mul_ps(x, zero));
     qb = _mm_add_ps(qb, _mm_mul_ps(y, zero));
@@ -313,26 +349,32 @@ static int put_two(float *dst, const float *a, float ka, const float *b, float k
   pb += lb[0] + lb[1] + lb[2] + lb[3];
 #endif
   for (; i < n; i += 1) {
-    dst[i] = (0.0f + ka * a[i]) + b[i] * kb;
-    pa += a[i] * 0.0f;
-    pb += b[i] * 0.0f;
+    float x = round ? bf16_round(a[i]) : a[i];
+    float y = codes ? f32_of_code(bc[i]) : bf[i];
+    dst[i] = (0.0f + ka * x) + y * kb;
+    pa += a[i] * 0.0f + x * 0.0f;
+    pb += y * 0.0f;
   }
   return (isnan(pa) ? 1 : 0) | (isnan(pb) ? 2 : 0);
 }
 
 static napi_value stream_put_two(napi_env env, napi_callback_info info) {
-  napi_value argv[5];
-  size_t argc = 5;
+  napi_value argv[6];
+  size_t argc = 6;
   struct view d, a, b;
   double ka = 0, kb = 0;
+  bool round = false;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 5 || !view_of(env, argv[0], &d) || !view_of(env, argv[1], &a)
       || napi_get_value_double(env, argv[2], &ka) != napi_ok || !view_of(env, argv[3], &b) || napi_get_value_double(env, argv[4], &kb) != napi_ok
-      || d.type != napi_float32_array || a.type != napi_float32_array || b.type != napi_float32_array || ((uintptr_t)d.data & 3u) != 0) {
-    napi_throw_type_error(env, NULL, "streamPutTwo: expected (dst Float32Array, a Float32Array, ka number, b Float32Array, kb number)");
+      || (argc > 5 && napi_get_value_bool(env, argv[5], &round) != napi_ok)
+      || d.type != napi_float32_array || a.type != napi_float32_array || (b.type != napi_float32_array && b.type != napi_uint16_array)
+      || ((uintptr_t)d.data & 3u) != 0 || ((uintptr_t)a.data & 3u) != 0) {
+    napi_throw_type_error(env, NULL, "streamPutTwo: expected (dst Float32Array, a Float32Array, ka number, b Float32Array or Uint16Array, kb number[, round boolean])");
     return NULL;
   }
+  bool codes = b.type == napi_uint16_array;
   size_t n = a.bytes / 4;
-  if (b.bytes != a.bytes || d.bytes < a.bytes) {
+  if (b.bytes != (codes ? 2 : 4) * n || d.bytes < a.bytes) {
     napi_throw_range_error(env, NULL, "streamPutTwo: expected a and b of one length and a destination at least as long");
     return NULL;
   }
@@ -342,7 +384,11 @@ static napi_value stream_put_two(napi_env env, napi_callback_info info) {
     napi_get_undefined(env, &result);
     return result;
   }
-  napi_create_int32(env, put_two((float *)d.data, (const float *)a.data, (float)ka, (const float *)b.data, (float)kb, n), &result);
+  float *dst = (float *)d.data;
+  const float *x = (const float *)a.data;
+  int flags = codes ? (round ? put_two(dst, x, (float)ka, true, b.data, true, (float)kb, n) : put_two(dst, x, (float)ka, false, b.data, true, (float)kb, n))
+    : (round ? put_two(dst, x, (float)ka, true, b.data, false, (float)kb, n) : put_two(dst, x, (float)ka, false, b.data, false, (float)kb, n));
+  napi_create_int32(env, flags, &result);
   return result;
 }
 
