@@ -87,14 +87,19 @@ export class DeferredContributions<M> {
 
 /**
  * sum[at..] = 0 + n g (`put`), or += n g, with g's floats as they are or (`round`) rounded to bfloat16 precision:
- * then through their codes (the encode the worker would have made), so the floats are those of its codes' put or
- * reduce. Whether g was finite (a float rounded to Inf is not).
+ * then through their codes (the encode the worker would have made, into the arena's staging room: no allocation),
+ * so the floats are those of its codes' put or reduce. Whether g was finite (a float rounded to Inf is not).
  */
 export function putFloats(arena: FloatArena, sum: Float32Array, at: number, g: Float32Array, n: number, round: boolean, put: boolean): boolean {
   if (!round) return arena.accumulate(sum, at, g, n, put);
-  const codes = new Uint16Array(g.length);
-  encodeBf16(g, codes);
-  return arena.accumulateBf16(sum, at, codes, n, put);
+  let finite = true;
+  for (let off = 0; off < g.length; off += 1 << 20) {
+    const part = g.subarray(off, Math.min(g.length, off + (1 << 20)));
+    const codes = arena.stagingCodes(part.length);
+    encodeBf16(part, codes);
+    finite = arena.accumulateBf16(sum, at + off, codes, n, put) && finite;
+  }
+  return finite;
 }
 
 /** The put of `a` and the reduce of `b` as two kernels (streamPutTwo's flags), where the addon has no fused pass. */

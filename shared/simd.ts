@@ -140,6 +140,11 @@ export class FloatArena {
     return this.staging16.subarray(0, n);
   }
 
+  /** `n` codes of the arena's staging room for codes (kept, and overwritten by the next call that stages codes). */
+  stagingCodes(n: number): Uint16Array {
+    return this.scratch16(n);
+  }
+
   /** `values` themselves if they live in the arena, else a copy in its staging room. */
   private staged32(values: Float32Array): Float32Array {
     if (this.owns(values)) return values;
