@@ -506,7 +506,7 @@ export class Aggregator {
           : this.written.take(offset, offset + length, (lo, hi, put) => {
             const part = codes !== undefined ? codes.subarray(lo - offset, hi - offset) : (g as Float32Array).subarray(lo - offset, hi - offset);
             if (arena === undefined) return accumulate(sum, lo, round ? bf16Floats(part as Float32Array) : part as Float32Array, n, put);
-            if (put && this.deferred.size > 0) {
+            if (put && this.deferred.size > 0 && !round) {
               const fused = this.deferred.putWith(arena, sum, lo, hi, part, n);
               voided.push(...fused.voided);
               return fused.finite;

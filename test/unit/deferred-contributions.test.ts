@@ -290,6 +290,30 @@ describe('a follower shard defers its hosting worker\'s chunks', () => {
     assert.deepEqual(bitsOf(harness.weights), bitsOf(expected));
   });
 
+  test('a second worker in the process sending fp32 values while the first one\'s floats wait elsewhere: its floats go in rounded too (put alone where nobody wrote), bit for bit', async () => {
+    const { host, other, haves, begin } = await follower('bf16');
+    const harness = h as Harness;
+    const n = harness.layout.totalSize;
+    const half = 16 * Math.floor(n / 32);
+    const mine = Float32Array.from({ length: n }, (_, i) => Math.sin(i) / 10);
+    const theirs = Float32Array.from({ length: n }, (_, i) => Math.cos(3 * i) / 7 + 1e-3 * Math.sin(7 * i));
+    // The host sends its classifier part [half, n) first (split): it waits. The other, also in process, sends from 0.
+    await host.send(begin('host', 'job-h', [1, 2, 3], { values: 'fp32', split: half }));
+    await host.chunk(half, mine.subarray(half));
+    await other.send(begin('other', 'job-o', [4], { values: 'fp32' }));
+    await other.chunk(0, theirs.subarray(0, half));
+    await other.chunk(half, theirs.subarray(half));
+    await other.send(frame({ t: 'grad-end', step: 0 }));
+    await host.chunk(0, mine.subarray(0, half));
+    await host.send(frame({ t: 'grad-end', step: 0 }));
+    assert.deepEqual([...haves].sort(), ['job-h', 'job-o']);
+    await harness.agg.leaderCommit({ step: 0, attempt: 0, jobs: ['job-h', 'job-o'], totalSamples: 4, divisor: 4, learningRate: SGD.learningRate });
+    const round = (v: Float32Array) => { const c = new Uint16Array(v.length); encodeBf16Scalar(v, c); const out = new Float32Array(v.length); decodeBf16Scalar(c, out); return out; };
+    const expected = harness.initial.slice();
+    new FlatMomentumSgd(harness.layout, SGD).apply(expected, reference(round(mine), 3, round(theirs), 1), 1 / 4);
+    assert.deepEqual(bitsOf(harness.weights), bitsOf(expected));
+  });
+
   test('values: fp32 is taken only from a worker in the process and only in a bf16 run', async () => {
     const { secret } = await follower('fp32');
     const harness = h as Harness;
