@@ -92,14 +92,9 @@ export class DeferredContributions<M> {
  */
 export function putFloats(arena: FloatArena, sum: Float32Array, at: number, g: Float32Array, n: number, round: boolean, put: boolean): boolean {
   if (!round) return arena.accumulate(sum, at, g, n, put);
-  let finite = true;
-  for (let off = 0; off < g.length; off += 1 << 20) {
-    const part = g.subarray(off, Math.min(g.length, off + (1 << 20)));
-    const codes = arena.stagingCodes(part.length);
-    encodeBf16(part, codes);
-    finite = arena.accumulateBf16(sum, at + off, codes, n, put) && finite;
-  }
-  return finite;
+  const codes = arena.stagingCodes(g.length); // g: a chunk's piece, at most CHUNK_FLOATS
+  encodeBf16(g, codes);
+  return arena.accumulateBf16(sum, at, codes, n, put);
 }
 
 /** The put of `a` and the reduce of `b` as two kernels (streamPutTwo's flags), where the addon has no fused pass. */

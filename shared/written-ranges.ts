@@ -40,7 +40,13 @@ export class WrittenRanges {
    */
   take(lo: number, hi: number, visit: (lo: number, hi: number, fresh: boolean) => boolean): boolean {
     let ok = true;
-    let at = lo;
+    this.pieces(lo, hi, (a, b, fresh) => { ok = visit(a, b, fresh) && ok; });
+    if (lo < hi) this.mark(lo, hi);
+    return ok;
+  }
+
+  /** Marks [lo, hi) written: one run with the runs it overlaps or touches. */
+  private mark(lo: number, hi: number): void {
     const kept: number[] = [];
     let mergedLo = lo;
     let mergedHi = hi;
@@ -50,19 +56,9 @@ export class WrittenRanges {
       if (b < lo || a > hi) { kept.push(a, b); continue; } // apart (touching runs merge)
       mergedLo = Math.min(mergedLo, a);
       mergedHi = Math.max(mergedHi, b);
-      const from = Math.max(a, lo);
-      const to = Math.min(b, hi);
-      if (from >= to) continue;
-      if (at < from) ok = visit(at, from, true) && ok;
-      ok = visit(from, to, false) && ok;
-      at = to;
     }
-    if (at < hi) ok = visit(at, hi, true) && ok;
-    if (lo < hi) {
-      const idx = kept.findIndex((v, j) => j % 2 === 0 && v > mergedLo);
-      kept.splice(idx === -1 ? kept.length : idx, 0, mergedLo, mergedHi);
-    } else return ok;
+    const idx = kept.findIndex((v, j) => j % 2 === 0 && v > mergedLo);
+    kept.splice(idx === -1 ? kept.length : idx, 0, mergedLo, mergedHi);
     this.runs = kept;
-    return ok;
   }
 }
