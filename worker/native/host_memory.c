@@ -235,24 +235,40 @@ static inline float f32_of_code(uint16_t c) {
   return f;
 }
 
+/* src[i] as a float: src holds floats, or (`codes`) bfloat16 codes. */
+static inline float value_at(const void *src, bool codes, size_t i) {
+  return codes ? f32_of_code(((const uint16_t *)src)[i]) : ((const float *)src)[i];
+}
+
+#if defined(__SSE2__)
+/* src[i..i+4) as floats, as value_at (codes widened: each code the top half of its lane). */
+static inline __m128 values4_at(const void *src, bool codes, size_t i) {
+  return codes ? _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64((const __m128i *)((const uint16_t *)src + i))))
+    : _mm_loadu_ps((const float *)src + i);
+}
+#endif
+
+/* The bits of x rounded to nearest even at bit 16 (bfloat16's precision), before the low half is dropped. */
+static inline uint32_t bf16_rne(uint32_t x) {
+  return x + 0x7fffu + ((x >> 16) & 1u);
+}
+
 /* dst = 0 + k g and the probe p += g * 0 (NaN once a g is NaN or Inf) as the wasm kernels compute them (a multiply,
  * then an add: no fused multiply-add), 4 lanes at a time with streaming stores from dst's first 16-byte boundary;
  * src holds floats, or bfloat16 codes with `codes` (a constant at each call: the loops are specialized). */
 static inline __attribute__((always_inline)) bool put_scaled(float *dst, const void *src, bool codes, size_t n, float k) {
-  const float *f = (const float *)src;
-  const uint16_t *c = (const uint16_t *)src;
   float probe = 0.0f;
   size_t i = 0;
 #if defined(__SSE2__)
   for (; i < n && ((uintptr_t)(dst + i) & 15u) != 0; i += 1) {
-    float g = codes ? f32_of_code(c[i]) : f[i];
+    float g = value_at(src, codes, i);
     dst[i] = 0.0f + k * g;
     probe += g * 0.0f;
   }
   const __m128 kv = _mm_set1_ps(k), zero = _mm_setzero_ps();
   __m128 p = zero;
   for (; i + 4 <= n; i += 4) {
-    __m128 g = codes ? _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64((const __m128i *)(c + i)))) : _mm_loadu_ps(f + i);
+    __m128 g = values4_at(src, codes, i);
     _mm_stream_ps(dst + i, _mm_add_ps(zero, _mm_mul_ps(g, kv)));
     p = _mm_add_ps(p, _mm_mul_ps(g, zero));
   }
@@ -262,7 +278,7 @@ static inline __attribute__((always_inline)) bool put_scaled(float *dst, const v
   probe += lanes[0] + lanes[1] + lanes[2] + lanes[3];
 #endif
   for (; i < n; i += 1) {
-    float g = codes ? f32_of_code(c[i]) : f[i];
+    float g = value_at(src, codes, i);
     dst[i] = 0.0f + k * g;
     probe += g * 0.0f;
   }
@@ -302,7 +318,7 @@ static napi_value stream_put(napi_env env, napi_callback_info info) {
 static inline float bf16_round(float f) {
   uint32_t x;
   memcpy(&x, &f, 4);
-  x = (x + 0x7fffu + ((x >> 16) & 1u)) & 0xffff0000u;
+  x = bf16_rne(x) & 0xffff0000u;
   memcpy(&f, &x, 4);
   return f;
 }
@@ -313,14 +329,12 @@ static inline float bf16_round(float f) {
  * or (`codes`) its bfloat16 codes' (constants at each call: the loops are specialized). Bit 0 of the result: a held a
  * NaN or an Inf, or one rounded to Inf; bit 1: b did. */
 static inline __attribute__((always_inline)) int put_two(float *dst, const float *a, float ka, bool round, const void *b, bool codes, float kb, size_t n) {
-  const float *bf = (const float *)b;
-  const uint16_t *bc = (const uint16_t *)b;
   float pa = 0.0f, pb = 0.0f;
   size_t i = 0;
 #if defined(__SSE2__)
   for (; i < n && ((uintptr_t)(dst + i) & 15u) != 0; i += 1) {
     float x = round ? bf16_round(a[i]) : a[i];
-    float y = codes ? f32_of_code(bc[i]) : bf[i];
+    float y = value_at(b, codes, i);
     dst[i] = (0.0f + ka * x) + y * kb;
     pa += a[i] * 0.0f + x * 0.0f;
     pb += y * 0.0f;
@@ -336,7 +350,7 @@ static inline __attribute__((always_inline)) int put_two(float *dst, const float
       x = _mm_castsi128_ps(u);
       qa = _mm_add_ps(qa, _mm_mul_ps(raw, zero));
     }
-    __m128 y = codes ? _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64((const __m128i *)(bc + i)))) : _mm_loadu_ps(bf + i);
+    __m128 y = values4_at(b, codes, i);
     _mm_stream_ps(dst + i, _mm_add_ps(_mm_add_ps(zero, _mm_mul_ps(x, kav)), _mm_mul_ps(y, kbv)));
     qa = _mm_add_ps(qa, _mm_mul_ps(x, zero));
     qb = _mm_add_ps(qb, _mm_mul_ps(y, zero));
@@ -350,7 +364,7 @@ static inline __attribute__((always_inline)) int put_two(float *dst, const float
 #endif
   for (; i < n; i += 1) {
     float x = round ? bf16_round(a[i]) : a[i];
-    float y = codes ? f32_of_code(bc[i]) : bf[i];
+    float y = value_at(b, codes, i);
     dst[i] = (0.0f + ka * x) + y * kb;
     pa += a[i] * 0.0f + x * 0.0f;
     pb += y * 0.0f;
@@ -396,7 +410,7 @@ static napi_value stream_put_two(napi_env env, napi_callback_info info) {
 static inline uint16_t bf16_of(float f) {
   uint32_t x;
   memcpy(&x, &f, 4);
-  return (x & 0x7fffffffu) > 0x7f800000u ? (uint16_t)((x >> 16) | 0x40u) : (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+  return (x & 0x7fffffffu) > 0x7f800000u ? (uint16_t)((x >> 16) | 0x40u) : (uint16_t)(bf16_rne(x) >> 16);
 }
 
 static size_t bf16_scalar(uint16_t *d, const float *s, size_t n) {
